@@ -1,0 +1,199 @@
+"""Search configuration: a YAML file validated into typed, strict models.
+
+Every model forbids unknown fields, so a misspelt key fails at load time with
+the file, the field's path and what is allowed, as one line (``ConfigError``).
+Relative data paths resolve against the data root: ``$AUTOCOMPRESS_DATA_ROOT``
+if set, else ``task.data_root`` (relative to the config file).
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DATA_ROOT_ENV = "AUTOCOMPRESS_DATA_ROOT"
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, malformed or invalid; the message is one line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(Strict):
+    """A text-classification task: local TSV/CSV/JSONL files or a Hugging Face dataset."""
+
+    data_root: str | None = None
+    train: str | None = "sst2/train.tsv"
+    validation: str | None = "sst2/validation.tsv"
+    hf_dataset: str | None = None
+    hf_config: str | None = None
+    hf_train_split: str = "train"
+    hf_validation_split: str = "validation"
+    text_column: str = "sentence"
+    label_column: str = "label"
+    num_labels: int = Field(2, ge=2)
+    max_length: int = Field(64, ge=8, le=512)
+    train_subset: int | None = Field(None, ge=1)
+    validation_subset: int | None = Field(None, ge=1)
+
+
+class TeacherConfig(Strict):
+    """How the uncompressed reference is obtained: a fine-tuned checkpoint, or fine-tuning."""
+
+    checkpoint: str | None = None
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 0
+
+
+class PruneMode(StrEnum):
+    NONE = "none"
+    LOCAL = "local"
+    GLOBAL = "global"
+
+
+class SpaceConfig(Strict):
+    """Choices the sampler may make, per encoder block unless noted."""
+
+    weight_bits: list[Literal[2, 3, 4, 5, 6, 7, 8, 16, 32]] = Field(default_factory=lambda: [4, 8, 32], min_length=1)
+    quant_scheme: list[Literal["linear", "kmeans"]] = Field(default_factory=lambda: ["linear"], min_length=1)
+    group_size: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
+    prune_mode: PruneMode = PruneMode.LOCAL
+    prune_ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5], min_length=1)
+    embedding_bits: list[Literal[8, 32]] = Field(default_factory=lambda: [32], min_length=1)
+
+    @model_validator(mode="after")
+    def _ratios_in_range(self) -> "SpaceConfig":
+        bad = [r for r in self.prune_ratios if not 0.0 <= r < 1.0]
+        if bad:
+            raise ValueError(f"prune_ratios must lie in [0, 1), got {bad}")
+        return self
+
+
+class SamplerName(StrEnum):
+    NSGA2 = "nsga2"
+    TPE = "tpe"
+    RANDOM = "random"
+
+
+class Selection(StrEnum):
+    FASTEST = "fastest_within_budget"
+    SMALLEST = "smallest_within_budget"
+    MOST_ACCURATE = "most_accurate"
+
+
+class ConstraintsConfig(Strict):
+    max_accuracy_drop: float | None = Field(0.01, ge=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+    max_size_mb: float | None = Field(None, gt=0)
+
+
+class SearchSettings(Strict):
+    sampler: SamplerName = SamplerName.NSGA2
+    n_trials: int | None = Field(12, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    study_name: str = "autocompress"
+    storage: str = "sqlite:///autocompress.db"
+    seed: int = 0
+    population_size: int = Field(8, ge=2)
+    constraints: ConstraintsConfig = ConstraintsConfig()
+    selection: Selection = Selection.FASTEST
+
+
+class LatencyConfig(Strict):
+    """Batch-1 latency of the deployed artifact on real validation sentences."""
+
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
+    threads: int = Field(2, ge=1)
+    sentences: int = Field(32, ge=1)
+    warmup: int = Field(10, ge=0)
+    repeats: int = Field(3, ge=1)
+
+
+class TrackingConfig(Strict):
+    uri: str | None = None
+    experiment: str = "autocompress"
+
+
+class SearchConfig(Strict):
+    """The whole content of a search-space file."""
+
+    model: str = "default"
+    task: TaskConfig = TaskConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    space: SpaceConfig = SpaceConfig()
+    search: SearchSettings = SearchSettings()
+    latency: LatencyConfig = LatencyConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output: str = "out"
+    source: str | None = Field(None, exclude=True, description="file the config was read from")
+
+    def data_path(self, relative: str) -> Path:
+        """Resolve a task file against the data root (environment variable first)."""
+        path = Path(relative).expanduser()
+        if path.is_absolute():
+            return path
+        root = os.environ.get(DATA_ROOT_ENV) or self.task.data_root or "."
+        root_path = Path(root).expanduser()
+        if not root_path.is_absolute() and self.source and not os.environ.get(DATA_ROOT_ENV):
+            root_path = Path(self.source).parent / root_path
+        return (root_path / path).resolve()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        parent = error["loc"][:-1]
+        return f"unknown field '{field}'; allowed: {', '.join(_allowed_fields(parent))}"
+    return f"field '{field}': {error['msg']} (got {error.get('input')!r})"
+
+
+def _allowed_fields(parent: tuple) -> list[str]:
+    model: type[BaseModel] = SearchConfig
+    for part in parent:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return [name for name in model.model_fields if name != "source"]
+
+
+def parse_config(data: Any, source: str = "<dict>") -> SearchConfig:
+    """Validate a mapping into a ``SearchConfig``; raise a one-line ``ConfigError``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return SearchConfig.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {_describe(first)}{more}") from None
+
+
+def load_config(path: str | Path) -> SearchConfig:
+    """Read and validate a search-space YAML file (``yaml.safe_load``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    return parse_config(data, source=str(path))

@@ -1,0 +1,6 @@
+"""Learned cost models: predict a policy's latency or size before measuring it, and store them per hardware."""
+
+from autocompress.cost._model import CostModel, CostTerms, cost_terms, is_clearly_infeasible
+from autocompress.cost._store import CostModelStore
+
+__all__ = ["CostModel", "CostModelStore", "CostTerms", "cost_terms", "is_clearly_infeasible"]

@@ -1,0 +1,21 @@
+"""Accuracy of a classifier on tokenized, labelled batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from transformers import PreTrainedModel
+
+
+@torch.inference_mode()
+def predict(model: PreTrainedModel, batches: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+    """Argmax predictions over all batches, in order."""
+    model.eval()
+    inputs = [{k: v for k, v in batch.items() if k != "labels"} for batch in batches]
+    return torch.cat([model(**batch).logits.argmax(-1) for batch in inputs])
+
+
+def accuracy(model: PreTrainedModel, batches: list[Mapping[str, torch.Tensor]]) -> float:
+    labels = torch.cat([batch["labels"] for batch in batches])
+    return (predict(model, batches) == labels).float().mean().item()

@@ -1,0 +1,132 @@
+"""The compression policy: what to do to each layer, as versioned, frozen data.
+
+Layers are addressed by full module name or by a ``re:`` pattern (matched with
+``re.fullmatch``). Precedence, as in torchao: an exact name wins over any
+pattern; among patterns the first listed wins; unmatched layers get
+``LayerSpec()`` (untouched). Block-level structure (heads, FFN width, kept
+blocks) is indexed by the block number of the *uncompressed* model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+POLICY_VERSION = 1
+PATTERN_PREFIX = "re:"
+QUANT_SCHEMES = ("linear", "kmeans")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Weight bits and unstructured (local magnitude) pruning ratio of one Linear layer."""
+
+    bits: int = 32
+    prune_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.bits not in (2, 3, 4, 5, 6, 7, 8, 16, 32):
+            raise ValueError(f"bits must be one of 2..8, 16, 32; got {self.bits}")
+        if not 0.0 <= self.prune_ratio < 1.0:
+            raise ValueError(f"prune_ratio must lie in [0, 1); got {self.prune_ratio}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A complete compression policy for one model."""
+
+    layers: Mapping[str, LayerSpec] = field(default_factory=dict)
+    scheme: str = "linear"
+    group_size: int | None = None
+    global_prune_ratio: float = 0.0
+    embedding_bits: int = 32
+    heads: Mapping[int, int] = field(default_factory=dict)
+    ffn: Mapping[int, int] = field(default_factory=dict)
+    kept_blocks: tuple[int, ...] | None = None
+    version: int = POLICY_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != POLICY_VERSION:
+            raise ValueError(f"policy version {self.version} is not supported; this release reads {POLICY_VERSION}")
+        if self.scheme not in QUANT_SCHEMES:
+            raise ValueError(f"scheme must be one of {QUANT_SCHEMES}; got {self.scheme!r}")
+        if self.group_size is not None and self.group_size < 1:
+            raise ValueError(f"group_size must be a positive integer or null; got {self.group_size}")
+        if not 0.0 <= self.global_prune_ratio < 1.0:
+            raise ValueError(f"global_prune_ratio must lie in [0, 1); got {self.global_prune_ratio}")
+        if self.global_prune_ratio and any(spec.prune_ratio for spec in self.layers.values()):
+            raise ValueError("use either global_prune_ratio or per-layer prune_ratio, not both")
+        if self.embedding_bits not in (8, 32):
+            raise ValueError(f"embedding_bits must be 8 or 32; got {self.embedding_bits}")
+        for key in self.layers:
+            if key.startswith(PATTERN_PREFIX):
+                re.compile(key[len(PATTERN_PREFIX) :])
+
+    def spec_for(self, name: str) -> LayerSpec:
+        """The spec that applies to the module ``name`` under the precedence rules."""
+        if name in self.layers:
+            return self.layers[name]
+        for key, spec in self.layers.items():
+            if key.startswith(PATTERN_PREFIX) and re.fullmatch(key[len(PATTERN_PREFIX) :], name):
+                return spec
+        return LayerSpec()
+
+    def resolve(self, names: Iterable[str]) -> dict[str, LayerSpec]:
+        return {name: self.spec_for(name) for name in names}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["layers"] = {name: asdict(spec) for name, spec in self.layers.items()}
+        data["heads"] = {str(k): v for k, v in self.heads.items()}
+        data["ffn"] = {str(k): v for k, v in self.ffn.items()}
+        data["kept_blocks"] = list(self.kept_blocks) if self.kept_blocks is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+        data = dict(data)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown policy field(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+        data["layers"] = {name: LayerSpec(**spec) for name, spec in data.get("layers", {}).items()}
+        data["heads"] = {int(k): int(v) for k, v in data.get("heads", {}).items()}
+        data["ffn"] = {int(k): int(v) for k, v in data.get("ffn", {}).items()}
+        if data.get("kept_blocks") is not None:
+            data["kept_blocks"] = tuple(int(i) for i in data["kept_blocks"])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Policy":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Policy":
+        return cls.from_json(Path(path).read_text())
+
+    def flat_params(self) -> dict[str, Any]:
+        """One scalar per key, for MLflow params and tables."""
+        params: dict[str, Any] = {
+            "scheme": self.scheme,
+            "group_size": self.group_size,
+            "global_prune_ratio": self.global_prune_ratio,
+            "embedding_bits": self.embedding_bits,
+            "kept_blocks": ",".join(map(str, self.kept_blocks)) if self.kept_blocks is not None else "all",
+        }
+        for name, spec in self.layers.items():
+            params[f"{name}.bits"] = spec.bits
+            params[f"{name}.prune_ratio"] = spec.prune_ratio
+        params.update({f"block{k}.heads": v for k, v in self.heads.items()})
+        params.update({f"block{k}.ffn": v for k, v in self.ffn.items()})
+        return params

@@ -1,0 +1,20 @@
+"""Deployment: export a compressed model to ONNX, lower its quantization to ONNX Runtime kernels, verify."""
+
+from autocompress.runtime._export import MODEL_INPUTS, export_onnx
+from autocompress.runtime._lower import LayerLowering, LoweringReport, NotDeployable, deployable, lower
+from autocompress.runtime._verify import LoweringMismatch, VerifyReport, ort_feed, ort_session, verify
+
+__all__ = [
+    "MODEL_INPUTS",
+    "LayerLowering",
+    "LoweringMismatch",
+    "LoweringReport",
+    "NotDeployable",
+    "VerifyReport",
+    "deployable",
+    "export_onnx",
+    "lower",
+    "ort_feed",
+    "ort_session",
+    "verify",
+]

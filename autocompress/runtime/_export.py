@@ -1,0 +1,95 @@
+"""Export a (compressed) sequence classifier to a float32 ONNX graph.
+
+The TorchScript-based exporter (``dynamo=False``) is used: it takes ~2 s
+instead of ~15 s for MiniLM, handles any head/neuron/layer count the model
+currently has, and names every node after its module scope. The lowering does
+not rely on those names: it finds each Linear's weight by value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from autocompress.runtime._verify import LoweringMismatch, ort_session
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+"""Input names the graph accepts, in this order (``token_type_ids`` only if the example has it)."""
+
+EXPORT_ATOL = 1e-4
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Positional-argument wrapper returning only the logits tensor."""
+
+    def __init__(self, model: PreTrainedModel, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, inputs, strict=True))).logits
+
+
+def input_names(example: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+    """The model inputs present in ``example`` (``labels`` and other keys are ignored)."""
+    missing = [name for name in MODEL_INPUTS[:2] if name not in example]
+    if missing:
+        raise ValueError(f"example lacks {missing}; it needs 'input_ids' and 'attention_mask' (a tokenizer batch)")
+    return tuple(name for name in MODEL_INPUTS if name in example)
+
+
+def export_onnx(
+    model: PreTrainedModel,
+    path: str | Path,
+    *,
+    example: Mapping[str, torch.Tensor],
+    opset: int | None = None,
+) -> Path:
+    """Write ``model`` as fp32 ONNX (dynamic batch and sequence) and check it against torch on ``example``.
+
+    The example should contain at least one padded row so the attention-mask
+    path is traced exactly as it runs on padded batches.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = input_names(example)
+    args = tuple(example[name] for name in names)
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
+    modes = {module: module.training for module in model.modules()}
+    wrapper = _LogitsOnly(model, names).eval()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper,
+                args,
+                str(path),
+                dynamo=False,
+                input_names=list(names),
+                output_names=["logits"],
+                dynamic_axes=dynamic,
+                opset_version=opset,
+            )
+            torch_logits = wrapper(*args).numpy()
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    _check_export(path, {name: example[name] for name in names}, torch_logits)
+    return path
+
+
+def _check_export(path: Path, example: Mapping[str, torch.Tensor], torch_logits: np.ndarray) -> None:
+    """Optimum-style check: the exported graph reproduces the torch logits on the example."""
+    session = ort_session(path, threads=1)
+    (onnx_logits,) = session.run(["logits"], {name: value.numpy() for name, value in example.items()})
+    diff = float(np.abs(onnx_logits - torch_logits).max())
+    if diff > EXPORT_ATOL:
+        raise LoweringMismatch(f"exported graph {path} differs from torch by {diff:.2e} > {EXPORT_ATOL:.0e} on the example")

@@ -1,0 +1,221 @@
+"""The search: an Optuna study whose trials compress, measure and track one policy each.
+
+``evaluate(policy, context)`` is the whole trial; the Optuna objective only
+samples the policy, records constraints and hands the numbers to the tracker,
+so parallel executors can run ``evaluate`` anywhere. The study storage is the
+source of truth: re-running with the same name and storage adds trials to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from transformers import PreTrainedModel
+
+from autocompress.compress import compress, layer_plan
+from autocompress.config import SamplerName, SearchConfig
+from autocompress.data import batches, load_split
+from autocompress.measure import (
+    accuracy,
+    hardware_fingerprint,
+    latency_sentences,
+    measure_latency,
+    model_size_bytes,
+)
+from autocompress.models import block_linears, encoder_list_name, load_tokenizer
+from autocompress.pareto import BASELINE_ATTR, format_table, front_rows, plot_front, select
+from autocompress.policy import Policy
+from autocompress.space import sample_policy
+from autocompress.teacher import Teacher, cache_root, get_teacher
+from autocompress.tracking import Tracker
+
+log = logging.getLogger("autocompress")
+DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, latency_ms, size_mb
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one compressed model measured."""
+
+    accuracy: float
+    latency_ms: float
+    latency_p90_ms: float
+    size_bytes: int
+
+
+@dataclass
+class SearchContext:
+    """Everything a trial needs, built once per search."""
+
+    config: SearchConfig
+    teacher: Teacher
+    model: PreTrainedModel
+    tokenizer: Any
+    validation: list[dict[str, torch.Tensor]]
+    latency_inputs: list[dict[str, torch.Tensor]]
+    calibration: dict[str, torch.Tensor]
+    workdir: Path
+    baseline: Measurement | None = None
+
+    @classmethod
+    def build(cls, config: SearchConfig) -> "SearchContext":
+        torch.manual_seed(config.search.seed)
+        teacher = get_teacher(config)
+        tokenizer = load_tokenizer(str(teacher.path))
+        validation_examples = load_split(config, "validation")
+        validation = batches(validation_examples, tokenizer, batch_size=64, max_length=config.task.max_length)
+        latency_inputs = latency_sentences(validation_examples.texts, tokenizer, count=config.latency.sentences, max_length=config.task.max_length)
+        calibration = validation[0]
+        workdir = cache_root() / "work" / config.search.study_name
+        workdir.mkdir(parents=True, exist_ok=True)
+        context = cls(config, teacher, teacher.load(), tokenizer, validation, latency_inputs, calibration, workdir)
+        context.baseline = measure(context.model, Policy(), context, name="teacher")
+        return context
+
+
+def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, name: str) -> Measurement:
+    """Accuracy on the validation split, storage size and real latency of ``model``."""
+    settings = context.config.latency
+    latency = measure_latency(
+        model,
+        context.latency_inputs,
+        backend=settings.backend,
+        threads=settings.threads,
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+        workdir=context.workdir / name,
+        verify_batches=context.validation,
+    )
+    return Measurement(
+        accuracy=accuracy(model, context.validation),
+        latency_ms=latency.median_ms,
+        latency_p90_ms=latency.p90_ms,
+        size_bytes=model_size_bytes(model, layer_plan(model, policy), scheme=policy.scheme),
+    )
+
+
+def evaluate(policy: Policy, context: SearchContext, *, name: str = "trial") -> Measurement:
+    """One trial: compress the teacher under ``policy`` and measure the result."""
+    compressed = compress(context.model, policy, calibration=context.calibration)
+    return measure(compressed, policy, context, name=name)
+
+
+def make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
+    seed = config.search.seed
+    if config.search.sampler is SamplerName.NSGA2:
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=config.search.population_size)
+    if config.search.sampler is SamplerName.TPE:
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def open_study(config: SearchConfig) -> optuna.Study:
+    return optuna.create_study(
+        study_name=config.search.study_name,
+        storage=config.search.storage,
+        directions=list(DIRECTIONS),
+        sampler=make_sampler(config),
+        load_if_exists=True,
+    )
+
+
+def _constraints(measurement: Measurement, baseline: Measurement, config: SearchConfig) -> dict[str, float]:
+    """Optuna constraint values: feasible when <= 0."""
+    limits = config.search.constraints
+    values = {}
+    if limits.max_accuracy_drop is not None:
+        values["accuracy_drop"] = (baseline.accuracy - measurement.accuracy) - limits.max_accuracy_drop
+    if limits.max_latency_ms is not None:
+        values["latency_ms"] = measurement.latency_ms - limits.max_latency_ms
+    if limits.max_size_mb is not None:
+        values["size_mb"] = measurement.size_bytes / 1e6 - limits.max_size_mb
+    return values
+
+
+def make_objective(context: SearchContext, tracker: Tracker):
+    prefix = encoder_list_name(context.model)
+    num_blocks = len(block_linears(context.model))
+    baseline = context.baseline
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        policy = sample_policy(trial, context.config.space, prefix=prefix, num_blocks=num_blocks)
+        trial.set_user_attr("policy", policy.to_dict())
+        started = time.perf_counter()
+        measurement = evaluate(policy, context, name=f"trial-{trial.number}")
+        for key, value in asdict(measurement).items():
+            trial.set_user_attr(key, value)
+        for key, value in _constraints(measurement, baseline, context.config).items():
+            trial.set_constraint(key, value)
+        names = [name for block in block_linears(context.model) for name in block]
+        params = {**policy.flat_params(), **{f"{n}.{k}": v for n, s in policy.resolve(names).items() for k, v in asdict(s).items()}}
+        params = {k: v for k, v in params.items() if not k.startswith("re:")}
+        metrics = {
+            **asdict(measurement),
+            "accuracy_drop": baseline.accuracy - measurement.accuracy,
+            "speedup": baseline.latency_ms / measurement.latency_ms,
+            "compression": baseline.size_bytes / measurement.size_bytes,
+            "size_mb": measurement.size_bytes / 1e6,
+            "trial_seconds": time.perf_counter() - started,
+        }
+        tracker.log_trial(trial.number, params=params, metrics=metrics, artifacts={"policy.json": policy.to_dict()})
+        return measurement.accuracy, measurement.latency_ms, measurement.size_bytes / 1e6
+
+    return objective
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    study_name: str
+    front: list[dict[str, Any]]
+    chosen: dict[str, Any] | None
+    output: Path
+
+
+def run_search(config: SearchConfig) -> SearchResult:
+    """Run (or resume) the configured search and write its front; see module docstring."""
+    log.info("preparing teacher, data and baseline")
+    context = SearchContext.build(config)
+    study = open_study(config)
+    baseline = asdict(context.baseline)
+    study.set_user_attr(BASELINE_ATTR, baseline)
+    tracker = Tracker(study=study, experiment=config.tracking.experiment, tracking_uri=config.tracking.uri)
+    fingerprint = hardware_fingerprint(threads=config.latency.threads)
+    tracker.log_search(
+        params={"model": config.model, "teacher_key": context.teacher.key, "sampler": config.search.sampler.value, "storage": config.search.storage},
+        metrics={f"teacher_{k}": float(v) for k, v in baseline.items()},
+        tags={f"hardware.{k}": str(v) for k, v in fingerprint.items()} | {"python": sys.version.split()[0], "platform": platform.platform()},
+        config=config.model_dump(mode="json"),
+    )
+    if context.teacher.trained_now:
+        tracker.log_teacher(context.teacher)
+    status = "FAILED"
+    try:
+        study.optimize(make_objective(context, tracker), n_trials=config.search.n_trials, timeout=config.search.timeout, gc_after_trial=True)
+        status = "FINISHED"
+    finally:
+        result = finish_search(study, config, tracker)
+        tracker.finish(status)
+    return result
+
+
+def finish_search(study: optuna.Study, config: SearchConfig, tracker: Tracker | None = None) -> SearchResult:
+    """Write pareto.json, best_policy.json and the plot; tag the front in MLflow."""
+    from autocompress.export import write_front
+
+    output = Path(config.output)
+    rows = front_rows(study) if any(t.state.is_finished() for t in study.trials) else []
+    chosen = select(rows, config.search.selection, config.search.constraints.max_accuracy_drop)
+    plot = plot_front(study, rows, output / "pareto.png") if rows else None
+    write_front(output, rows, chosen)
+    if tracker is not None:
+        tracker.log_front({row["trial"] for row in rows}, rows, plot)
+    print(format_table(rows, study.user_attrs.get(BASELINE_ATTR)))
+    return SearchResult(study.study_name, rows, chosen, output)

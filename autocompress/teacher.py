@@ -1,0 +1,118 @@
+"""The teacher: the uncompressed model fine-tuned on the task, trained once and cached.
+
+The cache key hashes the model files, the training data and the recipe, so a
+second search with the same inputs reuses the folder instead of retraining.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+
+from autocompress.config import SearchConfig
+from autocompress.data import Examples, batches, load_split
+from autocompress.models import load_classifier, load_tokenizer, resolve_model_path
+
+CACHE_ENV = "AUTOCOMPRESS_CACHE"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "autocompress")
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A fine-tuned model folder and how it came to be."""
+
+    path: Path
+    key: str
+    trained_now: bool
+    losses: tuple[float, ...] = ()
+
+    def load(self) -> PreTrainedModel:
+        return load_classifier(str(self.path))
+
+
+def _hash_files(folder: Path, digest: "hashlib._Hash") -> None:
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(folder)).encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+
+
+def teacher_key(config: SearchConfig, train: Examples) -> str:
+    """Hash of model files (or hub id), training data and recipe."""
+    digest = hashlib.sha256()
+    model_path = Path(resolve_model_path(config.model))
+    if model_path.is_dir():
+        _hash_files(model_path, digest)
+    else:
+        digest.update(config.model.encode())
+    digest.update(json.dumps([train.texts, train.labels]).encode())
+    recipe = {"teacher": config.teacher.model_dump(), "max_length": config.task.max_length, "num_labels": config.task.num_labels}
+    digest.update(json.dumps(recipe, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def fine_tune(model: PreTrainedModel, train: Examples, tokenizer, config: SearchConfig) -> list[float]:
+    """AdamW with linear warm-up and decay, on shuffled batches; returns the loss per step."""
+    recipe = config.teacher
+    torch.manual_seed(recipe.seed)
+    order = list(range(len(train)))
+    random.Random(recipe.seed).shuffle(order)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(recipe.warmup_ratio * recipe.steps), recipe.steps)
+    model.train()
+    losses = []
+    with tqdm(total=recipe.steps, desc="teacher fine-tuning", unit="step", file=sys.stderr) as bar:
+        while len(losses) < recipe.steps:
+            for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
+                picked = [order[i] for i in range(start, start + recipe.batch_size)]
+                chunk = Examples(tuple(train.texts[i] for i in picked), tuple(train.labels[i] for i in picked))
+                (batch,) = batches(chunk, tokenizer, batch_size=recipe.batch_size, max_length=config.task.max_length)
+                loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad()
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+                if len(losses) == recipe.steps:
+                    break
+    return losses
+
+
+def get_teacher(config: SearchConfig) -> Teacher:
+    """Return the cached teacher for this config, fine-tuning it first if needed."""
+    if config.teacher.checkpoint:
+        path = Path(resolve_model_path(config.teacher.checkpoint))
+        return Teacher(path=path, key=f"checkpoint:{config.teacher.checkpoint}", trained_now=False)
+    train = load_split(config, "train")
+    key = teacher_key(config, train)
+    folder = cache_root() / "teachers" / key
+    if (folder / "teacher.json").is_file():
+        return Teacher(path=folder, key=key, trained_now=False)
+    tokenizer = load_tokenizer(config.model)
+    model = load_classifier(config.model, num_labels=config.task.num_labels)
+    losses = fine_tune(model, train, tokenizer, config)
+    staging = folder.with_name(f"{key}.partial")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "teacher.json").write_text(json.dumps({"key": key, "model": config.model, "recipe": config.teacher.model_dump()}))
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return Teacher(path=folder, key=key, trained_now=True, losses=tuple(losses))

@@ -1,0 +1,103 @@
+"""Quantization and magnitude pruning on the real model: exact zero fractions, weights on the grid."""
+
+import pytest
+import torch
+
+from autocompress.compress import compress, layer_plan
+from autocompress.measure import model_size_bytes
+from autocompress.models import block_linears
+from autocompress.policy import LayerSpec, Policy
+from autocompress.techniques import QUANT_ATTR, kmeans_codebook, quantize_weight
+
+ALL_BLOCKS = "re:bert\\.encoder\\.layer\\.\\d+\\..*"
+
+
+def encoder_weights(model):
+    return {name: m.weight for block in block_linears(model) for name, m in block.items()}
+
+
+def test_layers_are_discovered_per_block(model):
+    blocks = block_linears(model)
+    assert len(blocks) == model.config.num_hidden_layers
+    assert all(len(block) == 6 for block in blocks)
+    names = [name for block in blocks for name in block]
+    assert not any("classifier" in n or "pooler" in n for n in names)
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.9])
+def test_local_pruning_zeroes_the_exact_fraction_of_each_layer(model, ratio):
+    compressed = compress(model, Policy(layers={ALL_BLOCKS: LayerSpec(prune_ratio=ratio)}))
+    for name, weight in encoder_weights(compressed).items():
+        assert (weight == 0).sum().item() == round(ratio * weight.numel()), name
+        kept = weight[weight != 0].abs().min()
+        original = dict(model.named_modules())[name.rsplit(".weight", 1)[0]].weight
+        assert kept >= original.abs().flatten().kthvalue(round(ratio * weight.numel())).values
+    assert torch.equal(compressed.classifier.weight, model.classifier.weight)
+    assert torch.equal(compressed.bert.pooler.dense.weight, model.bert.pooler.dense.weight)
+
+
+def test_global_pruning_ranks_across_layers(model):
+    compressed = compress(model, Policy(global_prune_ratio=0.5))
+    weights = encoder_weights(compressed)
+    total = sum(w.numel() for w in weights.values())
+    zeros = sum((w == 0).sum().item() for w in weights.values())
+    assert zeros == round(0.5 * total)
+    fractions = [(w == 0).float().mean().item() for w in weights.values()]
+    assert max(fractions) - min(fractions) > 0.05  # one threshold, so layers differ
+    assert torch.equal(compressed.classifier.weight, model.classifier.weight)
+
+
+@pytest.mark.parametrize(("bits", "group"), [(8, None), (4, None), (4, 32), (2, 64)])
+def test_linear_quantization_puts_every_weight_on_the_grid(model, bits, group):
+    compressed = compress(model, Policy(layers={ALL_BLOCKS: LayerSpec(bits=bits)}, group_size=group))
+    limit = 2 ** (bits - 1) - 1
+    for block in block_linears(compressed):
+        for name, linear in block.items():
+            quantized = getattr(linear, QUANT_ATTR)
+            group_size = group or linear.in_features
+            assert quantized.scales.shape == (linear.out_features, linear.in_features // group_size)
+            scales = quantized.scales.repeat_interleave(group_size, dim=1)
+            codes = linear.weight / scales
+            assert torch.allclose(codes, codes.round(), atol=1e-3), name
+            assert codes.abs().max() <= limit + 1e-3
+            assert torch.equal(linear.weight, quantized.dequantize())
+    assert not torch.equal(compressed.bert.encoder.layer[0].output.dense.weight, model.bert.encoder.layer[0].output.dense.weight)
+
+
+def test_kmeans_quantization_uses_a_codebook_of_2_to_the_bits_values(model):
+    compressed = compress(model, Policy(layers={ALL_BLOCKS: LayerSpec(bits=3)}, scheme="kmeans"))
+    for block in block_linears(compressed):
+        for linear in block.values():
+            assert linear.weight.unique().numel() <= 8
+    weight = model.bert.encoder.layer[0].intermediate.dense.weight
+    codebook, indices = kmeans_codebook(weight, 3)
+    uniform = quantize_weight(weight, 3).dequantize()
+    # Lloyd's codebook fits the weight distribution better than the uniform grid.
+    assert (codebook[indices] - weight).pow(2).mean() < (uniform - weight).pow(2).mean()
+
+
+def test_pruned_zeros_survive_quantization(model):
+    compressed = compress(model, Policy(layers={ALL_BLOCKS: LayerSpec(bits=4, prune_ratio=0.5)}))
+    for weight in encoder_weights(compressed).values():
+        assert (weight == 0).float().mean().item() >= 0.5
+
+
+def test_sixteen_bits_round_to_half_precision(model):
+    compressed = compress(model, Policy(layers={ALL_BLOCKS: LayerSpec(bits=16)}))
+    weight = compressed.bert.encoder.layer[2].attention.self.value.weight
+    assert torch.equal(weight, weight.half().float())
+
+
+def test_compression_changes_outputs_and_size(model, sentence_batches):
+    policy = Policy(layers={ALL_BLOCKS: LayerSpec(bits=4, prune_ratio=0.5)}, embedding_bits=8)
+    compressed = compress(model, policy)
+    batch = {k: v for k, v in sentence_batches[0].items() if k != "labels"}
+    with torch.no_grad():
+        assert not torch.allclose(model(**batch).logits, compressed(**batch).logits, atol=1e-4)
+    full = model_size_bytes(model, layer_plan(model, Policy()))
+    small = model_size_bytes(compressed, layer_plan(compressed, policy))
+    assert full == sum(p.numel() for p in model.parameters()) * 4
+    linear_params = sum(w.numel() for w in encoder_weights(model).values())
+    embedding = model.get_input_embeddings().weight.numel()
+    # encoder weights: 4-bit dense (cheaper than bitmap + half the values) ; embedding: int8
+    assert full - small > linear_params * (4 - 0.5) + embedding * (4 - 1) - 4 * (sum(m.weight.shape[0] for b in block_linears(model) for m in b.values()) + model.get_input_embeddings().weight.shape[0])
