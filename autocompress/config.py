@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DATA_ROOT_ENV = "AUTOCOMPRESS_DATA_ROOT"
+DEPLOYABLE_BITS = (2, 4, 8, 16, 32)
 
 
 class ConfigError(ValueError):
@@ -72,12 +73,27 @@ class SpaceConfig(Strict):
     prune_mode: PruneMode = PruneMode.LOCAL
     prune_ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5], min_length=1)
     embedding_bits: list[Literal[8, 32]] = Field(default_factory=lambda: [32], min_length=1)
+    heads: list[int] | None = Field(None, min_length=1, description="heads kept per block; null: all")
+    ffn_widths: list[int] | None = Field(None, min_length=1, description="FFN width per block; null: full")
+    num_blocks: list[int] | None = Field(None, min_length=1, description="blocks kept, evenly spaced; null: all")
+    simulation_only: bool = Field(False, description="allow choices no CPU runtime executes (3/5/6/7 bits, kmeans)")
 
     @model_validator(mode="after")
     def _ratios_in_range(self) -> "SpaceConfig":
         bad = [r for r in self.prune_ratios if not 0.0 <= r < 1.0]
         if bad:
             raise ValueError(f"prune_ratios must lie in [0, 1), got {bad}")
+        if not self.simulation_only:
+            blocked = [b for b in self.weight_bits if b not in DEPLOYABLE_BITS] + [s for s in self.quant_scheme if s != "linear"]
+            if blocked:
+                raise ValueError(
+                    f"{blocked} cannot run on ONNX Runtime's CPU kernels; deployable weight_bits: "
+                    f"{list(DEPLOYABLE_BITS)} with quant_scheme [linear], or set space.simulation_only: true"
+                )
+        for name in ("heads", "ffn_widths", "num_blocks"):
+            negative = [v for v in getattr(self, name) or [] if v < (1 if name == "num_blocks" else 0)]
+            if negative:
+                raise ValueError(f"{name} must hold non-negative counts (num_blocks >= 1), got {negative}")
         return self
 
 
@@ -118,7 +134,7 @@ class LatencyConfig(Strict):
     threads: int = Field(2, ge=1)
     sentences: int = Field(32, ge=1)
     warmup: int = Field(10, ge=0)
-    repeats: int = Field(3, ge=1)
+    repeats: int = Field(100, ge=2, description="timed batch-1 calls, cycling through the sentences")
 
 
 class TrackingConfig(Strict):
@@ -138,6 +154,12 @@ class SearchConfig(Strict):
     tracking: TrackingConfig = TrackingConfig()
     output: str = "out"
     source: str | None = Field(None, exclude=True, description="file the config was read from")
+
+    @model_validator(mode="after")
+    def _simulation_needs_torch(self) -> "SearchConfig":
+        if self.space.simulation_only and self.latency.backend != "torch":
+            raise ValueError("space.simulation_only: true needs latency.backend: torch (ONNX Runtime cannot run those choices)")
+        return self
 
     def data_path(self, relative: str) -> Path:
         """Resolve a task file against the data root (environment variable first)."""

@@ -22,17 +22,12 @@ from transformers import PreTrainedModel
 
 from autocompress.compress import compress, layer_plan
 from autocompress.config import SamplerName, SearchConfig
-from autocompress.data import batches, load_split
-from autocompress.measure import (
-    accuracy,
-    hardware_fingerprint,
-    latency_sentences,
-    measure_latency,
-    model_size_bytes,
-)
+from autocompress.data import Examples, batches, load_split
+from autocompress.measure import deploy_and_measure, hardware_fingerprint, latency_inputs, model_size_bytes, pick_sentences
 from autocompress.models import block_linears, encoder_list_name, load_tokenizer
 from autocompress.pareto import BASELINE_ATTR, format_table, front_rows, plot_front, select
 from autocompress.policy import Policy
+from autocompress.runtime import LoweringMismatch, NotDeployable
 from autocompress.space import sample_policy
 from autocompress.teacher import Teacher, cache_root, get_teacher
 from autocompress.tracking import Tracker
@@ -46,9 +41,13 @@ class Measurement:
     """What one compressed model measured."""
 
     accuracy: float
+    simulated_accuracy: float
     latency_ms: float
     latency_p90_ms: float
+    latency_ci_low_ms: float
+    latency_ci_high_ms: float
     size_bytes: int
+    artifact_bytes: int | None
 
 
 @dataclass
@@ -71,34 +70,45 @@ class SearchContext:
         teacher = get_teacher(config)
         tokenizer = load_tokenizer(str(teacher.path))
         validation_examples = load_split(config, "validation")
-        validation = batches(validation_examples, tokenizer, batch_size=64, max_length=config.task.max_length)
-        latency_inputs = latency_sentences(validation_examples.texts, tokenizer, count=config.latency.sentences, max_length=config.task.max_length)
-        calibration = validation[0]
+        validation = batches(by_length(validation_examples), tokenizer, batch_size=64, max_length=config.task.max_length)
+        sentences = pick_sentences(validation_examples.texts, n=min(config.latency.sentences, len(validation_examples)))
+        timing_inputs = latency_inputs(tokenizer, sentences, max_length=config.task.max_length)
+        calibration = batches(load_split(config, "train").head(32), tokenizer, batch_size=32, max_length=config.task.max_length)[0]
         workdir = cache_root() / "work" / config.search.study_name
         workdir.mkdir(parents=True, exist_ok=True)
-        context = cls(config, teacher, teacher.load(), tokenizer, validation, latency_inputs, calibration, workdir)
+        context = cls(config, teacher, teacher.load(), tokenizer, validation, timing_inputs, calibration, workdir)
         context.baseline = measure(context.model, Policy(), context, name="teacher")
         return context
 
 
+def by_length(examples: Examples) -> Examples:
+    """Sort by length so validation batches carry little padding (accuracy is order-free)."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples.texts[i]))
+    return Examples(tuple(examples.texts[i] for i in order), tuple(examples.labels[i] for i in order))
+
+
 def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, name: str) -> Measurement:
-    """Accuracy on the validation split, storage size and real latency of ``model``."""
+    """Accuracy on the validation split, storage size and real latency of the deployed ``model``."""
     settings = context.config.latency
-    latency = measure_latency(
+    deployed = deploy_and_measure(
         model,
-        context.latency_inputs,
+        latency_inputs=context.latency_inputs,
+        validation=context.validation,
         backend=settings.backend,
         threads=settings.threads,
         warmup=settings.warmup,
         repeats=settings.repeats,
         workdir=context.workdir / name,
-        verify_batches=context.validation,
     )
     return Measurement(
-        accuracy=accuracy(model, context.validation),
-        latency_ms=latency.median_ms,
-        latency_p90_ms=latency.p90_ms,
+        accuracy=deployed.accuracy,
+        simulated_accuracy=deployed.simulated_accuracy,
+        latency_ms=deployed.latency.median_ms,
+        latency_p90_ms=deployed.latency.p90_ms,
+        latency_ci_low_ms=deployed.latency.ci_low_ms,
+        latency_ci_high_ms=deployed.latency.ci_high_ms,
         size_bytes=model_size_bytes(model, layer_plan(model, policy), scheme=policy.scheme),
+        artifact_bytes=deployed.artifact_bytes,
     )
 
 
@@ -158,7 +168,7 @@ def make_objective(context: SearchContext, tracker: Tracker):
         params = {**policy.flat_params(), **{f"{n}.{k}": v for n, s in policy.resolve(names).items() for k, v in asdict(s).items()}}
         params = {k: v for k, v in params.items() if not k.startswith("re:")}
         metrics = {
-            **asdict(measurement),
+            **{k: v for k, v in asdict(measurement).items() if v is not None},
             "accuracy_drop": baseline.accuracy - measurement.accuracy,
             "speedup": baseline.latency_ms / measurement.latency_ms,
             "compression": baseline.size_bytes / measurement.size_bytes,
@@ -190,7 +200,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     fingerprint = hardware_fingerprint(threads=config.latency.threads)
     tracker.log_search(
         params={"model": config.model, "teacher_key": context.teacher.key, "sampler": config.search.sampler.value, "storage": config.search.storage},
-        metrics={f"teacher_{k}": float(v) for k, v in baseline.items()},
+        metrics={f"teacher_{k}": float(v) for k, v in baseline.items() if v is not None},
         tags={f"hardware.{k}": str(v) for k, v in fingerprint.items()} | {"python": sys.version.split()[0], "platform": platform.platform()},
         config=config.model_dump(mode="json"),
     )
@@ -198,7 +208,13 @@ def run_search(config: SearchConfig) -> SearchResult:
         tracker.log_teacher(context.teacher)
     status = "FAILED"
     try:
-        study.optimize(make_objective(context, tracker), n_trials=config.search.n_trials, timeout=config.search.timeout, gc_after_trial=True)
+        study.optimize(
+            make_objective(context, tracker),
+            n_trials=config.search.n_trials,
+            timeout=config.search.timeout,
+            gc_after_trial=True,
+            catch=(NotDeployable, LoweringMismatch),
+        )
         status = "FINISHED"
     finally:
         result = finish_search(study, config, tracker)

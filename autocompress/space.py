@@ -29,6 +29,11 @@ def sample_policy(trial: optuna.Trial, space: SpaceConfig, *, prefix: str, num_b
         bits = trial.suggest_categorical(f"block{index}.bits", space.weight_bits)
         ratio = trial.suggest_categorical(f"block{index}.prune_ratio", space.prune_ratios) if local else 0.0
         layers[block_pattern(prefix, index)] = LayerSpec(bits=bits, prune_ratio=ratio)
+    structure = {
+        "heads": {i: trial.suggest_categorical(f"block{i}.heads", space.heads) for i in range(num_blocks)} if space.heads else {},
+        "ffn": {i: trial.suggest_categorical(f"block{i}.ffn", space.ffn_widths) for i in range(num_blocks)} if space.ffn_widths else {},
+        "kept_blocks": evenly_spaced(trial.suggest_categorical("num_blocks", space.num_blocks), num_blocks) if space.num_blocks else None,
+    }
     global_ratio = (
         trial.suggest_categorical("global_prune_ratio", space.prune_ratios) if space.prune_mode is PruneMode.GLOBAL else 0.0
     )
@@ -38,4 +43,12 @@ def sample_policy(trial: optuna.Trial, space: SpaceConfig, *, prefix: str, num_b
         group_size=trial.suggest_categorical("group_size", space.group_size),
         global_prune_ratio=global_ratio,
         embedding_bits=trial.suggest_categorical("embedding_bits", space.embedding_bits),
+        **structure,
     )
+
+
+def evenly_spaced(count: int, total: int) -> tuple[int, ...]:
+    """``count`` of ``total`` block indices, evenly spaced and always keeping the last block."""
+    if not 1 <= count <= total:
+        raise ValueError(f"num_blocks must lie in 1..{total}, got {count}")
+    return tuple(round((i + 1) * total / count) - 1 for i in range(count))

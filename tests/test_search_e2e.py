@@ -23,7 +23,7 @@ def tiny_config(tmp_path, data_root, monkeypatch):
         "space": {"weight_bits": [4, 8, 32], "group_size": [None, 32], "prune_ratios": [0.0, 0.5], "embedding_bits": [8, 32]},
         "search": {"n_trials": 3, "study_name": "tiny", "storage": f"sqlite:///{tmp_path}/study.db", "population_size": 2,
                    "constraints": {"max_accuracy_drop": None}},
-        "latency": {"sentences": 4, "warmup": 2, "repeats": 1},
+        "latency": {"sentences": 4, "warmup": 2, "repeats": 8},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tiny"},
         "output": str(tmp_path / "out"),
     }

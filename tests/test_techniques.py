@@ -101,3 +101,25 @@ def test_compression_changes_outputs_and_size(model, sentence_batches):
     embedding = model.get_input_embeddings().weight.numel()
     # encoder weights: 4-bit dense (cheaper than bitmap + half the values) ; embedding: int8
     assert full - small > linear_params * (4 - 0.5) + embedding * (4 - 1) - 4 * (sum(m.weight.shape[0] for b in block_linears(model) for m in b.values()) + model.get_input_embeddings().weight.shape[0])
+
+
+def test_structured_policy_shrinks_and_specs_follow_their_original_blocks(model, sentence_batches):
+    policy = Policy(
+        layers={"re:bert\\.encoder\\.layer\\.3\\..*": LayerSpec(bits=4), "re:bert\\.encoder\\.layer\\.5\\..*": LayerSpec(prune_ratio=0.5)},
+        heads={0: 6},
+        ffn={1: 768},
+        kept_blocks=(0, 1, 3, 5),
+    )
+    compressed = compress(model, policy, calibration=sentence_batches[0])
+    layers = compressed.bert.encoder.layer
+    assert len(layers) == 4 and compressed.config.num_hidden_layers == 4
+    assert layers[0].attention.self.query.out_features == 6 * 32
+    assert layers[1].intermediate.dense.out_features == 768
+    # original block 3 is now block 2 and carries the 4-bit spec; original block 5 (now 3) is half zeros
+    assert getattr(layers[2].intermediate.dense, QUANT_ATTR).bits == 4
+    assert not hasattr(layers[1].intermediate.dense, QUANT_ATTR)
+    assert (layers[3].output.dense.weight == 0).float().mean().item() == pytest.approx(0.5, abs=1e-6)
+    from autocompress.techniques import count_parameters
+
+    assert count_parameters(compressed) < count_parameters(model)
+    assert model_size_bytes(compressed, layer_plan(compressed, policy)) < model_size_bytes(model, layer_plan(model, Policy()))

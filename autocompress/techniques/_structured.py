@@ -225,7 +225,7 @@ def _neuron_weights(block: nn.Module) -> list[tuple[torch.Tensor, int]]:
 
 
 def _per_unit(values: Sequence[torch.Tensor], dims: Sequence[int], units: int) -> torch.Tensor:
-    """Sum each tensor over everything but ``units`` equal slices along its dim; add them up."""
+    """Cut each tensor into ``units`` equal slices along its dim, sum each slice, add across tensors."""
     total = torch.zeros(units, device=values[0].device)
     if units == 0:
         return total

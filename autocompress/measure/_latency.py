@@ -1,0 +1,252 @@
+"""Latency of a model on real sentences, with one interface and a torch and an ONNX Runtime backend.
+
+Timings are serialized across processes by an exclusive ``fcntl.flock`` on a
+lock file, so parallel trials of one search never time at the same moment on
+the same cores. Each call is timed on its own; the result keeps the median,
+the 90th percentile and a distribution-free 95 % confidence interval of the
+median (binomial order statistics).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from transformers import PreTrainedModel
+
+from autocompress.runtime import MODEL_INPUTS, ort_feed, ort_session
+
+Z_95 = 1.959964
+
+
+def default_lock_path() -> Path:
+    """``$XDG_CACHE_HOME/autocompress/latency.lock`` (``~/.cache`` when unset)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "autocompress" / "latency.lock"
+
+
+@contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Per-call latency statistics of one measurement; ``started``/``finished`` are epoch seconds."""
+
+    median_ms: float
+    p90_ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+    n: int
+    batch_size: int
+    backend: str
+    threads: int
+    started: float
+    finished: float
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, float | int | str]) -> LatencyResult:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown LatencyResult fields {unknown}; allowed: {sorted(names)}")
+        return cls(**data)
+
+
+def median_ci(samples_ms: Sequence[float], *, z: float = Z_95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median from order statistics (normal approx. to the binomial)."""
+    ordered = sorted(samples_ms)
+    n = len(ordered)
+    half_width = z * math.sqrt(n) / 2
+    low = max(0, math.floor(n / 2 - half_width) - 1)
+    high = min(n - 1, math.ceil(n / 2 + half_width))
+    return ordered[low], ordered[high]
+
+
+def _pad(encodings: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Right-pad 1-row encodings to the longest; zeros are masked out, so the pad id does not matter."""
+    longest = max(e["input_ids"].shape[-1] for e in encodings)
+    names = [name for name in MODEL_INPUTS if name in encodings[0]]
+    return {
+        name: torch.stack(
+            [torch.nn.functional.pad(e[name].reshape(-1), (0, longest - e[name].shape[-1])) for e in encodings]
+        )
+        for name in names
+    }
+
+
+def make_batches(inputs: Sequence[Mapping[str, torch.Tensor]], batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Consecutive groups of ``batch_size`` sentences (wrapping around), each padded to its longest."""
+    if not inputs:
+        raise ValueError("inputs is empty; pass tokenized real sentences (see latency_inputs)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    count = max(1, len(inputs) // batch_size)
+    return [_pad([inputs[(b * batch_size + i) % len(inputs)] for i in range(batch_size)]) for b in range(count)]
+
+
+def pick_sentences(texts: Sequence[str], *, n: int = 32) -> list[str]:
+    """``n`` real sentences at evenly spaced length quantiles, so their lengths match the split's; deterministic."""
+    if not 1 <= n <= len(texts):
+        raise ValueError(f"n must be in 1..{len(texts)} (number of texts), got {n}")
+    by_length = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+    positions = [round((k + 0.5) * len(texts) / n - 0.5) for k in range(n)]
+    return [texts[by_length[p]] for p in positions]
+
+
+def latency_inputs(tokenizer, texts: Sequence[str], *, max_length: int = 128) -> list[dict[str, torch.Tensor]]:
+    """Tokenize each sentence on its own (unpadded, 1 x length tensors), as a probe expects."""
+    return [dict(tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt")) for text in texts]
+
+
+class LatencyProbe(ABC):
+    """Times one model's forward pass on real inputs; subclasses supply the backend call."""
+
+    backend: str
+
+    def __init__(self, *, threads: int, lock_path: str | Path | None = None) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = threads
+        self.lock_path = Path(lock_path) if lock_path is not None else default_lock_path()
+
+    @abstractmethod
+    def _prepare(self, batch: Mapping[str, torch.Tensor]) -> object:
+        """Convert a padded batch to the backend's input once, outside the timed region."""
+
+    @abstractmethod
+    def _run(self, prepared: object) -> None:
+        """One forward pass."""
+
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        yield
+
+    def measure(
+        self,
+        inputs: Sequence[Mapping[str, torch.Tensor]],
+        *,
+        batch_size: int = 1,
+        warmup: int = 10,
+        repeats: int = 100,
+    ) -> LatencyResult:
+        """Time ``repeats`` calls (after ``warmup``) cycling through ``inputs``, holding the lock throughout."""
+        if repeats < 2 or warmup < 0:
+            raise ValueError(f"need repeats >= 2 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+        prepared = [self._prepare(batch) for batch in make_batches(inputs, batch_size)]
+        samples = []
+        with exclusive_lock(self.lock_path), self._threads():
+            started = time.time()
+            for i in range(warmup):
+                self._run(prepared[i % len(prepared)])
+            for i in range(repeats):
+                begin = time.perf_counter_ns()
+                self._run(prepared[i % len(prepared)])
+                samples.append((time.perf_counter_ns() - begin) / 1e6)
+            finished = time.time()
+        low, high = median_ci(samples)
+        return LatencyResult(
+            median_ms=float(np.median(samples)),
+            p90_ms=float(np.percentile(samples, 90)),
+            ci_low_ms=low,
+            ci_high_ms=high,
+            n=repeats,
+            batch_size=batch_size,
+            backend=self.backend,
+            threads=self.threads,
+            started=started,
+            finished=finished,
+        )
+
+
+class TorchProbe(LatencyProbe):
+    """Eager torch on CPU under ``inference_mode`` with ``threads`` intra-op threads."""
+
+    backend = "torch"
+
+    def __init__(self, model: PreTrainedModel, *, threads: int, lock_path: str | Path | None = None) -> None:
+        super().__init__(threads=threads, lock_path=lock_path)
+        self.model = model.eval()
+
+    def _prepare(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return dict(batch)
+
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def _run(self, prepared: dict[str, torch.Tensor]) -> None:
+        self.model(**prepared)
+
+
+class OrtProbe(LatencyProbe):
+    """ONNX Runtime CPU: fixed intra-op threads, one inter-op thread, sequential, all graph optimizations."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, onnx_path: str | Path, *, threads: int, lock_path: str | Path | None = None) -> None:
+        super().__init__(threads=threads, lock_path=lock_path)
+        self.session: ort.InferenceSession = ort_session(onnx_path, threads=threads)
+
+    def _prepare(self, batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return ort_feed(self.session, batch)
+
+    def _run(self, prepared: dict[str, np.ndarray]) -> None:
+        self.session.run(None, prepared)
+
+
+def hardware_fingerprint(*, threads: int | None = None) -> dict[str, str | int | None]:
+    """What a latency number depends on: CPU model, cores, threads used, library and Python versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu,
+        "logical_cores": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def fingerprint_id(fingerprint: Mapping[str, object]) -> str:
+    """A short stable hash of a fingerprint (key order does not matter)."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:12]
