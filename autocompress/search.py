@@ -23,7 +23,15 @@ from transformers import PreTrainedModel
 from autocompress.compress import compress, layer_plan
 from autocompress.config import SamplerName, SearchConfig
 from autocompress.data import Examples, batches, load_split
-from autocompress.measure import deploy_and_measure, hardware_fingerprint, latency_inputs, model_size_bytes, pick_sentences
+from autocompress.cost import CostModelStore, is_clearly_infeasible, policy_features
+from autocompress.measure import (
+    deploy_and_measure,
+    fingerprint_id,
+    hardware_fingerprint,
+    latency_inputs,
+    model_size_bytes,
+    pick_sentences,
+)
 from autocompress.models import block_linears, encoder_list_name, load_tokenizer
 from autocompress.pareto import BASELINE_ATTR, format_table, front_rows, plot_front, select
 from autocompress.policy import Policy
@@ -34,6 +42,8 @@ from autocompress.tracking import Tracker
 
 log = logging.getLogger("autocompress")
 DIRECTIONS = ("maximize", "minimize", "minimize")  # accuracy, latency_ms, size_mb
+MIN_COST_SAMPLES = 3
+"""Measurements before the cost model is first fit (it only rejects after 8, see cost.is_clearly_infeasible)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,19 @@ class SearchContext:
     latency_inputs: list[dict[str, torch.Tensor]]
     calibration: dict[str, torch.Tensor]
     workdir: Path
+    costs: CostModelStore
+    fingerprint: dict[str, Any]
     baseline: Measurement | None = None
+
+    @property
+    def seq_len(self) -> float:
+        """Mean token count of the timed sentences: the cost model's input length."""
+        return sum(x["input_ids"].shape[-1] for x in self.latency_inputs) / len(self.latency_inputs)
+
+    @property
+    def latency_target(self) -> tuple[str, str]:
+        """Cost-model key: this hardware and runtime."""
+        return fingerprint_id(self.fingerprint), f"latency_ms.{self.config.latency.backend}"
 
     @classmethod
     def build(cls, config: SearchConfig) -> "SearchContext":
@@ -76,7 +98,9 @@ class SearchContext:
         calibration = batches(load_split(config, "train").head(32), tokenizer, batch_size=32, max_length=config.task.max_length)[0]
         workdir = cache_root() / "work" / config.search.study_name
         workdir.mkdir(parents=True, exist_ok=True)
-        context = cls(config, teacher, teacher.load(), tokenizer, validation, timing_inputs, calibration, workdir)
+        costs = CostModelStore(cache_root() / "cost_models")
+        fingerprint = hardware_fingerprint(threads=config.latency.threads)
+        context = cls(config, teacher, teacher.load(), tokenizer, validation, timing_inputs, calibration, workdir, costs, fingerprint)
         context.baseline = measure(context.model, Policy(), context, name="teacher")
         return context
 
@@ -158,15 +182,19 @@ def make_objective(context: SearchContext, tracker: Tracker):
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         policy = sample_policy(trial, context.config.space, prefix=prefix, num_blocks=num_blocks)
         trial.set_user_attr("policy", policy.to_dict())
+        names = [name for block in block_linears(context.model) for name in block]
+        params = {**policy.flat_params(), **{f"{n}.{k}": v for n, s in policy.resolve(names).items() for k, v in asdict(s).items()}}
+        params = {k: v for k, v in params.items() if not k.startswith("re:")}
+        features = policy_features(policy, context.model, seq_len=context.seq_len)
+        predicted = predict_latency(context, features, trial, tracker, params, policy)
         started = time.perf_counter()
         measurement = evaluate(policy, context, name=f"trial-{trial.number}")
+        if context.costs.add(*context.latency_target, features, measurement.latency_ms) >= MIN_COST_SAMPLES:
+            context.costs.fit(*context.latency_target)
         for key, value in asdict(measurement).items():
             trial.set_user_attr(key, value)
         for key, value in _constraints(measurement, baseline, context.config).items():
             trial.set_constraint(key, value)
-        names = [name for block in block_linears(context.model) for name in block]
-        params = {**policy.flat_params(), **{f"{n}.{k}": v for n, s in policy.resolve(names).items() for k, v in asdict(s).items()}}
-        params = {k: v for k, v in params.items() if not k.startswith("re:")}
         metrics = {
             **{k: v for k, v in asdict(measurement).items() if v is not None},
             "accuracy_drop": baseline.accuracy - measurement.accuracy,
@@ -175,10 +203,38 @@ def make_objective(context: SearchContext, tracker: Tracker):
             "size_mb": measurement.size_bytes / 1e6,
             "trial_seconds": time.perf_counter() - started,
         }
+        if predicted is not None:
+            metrics["predicted_latency_ms"] = predicted
+            metrics["latency_prediction_error_pct"] = 100 * abs(predicted - measurement.latency_ms) / measurement.latency_ms
         tracker.log_trial(trial.number, params=params, metrics=metrics, artifacts={"policy.json": policy.to_dict()})
         return measurement.accuracy, measurement.latency_ms, measurement.size_bytes / 1e6
 
     return objective
+
+
+def predict_latency(
+    context: SearchContext, features: dict[str, float], trial: optuna.Trial, tracker: Tracker, params: dict[str, Any], policy: Policy
+) -> float | None:
+    """The cost model's latency for this candidate; prune the trial when it confidently breaks the limit."""
+    model = context.costs.load(*context.latency_target)
+    if model is None:
+        return None
+    limit = context.config.search.constraints.max_latency_ms
+    if limit is None:
+        return float(model.predict([features])[0])
+    reject, predicted = is_clearly_infeasible(model, features, limit=limit)
+    trial.set_user_attr("predicted_latency_ms", predicted)
+    if reject:
+        trial.set_user_attr("rejected_by_cost_model", True)
+        tracker.log_trial(
+            trial.number,
+            params=params,
+            metrics={"predicted_latency_ms": predicted},
+            artifacts={"policy.json": policy.to_dict()},
+            tags={"rejected_by_cost_model": "true"},
+        )
+        raise optuna.TrialPruned(f"cost model predicts {predicted:.2f} ms, confidently above max_latency_ms={limit}")
+    return predicted
 
 
 @dataclass(frozen=True)
@@ -197,7 +253,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     baseline = asdict(context.baseline)
     study.set_user_attr(BASELINE_ATTR, baseline)
     tracker = Tracker(study=study, experiment=config.tracking.experiment, tracking_uri=config.tracking.uri)
-    fingerprint = hardware_fingerprint(threads=config.latency.threads)
+    fingerprint = context.fingerprint
     tracker.log_search(
         params={"model": config.model, "teacher_key": context.teacher.key, "sampler": config.search.sampler.value, "storage": config.search.storage},
         metrics={f"teacher_{k}": float(v) for k, v in baseline.items() if v is not None},

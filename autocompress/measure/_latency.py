@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autocompress.runtime import MODEL_INPUTS, ort_feed, ort_session
 
@@ -119,7 +119,7 @@ def pick_sentences(texts: Sequence[str], *, n: int = 32) -> list[str]:
     return [texts[by_length[p]] for p in positions]
 
 
-def latency_inputs(tokenizer, texts: Sequence[str], *, max_length: int = 128) -> list[dict[str, torch.Tensor]]:
+def latency_inputs(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, max_length: int = 128) -> list[dict[str, torch.Tensor]]:
     """Tokenize each sentence on its own (unpadded, 1 x length tensors), as a probe expects."""
     return [dict(tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt")) for text in texts]
 
@@ -144,7 +144,7 @@ class LatencyProbe(ABC):
         """One forward pass."""
 
     @contextmanager
-    def _threads(self) -> Iterator[None]:
+    def _timing_context(self) -> Iterator[None]:
         yield
 
     def measure(
@@ -160,7 +160,7 @@ class LatencyProbe(ABC):
             raise ValueError(f"need repeats >= 2 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
         prepared = [self._prepare(batch) for batch in make_batches(inputs, batch_size)]
         samples = []
-        with exclusive_lock(self.lock_path), self._threads():
+        with exclusive_lock(self.lock_path), self._timing_context():
             started = time.time()
             for i in range(warmup):
                 self._run(prepared[i % len(prepared)])
@@ -197,7 +197,7 @@ class TorchProbe(LatencyProbe):
         return dict(batch)
 
     @contextmanager
-    def _threads(self) -> Iterator[None]:
+    def _timing_context(self) -> Iterator[None]:
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:

@@ -38,7 +38,7 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(**dict(zip(self.names, inputs, strict=True))).logits
 
 
-def input_names(example: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+def _input_names(example: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
     """The model inputs present in ``example`` (``labels`` and other keys are ignored)."""
     missing = [name for name in MODEL_INPUTS[:2] if name not in example]
     if missing:
@@ -60,7 +60,7 @@ def export_onnx(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = input_names(example)
+    names = _input_names(example)
     args = tuple(example[name] for name in names)
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
     modes = {module: module.training for module in model.modules()}

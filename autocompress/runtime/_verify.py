@@ -60,14 +60,17 @@ def verify(
     *,
     max_accuracy_drop: float = 0.005,
     atol: float = 1e-3,
-    rtol: float = 0.05,
+    rtol: float = 0.2,
     threads: int = 2,
 ) -> VerifyReport:
     """Run ONNX Runtime and torch on ``batches`` (dicts with ``labels``); raise ``LoweringMismatch`` on disagreement.
 
-    Logits are close when ``max|onnx - torch| <= atol + rtol * max|torch|``:
-    the relative term leaves room for the dynamic int8 activation rounding of
-    MatMulInteger layers, which the weight-only torch simulation does not do.
+    Logits are close when ``max|onnx - torch| <= atol + rtol * max|torch|``.
+    The relative term leaves room for the run-time int8 rounding of
+    activations (per tensor in MatMulInteger layers, ~13 % of the largest
+    logit on MiniLM; per block in MatMulNBits at accuracy_level 4), which the
+    weight-only torch simulation does not do; a wrong scale or packing moves
+    logits by their own magnitude. Pass ``rtol=0`` to demand exact agreement.
     Accuracies may differ by at most ``max_accuracy_drop`` in either direction.
     """
     if not batches:

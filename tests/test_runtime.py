@@ -1,0 +1,223 @@
+"""Export to ONNX, lowering to ONNX Runtime's integer kernels, and verification, on the real MiniLM."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from autocompress.models import block_linears, load_classifier
+from autocompress.runtime import (
+    LoweringMismatch,
+    NotDeployable,
+    deployable,
+    export_onnx,
+    lower,
+    ort_feed,
+    ort_session,
+    verify,
+)
+from autocompress.techniques import QUANT_ATTR, shrink_
+from autocompress.techniques._quantize import quantize_embedding_, quantize_linear_
+
+BITS_CYCLE = (8, 4, 16, 32)
+
+
+@pytest.fixture(scope="module")
+def base():
+    """MiniLM with a non-trivial (seeded N(0, 1)) head, so logits have margins worth comparing."""
+    torch.manual_seed(0)
+    model = load_classifier("default")
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 1.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(base, sentence_batches, tmp_path_factory):
+    return export_onnx(base, tmp_path_factory.mktemp("fp32") / "model.onnx", example=sentence_batches[0])
+
+
+def quantized(base, bits_of, *, group_size=None, embedding=False):
+    """A copy of ``base`` with encoder Linear ``j`` of block ``i`` at ``bits_of(i, j)`` bits."""
+    model = copy.deepcopy(base)
+    for i, block in enumerate(block_linears(model)):
+        for j, linear in enumerate(block.values()):
+            bits = bits_of(i, j)
+            quantize_linear_(linear, bits, group_size=None if bits == 8 else group_size)
+    if embedding:
+        quantize_embedding_(model.get_input_embeddings(), 8)
+    return model
+
+
+def export_and_lower(model, batches, tmp_path, **options):
+    source = export_onnx(model, tmp_path / "source.onnx", example=batches[0])
+    return lower(model, source, tmp_path / "lowered.onnx", **options)
+
+
+def op_counts(path) -> Counter:
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def expected_bytes(model) -> int:
+    """Bytes the lowered weights should take: packed codes + float32 scales, fp16, or float32.
+
+    Valid for the power-of-two groups used here (one MatMulNBits block per group).
+    """
+    total = 0
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            quant = getattr(module, QUANT_ATTR, None) if name == "weight" else None
+            if quant is not None:
+                total += param.numel() * quant.bits // 8 + 4 * quant.scales.numel()
+            elif isinstance(module, torch.nn.Linear) and name == "weight" and torch.equal(param.half().float(), param):
+                total += 2 * param.numel()
+            else:
+                total += 4 * param.numel()
+    return total
+
+
+def test_fp32_export_matches_torch_on_other_shapes(base, fp32_onnx, sentence_batches, tokenizer, sentences):
+    session = ort_session(fp32_onnx, threads=2)
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    single = dict(tokenizer([sentences.texts[5]], return_tensors="pt"))  # unpadded, batch 1
+    wide = dict(tokenizer(list(sentences.texts[:40]), padding=True, return_tensors="pt"))  # batch 40, longer
+    for batch in (single, wide):
+        with torch.no_grad():
+            expected = base(**{k: v for k, v in batch.items() if k != "labels"}).logits.numpy()
+        np.testing.assert_allclose(session.run(["logits"], ort_feed(session, batch))[0], expected, atol=1e-4)
+
+
+def test_export_restores_training_flags(base, sentence_batches, tmp_path):
+    model = copy.deepcopy(base).train()
+    model.bert.pooler.eval()
+    export_onnx(model, tmp_path / "m.onnx", example=sentence_batches[0])
+    assert model.training and model.bert.encoder.training and not model.bert.pooler.training
+
+
+def test_int8_per_channel_runs_on_matmulinteger(base, sentence_batches, tmp_path):
+    model = quantized(base, lambda i, j: 8)
+    report = export_and_lower(model, sentence_batches, tmp_path)
+    ops = op_counts(report.path)
+    assert ops["MatMulInteger"] == 36
+    assert ops["DynamicQuantizeLinear"] == 24  # query/key/value share one quantized activation per block
+    assert {layer.op for name, layer in report.layers.items() if ".encoder." in name} == {"MatMulInteger"}
+    assert report.file_bytes == pytest.approx(expected_bytes(model), rel=0.01)
+    result = verify(report.path, model, sentence_batches, max_accuracy_drop=0.07)
+    assert result.argmax_agreement >= 0.9
+    assert result.max_abs_diff < 0.2 * result.max_abs_logit  # dynamic uint8 activations: close, not exact
+
+
+def test_int4_group32_and_int8_embedding(base, fp32_onnx, sentence_batches, tmp_path):
+    model = quantized(base, lambda i, j: 4, group_size=32, embedding=True)
+    exact = export_and_lower(model, sentence_batches, tmp_path, accuracy_level=0)
+    graph = onnx.load(exact.path).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 36
+    assert all({a.name: a.i for a in n.attribute if a.name in ("bits", "block_size")} == {"bits": 4, "block_size": 32} for n in nbits)
+    int8_tables = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and list(i.dims) == [30522, 384]]
+    assert len(int8_tables) == 1 and op_counts(exact.path)["Gather"] >= 2
+    assert exact.layers["bert.embeddings.word_embeddings"].op == "Gather(int8)"
+    assert exact.file_bytes == pytest.approx(expected_bytes(model), rel=0.01)
+    assert fp32_onnx.stat().st_size / exact.file_bytes > 4.4
+    # float compute on the packed codes reproduces the simulation: packing and scales are right
+    assert verify(exact.path, model, sentence_batches, atol=1e-4, rtol=0.0).max_abs_diff < 1e-4
+    fast = lower(model, tmp_path / "source.onnx", tmp_path / "fast.onnx")  # default accuracy_level=4
+    assert all(a.i == 4 for n in onnx.load(fast.path).graph.node for a in n.attribute if a.name == "accuracy_level")
+    assert verify(fast.path, model, sentence_batches, max_accuracy_drop=0.07).argmax_agreement >= 0.9
+
+
+def test_mixed_bits_per_layer_and_quantized_pooler(base, sentence_batches, tmp_path):
+    model = quantized(base, lambda i, j: BITS_CYCLE[(i + j) % 4], group_size=32, embedding=True)
+    quantize_linear_(model.bert.pooler.dense, 4, group_size=64)  # a Gemm in the exported graph
+    report = export_and_lower(model, sentence_batches, tmp_path)
+    planned = Counter(BITS_CYCLE[(i + j) % 4] for i in range(6) for j in range(6))
+    assert Counter(layer.bits for name, layer in report.layers.items() if ".encoder." in name) == planned
+    ops = op_counts(report.path)
+    assert ops["MatMulInteger"] == planned[8] and ops["MatMulNBits"] == planned[4] + 1
+    assert report.layers["bert.pooler.dense"].block_size == 64
+    fp16 = [i for i in onnx.load(report.path).graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert len(fp16) == planned[16]
+    assert ops["Cast"] >= planned[8] + planned[16] + 1  # int32->float per MatMulInteger, fp16->float, int8 embedding
+    assert report.file_bytes == pytest.approx(expected_bytes(model), rel=0.01)
+    verify(report.path, model, sentence_batches, max_accuracy_drop=0.07)
+
+
+def test_shrunk_model_exports_with_its_own_shapes(base, sentence_batches, tmp_path):
+    model = copy.deepcopy(base)
+    shrink_(model, heads={0: 10, 1: 0}, ffn={2: 1024}, layers=[0, 1, 2, 3, 5])
+    for block in block_linears(model):
+        for linear in block.values():
+            if linear.weight.numel():
+                quantize_linear_(linear, 4, group_size=32)
+    report = export_and_lower(model, sentence_batches, tmp_path, accuracy_level=0)
+    assert len([n for n in report.layers if ".encoder." in n]) == 5 * 6 - 4  # block 1: no q/k/v, empty attention output
+    assert verify(report.path, model, sentence_batches, atol=1e-4, rtol=0.0).max_abs_diff < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("bits", "scheme", "reason"), [(3, "linear", "bits=3 has no CPU kernel"), (4, "kmeans", "k-means codebook")]
+)
+def test_undeployable_layer_raises_naming_it(base, sentence_batches, tmp_path, bits, scheme, reason):
+    model = copy.deepcopy(base)
+    quantize_linear_(model.bert.encoder.layer[2].output.dense, bits, scheme=scheme)
+    with pytest.raises(NotDeployable, match=rf"'bert\.encoder\.layer\.2\.output\.dense'.*{reason}"):
+        export_and_lower(model, sentence_batches, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("bits", "group_size", "in_features", "expected"),
+    [
+        (8, None, 384, True),  # MatMulInteger, any width
+        (8, None, 100, True),
+        (4, 32, 384, True),
+        (4, None, 384, True),  # per channel as 3 blocks of 128 with one scale
+        (4, 48, 384, True),  # 3 blocks of 16 per group
+        (2, 512, 1024, True),  # blocks of 256, the 2-bit kernel's maximum
+        (8, 128, 384, True),
+        (4, None, 100, False),  # no power-of-two block >= 16 tiles 100
+        (4, 24, 384, False),
+        (4, 64, 96, False),  # group does not divide the width
+        (3, 32, 384, False),
+        (6, None, 384, False),
+        (16, None, 384, True),
+        (32, None, 100, True),
+    ],
+)
+def test_deployable(bits, group_size, in_features, expected):
+    assert deployable(bits, group_size, in_features) is expected
+
+
+def test_kmeans_is_not_deployable():
+    assert not deployable(4, None, 384, scheme="kmeans")
+
+
+def test_verify_catches_a_corrupted_lowering(base, sentence_batches, tmp_path):
+    model = quantized(base, lambda i, j: 4, group_size=32)
+    report = export_and_lower(model, sentence_batches, tmp_path)
+    proto = onnx.load(report.path)
+    for init in proto.graph.initializer:
+        if init.name.endswith(".weight_scales"):  # scales assigned to the wrong output channels
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[::-1].copy(), init.name))
+    onnx.save(proto, str(tmp_path / "corrupted.onnx"))
+    verify(report.path, model, sentence_batches, max_accuracy_drop=0.07)
+    with pytest.raises(LoweringMismatch, match="corrupted.onnx"):
+        verify(tmp_path / "corrupted.onnx", model, sentence_batches, max_accuracy_drop=0.07)
+
+
+def test_lower_refuses_a_graph_exported_from_another_model(base, fp32_onnx, tmp_path):
+    model = quantized(base, lambda i, j: 8)
+    with pytest.raises(ValueError, match="export this same model"):
+        lower(model, fp32_onnx, tmp_path / "x.onnx")
+
+
+def test_verify_needs_labels(base, fp32_onnx, sentence_batches):
+    batch = {k: v for k, v in sentence_batches[0].items() if k != "labels"}
+    with pytest.raises(ValueError, match="labels"):
+        verify(fp32_onnx, base, [batch])
