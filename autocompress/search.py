@@ -186,6 +186,7 @@ def make_objective(context: SearchContext, tracker: Tracker):
         params = {**policy.flat_params(), **{f"{n}.{k}": v for n, s in policy.resolve(names).items() for k, v in asdict(s).items()}}
         params = {k: v for k, v in params.items() if not k.startswith("re:")}
         features = policy_features(policy, context.model, seq_len=context.seq_len)
+        trial.set_user_attr("features", features)
         predicted = predict_latency(context, features, trial, tracker, params, policy)
         started = time.perf_counter()
         measurement = evaluate(policy, context, name=f"trial-{trial.number}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 
 import optuna
 import pytest
@@ -36,10 +37,16 @@ from autocompress.techniques._structured import shrink_
 MAX_LENGTH = 32
 
 
+def train_sample(data_root, count: int) -> Examples:
+    """A seeded random sample: the file's head is mostly positive, which would bias every batch."""
+    data = read_file(data_root / "sst2" / "train.tsv", "sentence", "label")
+    picked = random.Random(0).sample(range(len(data)), count)
+    return Examples(tuple(data.texts[i] for i in picked), tuple(data.labels[i] for i in picked))
+
+
 @pytest.fixture(scope="module")
 def train_batches(data_root, tokenizer):
-    train = read_file(data_root / "sst2" / "train.tsv", "sentence", "label").head(128)
-    return batches(train, tokenizer, batch_size=16, max_length=MAX_LENGTH)
+    return batches(train_sample(data_root, 384).head(128), tokenizer, batch_size=16, max_length=MAX_LENGTH)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,7 @@ def eval_batches(data_root, tokenizer):
 def teacher(data_root, tokenizer):
     torch.manual_seed(0)
     model = load_classifier("default")
-    train = read_file(data_root / "sst2" / "train.tsv", "sentence", "label").head(384)
+    train = train_sample(data_root, 384)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     for batch in batches(train, tokenizer, batch_size=16, max_length=MAX_LENGTH):
@@ -245,6 +252,7 @@ def test_fake_quant_rejects_unknown_modules_and_bits(teacher, train_batches):
 
 
 def test_teacher_logits_are_cached_and_spare_the_teacher(teacher, train_batches, tokenizer, data_root, tmp_path):
+    student = student_of(teacher, layers=[1, 3, 5])  # before the hook: a deep copy would copy it
     calls = []
     handle = teacher.register_forward_hook(lambda *_: calls.append(1))
     try:
@@ -258,11 +266,10 @@ def test_teacher_logits_are_cached_and_spare_the_teacher(teacher, train_batches,
             assert torch.allclose(first[0], teacher(**{k: v for k, v in train_batches[0].items() if k != "labels"}).logits, atol=1e-5)
         calls.clear()
 
-        shorter = batches(read_file(data_root / "sst2" / "train.tsv", "sentence", "label").head(128), tokenizer, batch_size=16, max_length=8)
+        shorter = batches(train_sample(data_root, 384).head(128), tokenizer, batch_size=16, max_length=8)
         assert logits_cache_path("t1", shorter, cache_dir=tmp_path) != logits_cache_path("t1", train_batches, cache_dir=tmp_path)
         assert logits_cache_path("t2", train_batches, cache_dir=tmp_path) != logits_cache_path("t1", train_batches, cache_dir=tmp_path)
 
-        student = student_of(teacher, layers=[1, 3, 5])
         recover(student, teacher, train_batches, steps=3, teacher_logits=second)
         assert not calls, "recovery ran the teacher although its logits were given"
         recover(student, teacher, train_batches, steps=2, teacher_logits=second, hidden_weight=1.0)

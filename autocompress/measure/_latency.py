@@ -145,6 +145,7 @@ class LatencyProbe(ABC):
 
     @contextmanager
     def _timing_context(self) -> Iterator[None]:
+        """Backend state held while timing (thread count, inference mode); none by default."""
         yield
 
     def measure(

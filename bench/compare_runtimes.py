@@ -1,0 +1,150 @@
+"""What users would pick instead, side by side with a search's Pareto models, in one process.
+
+Variants: fp32 torch, fp32 ONNX Runtime, torch dynamic int8, ONNX Runtime
+dynamic int8 (uniform, the usual one-liner), and every policy of a search's
+``pareto.json`` re-compressed, lowered and verified here. Latency rounds are
+interleaved across variants (noise hits all of them alike) and each variant's
+figure is the median of its per-round medians.
+
+    HF_HUB_OFFLINE=1 python bench/compare_runtimes.py search_spaces/minilm_sst2.yaml \
+        --pareto out/minilm-sst2/pareto.json --out bench/results/runtimes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autocompress.compress import compress
+from autocompress.config import load_config
+from autocompress.data import batches, load_split
+from autocompress.measure import OrtProbe, TorchProbe, accuracy, hardware_fingerprint, latency_inputs, pick_sentences
+from autocompress.models import load_tokenizer
+from autocompress.policy import Policy
+from autocompress.runtime import export_onnx, lower, ort_feed, ort_session, verify
+from autocompress.search import by_length
+from autocompress.teacher import get_teacher
+
+
+def onnx_accuracy(path: Path, validation: list[dict[str, torch.Tensor]], threads: int) -> float:
+    session = ort_session(path, threads=threads)
+    correct = total = 0
+    for batch in validation:
+        logits = session.run(None, ort_feed(session, batch))[0]
+        correct += int((logits.argmax(-1) == batch["labels"].numpy()).sum())
+        total += len(batch["labels"])
+    return correct / total
+
+
+def torch_bytes(model: torch.nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--pareto", type=Path, help="pareto.json of a search; its policies are re-measured here")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=60, help="timed batch-1 calls per variant per round")
+    parser.add_argument("--throughput-batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/runtimes.json"))
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    teacher = get_teacher(config)
+    model = teacher.load()
+    tokenizer = load_tokenizer(str(teacher.path))
+    examples = load_split(config, "validation")
+    validation = batches(by_length(examples), tokenizer, batch_size=64, max_length=config.task.max_length)
+    inputs = latency_inputs(tokenizer, pick_sentences(examples.texts, n=config.latency.sentences), max_length=config.task.max_length)
+    workdir = Path(tempfile.mkdtemp(prefix="autocompress-bench-"))
+    example = {k: v[:2] for k, v in validation[0].items() if k != "labels"}
+    torch.set_num_threads(args.threads)
+
+    variants: dict[str, dict] = {}
+    fp32 = export_onnx(model, workdir / "fp32.onnx", example=example)
+    variants["fp32 torch"] = {"probe": TorchProbe(model, threads=args.threads), "accuracy": accuracy(model, validation), "bytes": torch_bytes(model)}
+    variants["fp32 ONNX Runtime"] = {"probe": OrtProbe(fp32, threads=args.threads), "accuracy": onnx_accuracy(fp32, validation, args.threads), "bytes": fp32.stat().st_size}
+
+    dynamic = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    variants["torch dynamic int8"] = {"probe": TorchProbe(dynamic, threads=args.threads), "accuracy": accuracy(dynamic, validation), "bytes": torch_bytes(dynamic)}
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ort_int8 = workdir / "ort_dynamic_int8.onnx"
+    quantize_dynamic(str(fp32), str(ort_int8), weight_type=QuantType.QInt8)
+    variants["ONNX Runtime dynamic int8"] = {"probe": OrtProbe(ort_int8, threads=args.threads), "accuracy": onnx_accuracy(ort_int8, validation, args.threads), "bytes": ort_int8.stat().st_size}
+
+    for row in json.loads(args.pareto.read_text()) if args.pareto else []:
+        policy = Policy.from_dict(row["policy"])
+        compressed = compress(model, policy, calibration=validation[0])
+        folder = workdir / f"trial-{row['trial']}"
+        folder.mkdir()
+        exported = export_onnx(compressed, folder / "fp32.onnx", example=example)
+        report = lower(compressed, exported, folder / "model.onnx")
+        check = verify(report.path, compressed, validation, threads=args.threads)
+        variants[f"Pareto trial {row['trial']}"] = {
+            "probe": OrtProbe(report.path, threads=args.threads),
+            "accuracy": check.onnx_accuracy,
+            "bytes": report.file_bytes,
+            "search_accuracy": row["accuracy"],
+            "search_latency_ms": row["latency_ms"],
+        }
+
+    medians: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, variant in variants.items():
+            medians[name].append(variant["probe"].measure(inputs, batch_size=1, warmup=5, repeats=args.repeats).median_ms)
+    for name, variant in variants.items():
+        result = variant["probe"].measure(inputs, batch_size=args.throughput_batch, warmup=1, repeats=5)
+        variant["throughput_per_s"] = args.throughput_batch / (result.median_ms / 1000)
+        variant["latency_ms"] = statistics.median(medians[name])
+        variant["latency_round_medians_ms"] = medians[name]
+
+    base, int8 = variants["fp32 torch"], variants["ONNX Runtime dynamic int8"]
+    rows = []
+    for name, v in variants.items():
+        rows.append({
+            "variant": name,
+            "accuracy": v["accuracy"],
+            "drop_pt": 100 * (base["accuracy"] - v["accuracy"]),
+            "size_mb": v["bytes"] / 1e6,
+            "latency_ms": v["latency_ms"],
+            "throughput_per_s": v["throughput_per_s"],
+            "speedup_vs_fp32_torch": base["latency_ms"] / v["latency_ms"],
+            "speedup_vs_ort_int8": int8["latency_ms"] / v["latency_ms"],
+            "smaller_than_ort_int8": int8["bytes"] / v["bytes"],
+            **{k: v[k] for k in ("search_accuracy", "search_latency_ms") if k in v},
+        })
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "hardware": hardware_fingerprint(threads=args.threads),
+        "teacher": str(teacher.path),
+        "validation_rows": len(examples),
+        "rounds": args.rounds,
+        "rows": rows,
+    }, indent=2))
+    print("| variant | accuracy | drop (pt) | size MB | batch-1 ms | batch-%d /s | vs fp32 torch | vs ORT int8 speed | vs ORT int8 size |" % args.throughput_batch)
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['accuracy']:.4f} | {r['drop_pt']:+.2f} | {r['size_mb']:.1f} | {r['latency_ms']:.2f} | {r['throughput_per_s']:.0f} | "
+              f"{r['speedup_vs_fp32_torch']:.2f}x | {r['speedup_vs_ort_int8']:.2f}x | {r['smaller_than_ort_int8']:.2f}x |")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
