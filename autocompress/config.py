@@ -76,6 +76,7 @@ class SpaceConfig(Strict):
     heads: list[int] | None = Field(None, min_length=1, description="heads kept per block; null: all")
     ffn_widths: list[int] | None = Field(None, min_length=1, description="FFN width per block; null: full")
     num_blocks: list[int] | None = Field(None, min_length=1, description="blocks kept, evenly spaced; null: all")
+    recovery_steps: list[int] = Field(default_factory=lambda: [0], min_length=1, description="KD fine-tune steps per trial")
     simulation_only: bool = Field(False, description="allow choices no CPU runtime executes (3/5/6/7 bits, kmeans)")
 
     @model_validator(mode="after")
@@ -90,11 +91,35 @@ class SpaceConfig(Strict):
                     f"{blocked} cannot run on ONNX Runtime's CPU kernels; deployable weight_bits: "
                     f"{list(DEPLOYABLE_BITS)} with quant_scheme [linear], or set space.simulation_only: true"
                 )
+        if any(steps < 0 for steps in self.recovery_steps):
+            raise ValueError(f"recovery_steps must be >= 0, got {self.recovery_steps}")
         for name in ("heads", "ffn_widths", "num_blocks"):
             negative = [v for v in getattr(self, name) or [] if v < (1 if name == "num_blocks" else 0)]
             if negative:
                 raise ValueError(f"{name} must hold non-negative counts (num_blocks >= 1), got {negative}")
         return self
+
+
+class PrunerName(StrEnum):
+    SUCCESSIVE_HALVING = "successive_halving"
+    HYPERBAND = "hyperband"
+    MEDIAN = "median"
+    NONE = "none"
+
+
+class RecoveryConfig(Strict):
+    """Knowledge distillation from the teacher after pruning, before quantization (fake-quantized)."""
+
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft-label KD term; 1 - alpha for labels")
+    hidden_weight: float = Field(0.0, ge=0)
+    attention_weight: float = Field(0.0, ge=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    train_subset: int = Field(4096, ge=1, description="training sentences distilled on (teacher logits cached)")
+    eval_every: int = Field(50, ge=1)
+    eval_subset: int = Field(256, ge=1, description="validation rows scored at each intermediate step")
+    pruner: PrunerName = PrunerName.SUCCESSIVE_HALVING
 
 
 class SamplerName(StrEnum):
@@ -149,6 +174,7 @@ class SearchConfig(Strict):
     task: TaskConfig = TaskConfig()
     teacher: TeacherConfig = TeacherConfig()
     space: SpaceConfig = SpaceConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
     search: SearchSettings = SearchSettings()
     latency: LatencyConfig = LatencyConfig()
     tracking: TrackingConfig = TrackingConfig()

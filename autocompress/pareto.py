@@ -68,7 +68,7 @@ def select(rows: list[dict[str, Any]], rule: Selection, max_accuracy_drop: float
 COLUMNS = (
     ("trial", "trial", "{:d}"),
     ("accuracy", "accuracy", "{:.4f}"),
-    ("accuracy_drop", "acc drop (pt)", "{:+.2f}"),
+    ("accuracy_drop", "Δacc (pt)", "{:+.2f}"),
     ("latency_ms", "latency ms", "{:.2f}"),
     ("speedup", "speed-up", "{:.2f}x"),
     ("size_mb", "size MB", "{:.2f}"),
@@ -94,7 +94,7 @@ def _format_row(row: dict[str, Any]) -> list[str]:
     for key, _, fmt in COLUMNS:
         value = row[key]
         if key == "accuracy_drop":
-            value = -100 * value
+            value = -100 * value + 0.0  # shown as a signed change; + 0.0 turns -0.0 into 0.0
         cells.append(fmt.format(value) if not isinstance(value, str) else value)
     return cells
 

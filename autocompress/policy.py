@@ -47,6 +47,7 @@ class Policy:
     heads: Mapping[int, int] = field(default_factory=dict)
     ffn: Mapping[int, int] = field(default_factory=dict)
     kept_blocks: tuple[int, ...] | None = None
+    recovery_steps: int = 0
     version: int = POLICY_VERSION
 
     def __post_init__(self) -> None:
@@ -60,6 +61,8 @@ class Policy:
             raise ValueError(f"global_prune_ratio must lie in [0, 1); got {self.global_prune_ratio}")
         if self.global_prune_ratio and any(spec.prune_ratio for spec in self.layers.values()):
             raise ValueError("use either global_prune_ratio or per-layer prune_ratio, not both")
+        if self.recovery_steps < 0:
+            raise ValueError(f"recovery_steps must be >= 0; got {self.recovery_steps}")
         if self.embedding_bits not in (8, 32):
             raise ValueError(f"embedding_bits must be 8 or 32; got {self.embedding_bits}")
         for key in self.layers:
@@ -123,6 +126,7 @@ class Policy:
             "global_prune_ratio": self.global_prune_ratio,
             "embedding_bits": self.embedding_bits,
             "kept_blocks": ",".join(map(str, self.kept_blocks)) if self.kept_blocks is not None else "all",
+            "recovery_steps": self.recovery_steps,
         }
         for name, spec in self.layers.items():
             params[f"{name}.bits"] = spec.bits

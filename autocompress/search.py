@@ -23,6 +23,10 @@ from transformers import PreTrainedModel
 from autocompress.compress import compress, layer_plan
 from autocompress.config import SamplerName, SearchConfig
 from autocompress.data import Examples, batches, load_split
+from autocompress.distill import RecoveryResult, cached_teacher_logits
+from autocompress.fidelity import Fidelity
+from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning
+from autocompress.techniques._recovery import Distillation, Recovery, RecoveryStopped
 from autocompress.cost import CostModelStore, is_clearly_infeasible, policy_features
 from autocompress.measure import (
     deploy_and_measure,
@@ -74,6 +78,8 @@ class SearchContext:
     workdir: Path
     costs: CostModelStore
     fingerprint: dict[str, Any]
+    distillation: Distillation | None = None
+    fidelity: Fidelity | None = None
     baseline: Measurement | None = None
 
     @property
@@ -101,8 +107,20 @@ class SearchContext:
         costs = CostModelStore(cache_root() / "cost_models")
         fingerprint = hardware_fingerprint(threads=config.latency.threads)
         context = cls(config, teacher, teacher.load(), tokenizer, validation, timing_inputs, calibration, workdir, costs, fingerprint)
+        if max(config.space.recovery_steps) > 0:
+            context.distillation = distillation_setup(config, context.model, teacher, tokenizer)
+            context.fidelity = Fidelity(config)
         context.baseline = measure(context.model, Policy(), context, name="teacher")
         return context
+
+
+def distillation_setup(config: SearchConfig, model: PreTrainedModel, teacher: Teacher, tokenizer: Any) -> Distillation:
+    """Training batches for recovery, the teacher's logits on them (cached on disk) and scoring batches."""
+    settings, length = config.recovery, config.task.max_length
+    train = batches(load_split(config, "train").head(settings.train_subset), tokenizer, batch_size=settings.batch_size, max_length=length)
+    scoring = batches(by_length(load_split(config, "validation").head(settings.eval_subset)), tokenizer, batch_size=64, max_length=length)
+    logits = cached_teacher_logits(model, train, teacher_key=teacher.key)
+    return Distillation(teacher=model, train_batches=train, teacher_logits=logits, eval_batches=scoring, settings=settings)
 
 
 def by_length(examples: Examples) -> Examples:
@@ -136,9 +154,10 @@ def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, n
     )
 
 
-def evaluate(policy: Policy, context: SearchContext, *, name: str = "trial") -> Measurement:
-    """One trial: compress the teacher under ``policy`` and measure the result."""
-    compressed = compress(context.model, policy, calibration=context.calibration)
+def evaluate(policy: Policy, context: SearchContext, *, name: str = "trial", recovery: Recovery | None = None) -> Measurement:
+    """One trial: compress the teacher under ``policy`` (recovering with ``recovery``) and measure the result."""
+    techniques = (StructuredPruning(), MagnitudePruning(), *([recovery] if recovery else []), Quantization())
+    compressed = compress(context.model, policy, techniques=techniques, calibration=context.calibration)
     return measure(compressed, policy, context, name=name)
 
 
@@ -189,7 +208,22 @@ def make_objective(context: SearchContext, tracker: Tracker):
         trial.set_user_attr("features", features)
         predicted = predict_latency(context, features, trial, tracker, params, policy)
         started = time.perf_counter()
-        measurement = evaluate(policy, context, name=f"trial-{trial.number}")
+        twin = context.fidelity.twin(trial.number) if context.fidelity and policy.recovery_steps else None
+        recovery = Recovery(context.distillation, report=Fidelity.reporter(twin) if twin else None) if context.distillation else None
+        try:
+            measurement = evaluate(policy, context, name=f"trial-{trial.number}", recovery=recovery)
+        except RecoveryStopped as stop:
+            context.fidelity.finish(twin, None)
+            trial.set_user_attr("pruned_at_step", stop.result.steps)
+            tracker.log_trial(trial.number, params=params, metrics={"trial_seconds": time.perf_counter() - started},
+                              artifacts={"policy.json": policy.to_dict()}, tags={"pruned": "true"}, steps=_curves(stop.result))
+            raise optuna.TrialPruned(str(stop)) from None
+        except BaseException:
+            if twin is not None:
+                context.fidelity.study.tell(twin, state=optuna.trial.TrialState.FAIL)
+            raise
+        if twin is not None:
+            context.fidelity.finish(twin, recovery.result.evaluations[-1][1])
         if context.costs.add(*context.latency_target, features, measurement.latency_ms) >= MIN_COST_SAMPLES:
             context.costs.fit(*context.latency_target)
         for key, value in asdict(measurement).items():
@@ -207,10 +241,16 @@ def make_objective(context: SearchContext, tracker: Tracker):
         if predicted is not None:
             metrics["predicted_latency_ms"] = predicted
             metrics["latency_prediction_error_pct"] = 100 * abs(predicted - measurement.latency_ms) / measurement.latency_ms
-        tracker.log_trial(trial.number, params=params, metrics=metrics, artifacts={"policy.json": policy.to_dict()})
+        curves = _curves(recovery.result) if recovery and recovery.result else None
+        tracker.log_trial(trial.number, params=params, metrics=metrics, artifacts={"policy.json": policy.to_dict()}, steps=curves)
         return measurement.accuracy, measurement.latency_ms, measurement.size_bytes / 1e6
 
     return objective
+
+
+def _curves(result: RecoveryResult) -> dict[str, list[tuple[int, float]]]:
+    """Recovery loss per step and intermediate validation accuracy, as MLflow step metrics."""
+    return {"recovery_loss": list(enumerate(result.losses)), "recovery_accuracy": list(result.evaluations)}
 
 
 def predict_latency(

@@ -43,6 +43,7 @@ def sample_policy(trial: optuna.Trial, space: SpaceConfig, *, prefix: str, num_b
         group_size=trial.suggest_categorical("group_size", space.group_size),
         global_prune_ratio=global_ratio,
         embedding_bits=trial.suggest_categorical("embedding_bits", space.embedding_bits),
+        recovery_steps=trial.suggest_categorical("recovery_steps", space.recovery_steps),
         **structure,
     )
 

@@ -1,8 +1,9 @@
 """Distillation and recovery training on the real all-MiniLM-L6-v2 and real SST-2 sentences.
 
-The teacher is the packaged model fine-tuned for 24 small steps (about 0.8
-accuracy on a balanced validation slice): enough for its logits to carry
-signal and for a collapsed student to score visibly worse.
+The teacher is the packaged model fine-tuned for 24 small steps on a random
+sample of the training split (0.7-0.8 accuracy on a balanced validation slice):
+enough for its logits to carry signal and for a collapsed student to score
+visibly worse.
 """
 
 from __future__ import annotations
@@ -187,10 +188,10 @@ def test_three_layer_student_starts_from_teacher_weights(teacher):
 def test_kd_loss_decreases(teacher, train_batches):
     torch.manual_seed(0)
     student = student_of(teacher, layers=[1, 3, 5])
-    before = kd_on(student, teacher, train_batches)
-    result = recover(student, teacher, train_batches, steps=20, learning_rate=1e-4, alpha=1.0)
-    after = kd_on(student, teacher, train_batches)
-    assert result.steps == len(result.losses) == 20 and not result.stopped_early
+    before = kd_on(student, teacher, train_batches[:4])
+    result = recover(student, teacher, train_batches, steps=16, learning_rate=1e-4, alpha=1.0)
+    after = kd_on(student, teacher, train_batches[:4])
+    assert result.steps == len(result.losses) == 16 and not result.stopped_early
     assert after < 0.7 * before
     assert sum(result.losses[-5:]) < sum(result.losses[:5])
     assert not student.training

@@ -93,6 +93,7 @@ def recover(
     evaluations: list[tuple[int, float]] = []
     stopped_early = False
     with contextlib.ExitStack() as stack:
+        stack.callback(student.eval)
         stack.enter_context(_fake_quantized(student, fake_quant or {}))
         if attention_weight > 0:
             stack.enter_context(_eager_attention(student))
@@ -138,7 +139,6 @@ def recover(
                 if report is not None and report(step, score):
                     stopped_early = True
                     break
-    student.eval()
     return RecoveryResult(tuple(losses), tuple(evaluations), stopped_early, len(losses), time.perf_counter() - start)
 
 

@@ -1,0 +1,82 @@
+"""Recovery training as a technique: distil the teacher into the pruned model before it is quantized.
+
+When the policy quantizes, the forward pass sees the weights on the very grid
+the quantization step will use (straight-through estimator), so the model is
+trained for the grid it will run on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from autocompress.config import RecoveryConfig
+from autocompress.distill import RecoveryResult, kept_layer_map, recover
+from autocompress.policy import LayerSpec, Policy
+from autocompress.techniques._base import Technique
+
+Batch = Mapping[str, torch.Tensor]
+
+
+class RecoveryStopped(RuntimeError):
+    """The fidelity callback asked to stop: the candidate is not worth its full budget."""
+
+    def __init__(self, result: RecoveryResult) -> None:
+        super().__init__(f"recovery stopped at step {result.steps} (accuracy {result.evaluations[-1][1]:.4f})")
+        self.result = result
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """What every trial's recovery shares: the teacher, its cached logits and the data."""
+
+    teacher: PreTrainedModel
+    train_batches: Sequence[Batch]
+    teacher_logits: Sequence[torch.Tensor]
+    eval_batches: Sequence[Batch]
+    settings: RecoveryConfig
+
+
+class Recovery(Technique):
+    """A KD fine-tune of ``policy.recovery_steps`` steps; ``report(step, accuracy) -> stop?`` sees progress."""
+
+    name = "recovery"
+
+    def __init__(self, distillation: Distillation, *, report: Callable[[int, float], bool] | None = None) -> None:
+        self.distillation = distillation
+        self.report = report
+        self.result: RecoveryResult | None = None
+
+    def apply(
+        self,
+        model: PreTrainedModel,
+        policy: Policy,
+        plan: Mapping[str, LayerSpec],
+        *,
+        calibration: Batch | None = None,
+    ) -> None:
+        if policy.recovery_steps == 0:
+            return
+        kd, settings = self.distillation, self.distillation.settings
+        self.result = recover(
+            model,
+            kd.teacher,
+            kd.train_batches,
+            steps=policy.recovery_steps,
+            learning_rate=settings.learning_rate,
+            temperature=settings.temperature,
+            alpha=settings.alpha,
+            hidden_weight=settings.hidden_weight,
+            attention_weight=settings.attention_weight,
+            layer_map=kept_layer_map(policy.kept_blocks) if policy.kept_blocks is not None else None,
+            teacher_logits=kd.teacher_logits,
+            fake_quant={n: (s.bits, policy.group_size) for n, s in plan.items() if s.bits <= 8 and policy.scheme == "linear"},
+            eval_batches=kd.eval_batches,
+            eval_every=settings.eval_every,
+            report=self.report,
+        )
+        if self.result.stopped_early:
+            raise RecoveryStopped(self.result)
