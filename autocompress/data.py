@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,11 @@ class Examples:
 
     def head(self, n: int | None) -> "Examples":
         return self if n is None else Examples(self.texts[:n], self.labels[:n])
+
+    def sample(self, n: int, *, seed: int = 0) -> "Examples":
+        """``n`` examples drawn without replacement, seeded: files are often sorted by label."""
+        picked = random.Random(seed).sample(range(len(self)), min(n, len(self)))
+        return Examples(tuple(self.texts[i] for i in picked), tuple(self.labels[i] for i in picked))
 
 
 def read_file(path: Path, text_column: str, label_column: str) -> Examples:
@@ -69,7 +75,9 @@ def load_split(config: SearchConfig, split: str) -> Examples:
     bad = sorted({label for label in examples.labels if not 0 <= label < task.num_labels})
     if bad:
         raise ConfigError(f"{config.source}: labels {bad[:5]} outside 0..{task.num_labels - 1} (task.num_labels)")
-    return examples.head(task.validation_subset if split == "validation" else task.train_subset)
+    if split == "validation":
+        return examples.head(task.validation_subset)
+    return examples if task.train_subset is None else examples.sample(task.train_subset)
 
 
 def batches(

@@ -101,7 +101,7 @@ class SearchContext:
         validation = batches(by_length(validation_examples), tokenizer, batch_size=64, max_length=config.task.max_length)
         sentences = pick_sentences(validation_examples.texts, n=min(config.latency.sentences, len(validation_examples)))
         timing_inputs = latency_inputs(tokenizer, sentences, max_length=config.task.max_length)
-        calibration = batches(load_split(config, "train").head(32), tokenizer, batch_size=32, max_length=config.task.max_length)[0]
+        calibration = batches(load_split(config, "train").sample(32, seed=config.search.seed), tokenizer, batch_size=32, max_length=config.task.max_length)[0]
         workdir = cache_root() / "work" / config.search.study_name
         workdir.mkdir(parents=True, exist_ok=True)
         costs = CostModelStore(cache_root() / "cost_models")
@@ -117,7 +117,7 @@ class SearchContext:
 def distillation_setup(config: SearchConfig, model: PreTrainedModel, teacher: Teacher, tokenizer: Any) -> Distillation:
     """Training batches for recovery, the teacher's logits on them (cached on disk) and scoring batches."""
     settings, length = config.recovery, config.task.max_length
-    train = batches(load_split(config, "train").head(settings.train_subset), tokenizer, batch_size=settings.batch_size, max_length=length)
+    train = batches(load_split(config, "train").sample(settings.train_subset, seed=config.search.seed), tokenizer, batch_size=settings.batch_size, max_length=length)
     scoring = batches(by_length(load_split(config, "validation").head(settings.eval_subset)), tokenizer, batch_size=64, max_length=length)
     logits = cached_teacher_logits(model, train, teacher_key=teacher.key)
     return Distillation(teacher=model, train_batches=train, teacher_logits=logits, eval_batches=scoring, settings=settings)

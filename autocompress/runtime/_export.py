@@ -55,15 +55,16 @@ def export_onnx(
 ) -> Path:
     """Write ``model`` as fp32 ONNX (dynamic batch and sequence) and check it against torch on ``example``.
 
-    The example should contain at least one padded row so the attention-mask
-    path is traced exactly as it runs on padded batches.
+    ``example`` is any tokenizer batch (extra keys such as ``labels`` are
+    ignored); the graph then serves padded and unpadded batches of any size.
+    The model's per-module training flags are restored afterwards.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = _input_names(example)
     args = tuple(example[name] for name in names)
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
-    modes = {module: module.training for module in model.modules()}
+    modes = {module: module.training for module in model.modules()}  # the exporter resets them recursively
     wrapper = _LogitsOnly(model, names).eval()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
