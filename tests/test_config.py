@@ -6,7 +6,7 @@ from autocompress.config import DATA_ROOT_ENV, ConfigError, load_config, parse_c
 REPO_SPACES = __import__("pathlib").Path(__file__).resolve().parents[1] / "search_spaces"
 
 
-@pytest.mark.parametrize("name", ["minilm_sst2.yaml", "quickstart.yaml"])
+@pytest.mark.parametrize("name", ["minilm_sst2.yaml", "minilm_sst2_joint.yaml", "quickstart.yaml"])
 def test_shipped_search_spaces_load_and_point_at_real_data(name, monkeypatch):
     monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
     config = load_config(REPO_SPACES / name)
