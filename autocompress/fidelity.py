@@ -54,7 +54,7 @@ class Fidelity:
 
         def report(step: int, accuracy: float) -> bool:
             twin.report(accuracy, step)
-            return twin.should_prune()
+            return bool(twin.should_prune())
 
         return report
 

@@ -22,12 +22,10 @@ from transformers import PreTrainedModel
 
 from autocompress.compress import compress, layer_plan
 from autocompress.config import SamplerName, SearchConfig
+from autocompress.cost import CostModelStore, is_clearly_infeasible, policy_features
 from autocompress.data import Examples, batches, load_split
 from autocompress.distill import RecoveryResult, cached_teacher_logits
 from autocompress.fidelity import Fidelity
-from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning
-from autocompress.techniques._recovery import Distillation, Recovery, RecoveryStopped
-from autocompress.cost import CostModelStore, is_clearly_infeasible, policy_features
 from autocompress.measure import (
     deploy_and_measure,
     fingerprint_id,
@@ -42,6 +40,14 @@ from autocompress.policy import Policy
 from autocompress.runtime import LoweringMismatch, NotDeployable
 from autocompress.space import sample_policy
 from autocompress.teacher import Teacher, cache_root, get_teacher
+from autocompress.techniques import (
+    Distillation,
+    MagnitudePruning,
+    Quantization,
+    Recovery,
+    RecoveryStopped,
+    StructuredPruning,
+)
 from autocompress.tracking import Tracker
 
 log = logging.getLogger("autocompress")

@@ -81,3 +81,24 @@ def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_p
 def test_pareto_of_unknown_study_exits_2(tmp_path, capsys):
     assert main(["pareto", "--storage", f"sqlite:///{tmp_path}/none.db", "--study-name", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_joint_search_distills_students_and_logs_recovery_curves(tiny_config, tmp_path, capsys):
+    config = yaml.safe_load(tiny_config.read_text())
+    config["space"].update({"weight_bits": [4, 32], "group_size": [32], "num_blocks": [3], "heads": [6, 12], "ffn_widths": [768], "recovery_steps": [8]})
+    config["recovery"] = {"train_subset": 64, "batch_size": 16, "eval_every": 4, "eval_subset": 32, "pruner": "none"}
+    config["search"].update({"n_trials": 2, "study_name": "joint"})
+    config["tracking"]["experiment"] = "joint"
+    tiny_config.write_text(yaml.safe_dump(config))
+    assert main(["search", str(tiny_config)]) == 0
+    front = json.loads((tmp_path / "out" / "pareto.json").read_text())
+    for row in front:
+        policy = Policy.from_dict(row["policy"])
+        assert policy.kept_blocks == (1, 3, 5) and policy.recovery_steps == 8 and set(policy.ffn.values()) == {768}
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient()
+    runs = [r for r in mlflow.search_runs(experiment_names=["joint"], output_format="list") if r.info.run_name.startswith("trial-")]
+    assert len(runs) == 2
+    curve = client.get_metric_history(runs[0].info.run_id, "recovery_accuracy")
+    assert [m.step for m in curve] == [4, 8]
+    assert len(client.get_metric_history(runs[0].info.run_id, "recovery_loss")) == 8

@@ -4,6 +4,7 @@ from autocompress.techniques._base import Technique
 from autocompress.techniques._prune import MagnitudePruning, prune_smallest_
 from autocompress.techniques._quantization import Quantization
 from autocompress.techniques._quantize import QUANT_ATTR, QuantizedWeight, kmeans_codebook, quantize_weight
+from autocompress.techniques._recovery import Distillation, Recovery, RecoveryStopped
 from autocompress.techniques._shrink import StructuredPruning
 from autocompress.techniques._structured import count_parameters, load_shrunk, save_shrunk, shrink_
 
@@ -12,9 +13,12 @@ DEFAULT_TECHNIQUES: tuple[Technique, ...] = (StructuredPruning(), MagnitudePruni
 
 __all__ = [
     "DEFAULT_TECHNIQUES",
+    "Distillation",
     "QUANT_ATTR",
     "MagnitudePruning",
     "Quantization",
+    "Recovery",
+    "RecoveryStopped",
     "StructuredPruning",
     "QuantizedWeight",
     "Technique",
