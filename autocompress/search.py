@@ -40,14 +40,8 @@ from autocompress.policy import Policy
 from autocompress.runtime import LoweringMismatch, NotDeployable
 from autocompress.space import sample_policy
 from autocompress.teacher import Teacher, cache_root, get_teacher
-from autocompress.techniques import (
-    Distillation,
-    MagnitudePruning,
-    Quantization,
-    Recovery,
-    RecoveryStopped,
-    StructuredPruning,
-)
+from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning
+from autocompress.techniques._recovery import Distillation, Recovery, RecoveryStopped
 from autocompress.tracking import Tracker
 
 log = logging.getLogger("autocompress")

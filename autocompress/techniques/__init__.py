@@ -1,10 +1,14 @@
-"""Compression techniques: each one a small ``Technique`` applied in place under a policy."""
+"""Compression techniques: each one a small ``Technique`` applied in place under a policy.
+
+``Recovery`` (distillation from the teacher) lives in ``techniques._recovery``
+and is imported from there: it depends on ``autocompress.distill``, which
+itself builds on the quantizer here.
+"""
 
 from autocompress.techniques._base import Technique
 from autocompress.techniques._prune import MagnitudePruning, prune_smallest_
 from autocompress.techniques._quantization import Quantization
 from autocompress.techniques._quantize import QUANT_ATTR, QuantizedWeight, kmeans_codebook, quantize_weight
-from autocompress.techniques._recovery import Distillation, Recovery, RecoveryStopped
 from autocompress.techniques._shrink import StructuredPruning
 from autocompress.techniques._structured import count_parameters, load_shrunk, save_shrunk, shrink_
 
@@ -13,12 +17,9 @@ DEFAULT_TECHNIQUES: tuple[Technique, ...] = (StructuredPruning(), MagnitudePruni
 
 __all__ = [
     "DEFAULT_TECHNIQUES",
-    "Distillation",
     "QUANT_ATTR",
     "MagnitudePruning",
     "Quantization",
-    "Recovery",
-    "RecoveryStopped",
     "StructuredPruning",
     "QuantizedWeight",
     "Technique",
