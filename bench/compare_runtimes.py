@@ -27,10 +27,10 @@ import torch
 from autocompress.compress import compress
 from autocompress.config import load_config
 from autocompress.data import batches, load_split
-from autocompress.measure import OrtProbe, TorchProbe, accuracy, hardware_fingerprint, latency_inputs, pick_sentences
+from autocompress.measure import OrtProbe, TorchProbe, accuracy, deploy, hardware_fingerprint, latency_inputs, pick_sentences
 from autocompress.models import load_tokenizer
 from autocompress.policy import Policy
-from autocompress.runtime import export_onnx, lower, ort_feed, ort_session, verify
+from autocompress.runtime import export_onnx, ort_feed, ort_session
 from autocompress.search import by_length
 from autocompress.teacher import get_teacher
 
@@ -90,11 +90,7 @@ def main() -> None:
     for row in json.loads(args.pareto.read_text()) if args.pareto else []:
         policy = Policy.from_dict(row["policy"])
         compressed = compress(model, policy, calibration=validation[0])
-        folder = workdir / f"trial-{row['trial']}"
-        folder.mkdir()
-        exported = export_onnx(compressed, folder / "fp32.onnx", example=example)
-        report = lower(compressed, exported, folder / "model.onnx")
-        check = verify(report.path, compressed, validation, threads=args.threads)
+        report, check = deploy(compressed, validation=validation, threads=args.threads, workdir=workdir / f"trial-{row['trial']}")
         variants[f"Pareto trial {row['trial']}"] = {
             "probe": OrtProbe(report.path, threads=args.threads),
             "accuracy": check.onnx_accuracy,

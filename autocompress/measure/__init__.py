@@ -1,7 +1,7 @@
 """Measurements of a compressed model: accuracy, storage size and real latency."""
 
 from autocompress.measure._accuracy import accuracy, predict
-from autocompress.measure._deployed import Deployment, deploy_and_measure
+from autocompress.measure._deployed import Deployment, deploy, deploy_and_measure
 from autocompress.measure._latency import (
     LatencyProbe,
     LatencyResult,
@@ -21,6 +21,7 @@ __all__ = [
     "OrtProbe",
     "TorchProbe",
     "accuracy",
+    "deploy",
     "deploy_and_measure",
     "fingerprint_id",
     "hardware_fingerprint",

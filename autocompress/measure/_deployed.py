@@ -33,6 +33,23 @@ class Deployment:
     lowering: LoweringReport | None = None
 
 
+EXACT_NBITS = 0
+"""MatMulNBits accuracy level 0: float math on the dequantized weights, exactly the simulation.
+Level 4 (int8 activations) was ~15 % faster here but drifts from the simulation."""
+
+
+def deploy(
+    model: PreTrainedModel, *, validation: Sequence[Mapping[str, torch.Tensor]], threads: int, workdir: Path
+) -> tuple[LoweringReport, VerifyReport]:
+    """Export, lower to ORT kernels and verify against torch on ``validation``; the artifact is ``workdir/model.onnx``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    example = {k: v[:2] for k, v in validation[0].items() if k != "labels"}
+    exported = export_onnx(model, workdir / "model.fp32.onnx", example=example)
+    report = lower(model, exported, workdir / "model.onnx", accuracy_level=EXACT_NBITS)
+    exported.unlink()
+    return report, verify(report.path, model, validation, threads=threads)
+
+
 def deploy_and_measure(
     model: PreTrainedModel,
     *,
@@ -49,12 +66,7 @@ def deploy_and_measure(
         timing = TorchProbe(model, threads=threads).measure(latency_inputs, warmup=warmup, repeats=repeats)
         simulated = accuracy(model, list(validation))
         return Deployment(latency=timing, accuracy=simulated, simulated_accuracy=simulated)
-    workdir.mkdir(parents=True, exist_ok=True)
-    example = {k: v[:2] for k, v in validation[0].items() if k != "labels"}
-    exported = export_onnx(model, workdir / "model.fp32.onnx", example=example)
-    report = lower(model, exported, workdir / "model.onnx")
-    exported.unlink()
-    check = verify(report.path, model, validation, threads=threads)
+    report, check = deploy(model, validation=validation, threads=threads, workdir=workdir)
     timing = OrtProbe(report.path, threads=threads).measure(latency_inputs, warmup=warmup, repeats=repeats)
     return Deployment(
         latency=timing,

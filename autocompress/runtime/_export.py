@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedModel
 
 from autocompress.runtime._verify import LoweringMismatch, ort_session
+from autocompress.techniques._quantize import float_activations
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 """Input names the graph accepts, in this order (``token_type_ids`` only if the example has it)."""
@@ -67,7 +68,7 @@ def export_onnx(
     modes = {module: module.training for module in model.modules()}  # the exporter resets them recursively
     wrapper = _LogitsOnly(model, names).eval()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), float_activations():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapper,

@@ -7,6 +7,9 @@ float scale per output channel (``group_size=None``) or per block of
 (``QuantizedWeight``) so a runtime lowering can pack exactly the values the
 simulation used; the module's float weight is replaced by their product.
 
+8-bit per-channel layers also round their input activations per tensor to
+uint8, as ONNX Runtime's MatMulInteger path does at run time.
+
 Non-linear quantization fits a per-layer k-means codebook of ``2**bits`` values
 (the seed's "non-linear quantization"); no CPU runtime executes it, so it is
 simulation-only. 16 bits round to IEEE half precision.
@@ -14,12 +17,28 @@ simulation-only. 16 bits round to IEEE half precision.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 QUANT_ATTR = "autocompress_quant"
 """Attribute under which a quantized ``nn.Linear`` keeps its ``QuantizedWeight``."""
+
+_float_activations = threading.local()
+
+
+@contextmanager
+def float_activations() -> Iterator[None]:
+    """Run without the activation rounding of 8-bit layers: the plain graph that export traces."""
+    previous = getattr(_float_activations, "on", False)
+    _float_activations.on = True
+    try:
+        yield
+    finally:
+        _float_activations.on = previous
 
 
 @dataclass(frozen=True)
@@ -94,9 +113,30 @@ def quantize_linear_(
         quantized = quantize_weight(weight, bits, group_size)
         setattr(linear, QUANT_ATTR, quantized)
         new = quantized.dequantize()
+        if bits == 8 and quantized.group_size == linear.in_features:
+            linear.register_forward_pre_hook(simulate_dynamic_uint8)
     else:
         raise ValueError(f"unknown quantization scheme {scheme!r}; allowed: 'linear', 'kmeans'")
     weight.copy_(new * mask)
+
+
+def simulate_dynamic_uint8(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+    """Forward pre-hook: round the input as ONNX Runtime's DynamicQuantizeLinear does (per tensor, uint8).
+
+    8-bit per-channel layers run as MatMulInteger, which quantizes activations
+    too; simulating that keeps the torch accuracy honest. Skipped while
+    exporting, so the exported graph stays the plain float one that lowering rewrites.
+    """
+    if torch.onnx.is_in_onnx_export() or getattr(_float_activations, "on", False):
+        return None
+    (x, *rest) = args
+    low, high = torch.clamp(x.min(), max=0), torch.clamp(x.max(), min=0)
+    scale = (high - low) / 255
+    if scale == 0:
+        return None
+    zero_point = torch.clamp(torch.round(-low / scale), 0, 255)
+    codes = torch.clamp(torch.round(x / scale) + zero_point, 0, 255)
+    return ((codes - zero_point) * scale, *rest)
 
 
 @torch.no_grad()
