@@ -123,3 +123,25 @@ def test_structured_policy_shrinks_and_specs_follow_their_original_blocks(model,
 
     assert count_parameters(compressed) < count_parameters(model)
     assert model_size_bytes(compressed, layer_plan(compressed, policy)) < model_size_bytes(model, layer_plan(model, Policy()))
+
+
+def test_eight_bit_per_channel_layers_round_activations_like_matmulinteger(model):
+    from autocompress.techniques._quantize import float_activations
+
+    compressed = compress(model, Policy(layers={ALL_BLOCKS: LayerSpec(bits=8)}))
+    linear = compressed.bert.encoder.layer[0].intermediate.dense
+    seen = []
+    handle = linear.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = torch.randn(2, 5, linear.in_features)
+    linear(x)
+    with float_activations():
+        linear(x)
+    handle.remove()
+    rounded, plain = seen
+    assert torch.equal(plain, x)
+    scale = (x.max() - x.min()) / 255
+    steps = (rounded - rounded.min()) / scale
+    assert torch.allclose(steps, steps.round(), atol=1e-3) and rounded.unique().numel() <= 256
+    assert (rounded - x).abs().max() <= scale / 2 + 1e-6
+    grouped = compress(model, Policy(layers={ALL_BLOCKS: LayerSpec(bits=8)}, group_size=32))
+    assert not grouped.bert.encoder.layer[0].intermediate.dense._forward_pre_hooks  # MatMulNBits: weights only
