@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 from autocompress.distill._losses import attention_loss, hidden_state_loss, kd_loss, uniform_layer_map
 from autocompress.measure import accuracy
 from autocompress.models import encoder_blocks
-from autocompress.techniques._quantize import quantize_weight
+from autocompress.techniques._quantize import quantize_weight, runs_as_matmul_integer, simulate_dynamic_uint8
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -181,7 +181,8 @@ def _fake_quantized(model: nn.Module, plan: Mapping[str, tuple[int, int | None]]
     """Fake-quantize the named Linears while the block runs; afterwards they are plain Linears again.
 
     Removing the parametrization keeps the float weights trained under the STE,
-    so quantizing them for real reproduces the values the forward used.
+    so quantizing them for real reproduces the values the forward used. 8-bit
+    per-channel layers also round their inputs as they will at run time.
     """
     modules = dict(model.named_modules())
     linears = []
@@ -195,11 +196,16 @@ def _fake_quantized(model: nn.Module, plan: Mapping[str, tuple[int, int | None]]
             raise ValueError(f"fake_quant[{name!r}] has bits={bits!r}; allowed: 2..8 (the symmetric integer grid)")
         quantize_weight(module.weight, bits, group_size)  # validates group_size against this layer now
         linears.append((module, FakeQuantize(bits, group_size)))
+    hooks = []
     try:
         for module, fake in linears:
             parametrize.register_parametrization(module, "weight", fake)
+            if runs_as_matmul_integer(fake.bits, fake.group_size, module.in_features):
+                hooks.append(module.register_forward_pre_hook(simulate_dynamic_uint8))
         yield
     finally:
+        for hook in hooks:
+            hook.remove()
         for module, _ in linears:
             if parametrize.is_parametrized(module, "weight"):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)

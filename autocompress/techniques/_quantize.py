@@ -113,11 +113,16 @@ def quantize_linear_(
         quantized = quantize_weight(weight, bits, group_size)
         setattr(linear, QUANT_ATTR, quantized)
         new = quantized.dequantize()
-        if bits == 8 and quantized.group_size == linear.in_features:
+        if runs_as_matmul_integer(bits, group_size, linear.in_features):
             linear.register_forward_pre_hook(simulate_dynamic_uint8)
     else:
         raise ValueError(f"unknown quantization scheme {scheme!r}; allowed: 'linear', 'kmeans'")
     weight.copy_(new * mask)
+
+
+def runs_as_matmul_integer(bits: int, group_size: int | None, in_features: int) -> bool:
+    """8-bit per-channel weights lower to MatMulInteger, which also quantizes the activations."""
+    return bits == 8 and (group_size is None or group_size == in_features)
 
 
 def simulate_dynamic_uint8(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
@@ -136,7 +141,8 @@ def simulate_dynamic_uint8(module: torch.nn.Module, args: tuple[torch.Tensor, ..
         return None
     zero_point = torch.clamp(torch.round(-low / scale), 0, 255)
     codes = torch.clamp(torch.round(x / scale) + zero_point, 0, 255)
-    return ((codes - zero_point) * scale, *rest)
+    rounded = (codes - zero_point) * scale
+    return (x + (rounded - x).detach(), *rest)  # straight-through gradient when training
 
 
 @torch.no_grad()
