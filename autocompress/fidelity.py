@@ -6,6 +6,7 @@ single-objective companion study (``<study>.fidelity``, same storage) that
 receives the recovery's intermediate validation accuracy per step; the
 configured pruner (successive halving by default) decides on the twin, and the
 search trial is pruned with it. Steps of recovery training are the fidelity.
+Twins are grouped by student depth (``<study>.fidelity.blocks<N>``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
     name = config.recovery.pruner
     every = config.recovery.eval_every
     if name is PrunerName.SUCCESSIVE_HALVING:
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=every, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=every, reduction_factor=3, bootstrap_count=2)
     if name is PrunerName.HYPERBAND:
         return optuna.pruners.HyperbandPruner(min_resource=every, max_resource=max(max(config.space.recovery_steps), every))
     if name is PrunerName.MEDIAN:
@@ -32,19 +33,31 @@ def make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
 
 
 class Fidelity:
-    """The companion study and one twin trial per search trial."""
+    """Companion studies, one per student size, and one twin trial per search trial.
+
+    Accuracy after N steps is only comparable between students of the same
+    depth: a 3-block student always starts below a 6-block one, yet may be the
+    better trade-off. So twins are grouped by ``group`` (the kept-block count)
+    and the pruner compares like with like.
+    """
 
     def __init__(self, config: SearchConfig) -> None:
-        self.study = optuna.create_study(
-            study_name=f"{config.search.study_name}.fidelity",
-            storage=config.search.storage,
-            direction="maximize",
-            pruner=make_pruner(config),
-            load_if_exists=True,
-        )
+        self.config = config
+        self.studies: dict[str, optuna.Study] = {}
 
-    def twin(self, number: int) -> optuna.Trial:
-        trial = self.study.ask()
+    def study(self, group: str) -> optuna.Study:
+        if group not in self.studies:
+            self.studies[group] = optuna.create_study(
+                study_name=f"{self.config.search.study_name}.fidelity.{group}",
+                storage=self.config.search.storage,
+                direction="maximize",
+                pruner=make_pruner(self.config),
+                load_if_exists=True,
+            )
+        return self.studies[group]
+
+    def twin(self, number: int, group: str) -> optuna.Trial:
+        trial = self.study(group).ask()
         trial.set_user_attr(TWIN_ATTR, number)
         return trial
 
@@ -58,9 +71,12 @@ class Fidelity:
 
         return report
 
-    def finish(self, twin: optuna.Trial, accuracy: float | None) -> None:
-        """Complete the twin with the final accuracy, or mark it pruned (None)."""
-        if accuracy is None:
-            self.study.tell(twin, state=optuna.trial.TrialState.PRUNED)
+    @staticmethod
+    def finish(twin: optuna.Trial, accuracy: float | None, *, failed: bool = False) -> None:
+        """Complete the twin with the final accuracy, or mark it pruned (None) or failed."""
+        if failed:
+            twin.study.tell(twin, state=optuna.trial.TrialState.FAIL)
+        elif accuracy is None:
+            twin.study.tell(twin, state=optuna.trial.TrialState.PRUNED)
         else:
-            self.study.tell(twin, accuracy)
+            twin.study.tell(twin, accuracy)

@@ -208,22 +208,23 @@ def make_objective(context: SearchContext, tracker: Tracker):
         trial.set_user_attr("features", features)
         predicted = predict_latency(context, features, trial, tracker, params, policy)
         started = time.perf_counter()
-        twin = context.fidelity.twin(trial.number) if context.fidelity and policy.recovery_steps else None
+        depth = len(policy.kept_blocks) if policy.kept_blocks is not None else num_blocks
+        twin = context.fidelity.twin(trial.number, f"blocks{depth}") if context.fidelity and policy.recovery_steps else None
         recovery = Recovery(context.distillation, report=Fidelity.reporter(twin) if twin else None) if context.distillation else None
         try:
             measurement = evaluate(policy, context, name=f"trial-{trial.number}", recovery=recovery)
         except RecoveryStopped as stop:
-            context.fidelity.finish(twin, None)
+            Fidelity.finish(twin, None)
             trial.set_user_attr("pruned_at_step", stop.result.steps)
             tracker.log_trial(trial.number, params=params, metrics={"trial_seconds": time.perf_counter() - started},
                               artifacts={"policy.json": policy.to_dict()}, tags={"pruned": "true"}, steps=_curves(stop.result))
             raise optuna.TrialPruned(str(stop)) from None
         except BaseException:
             if twin is not None:
-                context.fidelity.study.tell(twin, state=optuna.trial.TrialState.FAIL)
+                Fidelity.finish(twin, None, failed=True)
             raise
         if twin is not None:
-            context.fidelity.finish(twin, recovery.result.evaluations[-1][1])
+            Fidelity.finish(twin, recovery.result.evaluations[-1][1])
         if context.costs.add(*context.latency_target, features, measurement.latency_ms) >= MIN_COST_SAMPLES:
             context.costs.fit(*context.latency_target)
         for key, value in asdict(measurement).items():

@@ -14,14 +14,16 @@ def test_pruner_stops_a_bad_trial_through_its_twin(tmp_path):
     })
     fidelity = Fidelity(config)
     for number, accuracy in enumerate([0.85, 0.86, 0.84]):
-        twin = fidelity.twin(number)
+        twin = fidelity.twin(number, "blocks6")
         report = Fidelity.reporter(twin)
         assert not any(report(step, accuracy) for step in (10, 20, 30))
-        fidelity.finish(twin, accuracy)
-    bad = fidelity.twin(3)
-    report = Fidelity.reporter(bad)
-    assert report(10, 0.50) is True  # far below the median of the others at the same step
+        Fidelity.finish(twin, accuracy)
+    bad = fidelity.twin(3, "blocks6")
+    assert Fidelity.reporter(bad)(10, 0.50) is True  # far below the median of the others at the same step
     fidelity.finish(bad, None)
-    states = [t.state for t in optuna.load_study(study_name="s.fidelity", storage=f"sqlite:///{tmp_path}/s.db").trials]
+    states = [t.state for t in optuna.load_study(study_name="s.fidelity.blocks6", storage=f"sqlite:///{tmp_path}/s.db").trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == 1 and states.count(optuna.trial.TrialState.COMPLETE) == 3
     assert bad.user_attrs["search_trial"] == 3
+    # A shallower student is compared only with its own kind: its first report is not pruned.
+    shallow = fidelity.twin(4, "blocks3")
+    assert Fidelity.reporter(shallow)(10, 0.50) is False

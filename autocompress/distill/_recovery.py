@@ -12,6 +12,7 @@ weights the training saw.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from autocompress.distill._losses import attention_loss, hidden_state_loss, kd_loss, uniform_layer_map
@@ -103,6 +105,7 @@ def recover(
         optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
         schedule = get_linear_schedule_with_warmup(optimizer, steps // 10, steps)
         teacher.eval()
+        bar = stack.enter_context(tqdm(total=steps, desc="recovery (KD)", unit="step", leave=False, file=sys.stderr))
         for step, index in enumerate(_cycle(len(train_batches), steps), start=1):
             student.train()
             batch = train_batches[index]
@@ -133,9 +136,11 @@ def recover(
                 for weight, keep in masks:
                     weight.mul_(keep)
             losses.append(loss.item())
+            bar.update(1)
             if eval_batches and (step % eval_every == 0 or step == steps):
                 score = accuracy(student, list(eval_batches))
                 evaluations.append((step, score))
+                bar.set_postfix(accuracy=f"{score:.3f}")
                 if report is not None and report(step, score):
                     stopped_early = True
                     break
