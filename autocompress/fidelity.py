@@ -24,7 +24,7 @@ def make_pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
     name = config.recovery.pruner
     every = config.recovery.eval_every
     if name is PrunerName.SUCCESSIVE_HALVING:
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=every, reduction_factor=3, bootstrap_count=2)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=every, reduction_factor=3)
     if name is PrunerName.HYPERBAND:
         return optuna.pruners.HyperbandPruner(min_resource=every, max_resource=max(max(config.space.recovery_steps), every))
     if name is PrunerName.MEDIAN:
