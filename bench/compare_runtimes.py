@@ -31,8 +31,10 @@ from autocompress.measure import OrtProbe, TorchProbe, accuracy, deploy, hardwar
 from autocompress.models import load_tokenizer
 from autocompress.policy import Policy
 from autocompress.runtime import export_onnx, ort_feed, ort_session
-from autocompress.search import by_length
+from autocompress.search import by_length, distillation_setup
 from autocompress.teacher import get_teacher
+from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning
+from autocompress.techniques._recovery import Recovery
 
 
 def onnx_accuracy(path: Path, validation: list[dict[str, torch.Tensor]], threads: int) -> float:
@@ -54,7 +56,7 @@ def torch_bytes(model: torch.nn.Module) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
-    parser.add_argument("--pareto", type=Path, help="pareto.json of a search; its policies are re-measured here")
+    parser.add_argument("--pareto", type=Path, nargs="*", default=[], help="pareto.json files of searches; their policies are re-measured here")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=60, help="timed batch-1 calls per variant per round")
     parser.add_argument("--throughput-batch", type=int, default=32)
@@ -87,11 +89,16 @@ def main() -> None:
     quantize_dynamic(str(fp32), str(ort_int8), weight_type=QuantType.QInt8)
     variants["ONNX Runtime dynamic int8"] = {"probe": OrtProbe(ort_int8, threads=args.threads), "accuracy": onnx_accuracy(ort_int8, validation, args.threads), "bytes": ort_int8.stat().st_size}
 
-    for row in json.loads(args.pareto.read_text()) if args.pareto else []:
+    rows_in = [(path, row) for path in args.pareto for row in json.loads(path.read_text())]
+    kd = distillation_setup(config, model, teacher, tokenizer) if any(r["policy"].get("recovery_steps") for _, r in rows_in) else None
+    calibration = batches(load_split(config, "train").sample(32, seed=config.search.seed), tokenizer, batch_size=32, max_length=config.task.max_length)[0]
+    for path, row in rows_in:
         policy = Policy.from_dict(row["policy"])
-        compressed = compress(model, policy, calibration=validation[0])
+        techniques = (StructuredPruning(), MagnitudePruning(), *([Recovery(kd)] if policy.recovery_steps else []), Quantization())
+        torch.manual_seed(config.search.seed)
+        compressed = compress(model, policy, techniques=techniques, calibration=calibration)
         report, check = deploy(compressed, validation=validation, threads=args.threads, workdir=workdir / f"trial-{row['trial']}")
-        variants[f"Pareto trial {row['trial']}"] = {
+        variants[f"{path.parent.name} trial {row['trial']}"] = {
             "probe": OrtProbe(report.path, threads=args.threads),
             "accuracy": check.onnx_accuracy,
             "bytes": report.file_bytes,
