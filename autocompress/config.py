@@ -72,7 +72,7 @@ class SpaceConfig(Strict):
     group_size: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
     prune_mode: PruneMode = PruneMode.LOCAL
     prune_ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5], min_length=1)
-    embedding_bits: list[Literal[8, 32]] = Field(default_factory=lambda: [32], min_length=1)
+    embedding_bits: list[Literal[4, 8, 32]] = Field(default_factory=lambda: [32], min_length=1, description="4: blocks of 32 per row")
     heads: list[int] | None = Field(None, min_length=1, description="heads kept per block; null: all")
     ffn_widths: list[int] | None = Field(None, min_length=1, description="FFN width per block; null: full")
     num_blocks: list[int] | None = Field(None, min_length=1, description="blocks kept, evenly spaced; null: all")
@@ -148,6 +148,7 @@ class SearchSettings(Strict):
     storage: str = "sqlite:///autocompress.db"
     seed: int = 0
     population_size: int = Field(8, ge=2)
+    start_uniform: bool = Field(True, description="a new study first tries every block at each bit width of the space")
     constraints: ConstraintsConfig = ConstraintsConfig()
     selection: Selection = Selection.FASTEST
 

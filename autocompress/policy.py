@@ -19,6 +19,9 @@ from typing import Any
 POLICY_VERSION = 1
 PATTERN_PREFIX = "re:"
 QUANT_SCHEMES = ("linear", "kmeans")
+EMBEDDING_BITS = (4, 8, 32)
+"""Word-embedding precision: 8 is one scale per row, 4 one scale per block of ``EMBEDDING_BLOCK`` columns."""
+EMBEDDING_BLOCK = 32
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,8 @@ class Policy:
             raise ValueError("use either global_prune_ratio or per-layer prune_ratio, not both")
         if self.recovery_steps < 0:
             raise ValueError(f"recovery_steps must be >= 0; got {self.recovery_steps}")
-        if self.embedding_bits not in (8, 32):
-            raise ValueError(f"embedding_bits must be 8 or 32; got {self.embedding_bits}")
+        if self.embedding_bits not in EMBEDDING_BITS:
+            raise ValueError(f"embedding_bits must be one of {EMBEDDING_BITS}; got {self.embedding_bits}")
         for key in self.layers:
             if key.startswith(PATTERN_PREFIX):
                 re.compile(key[len(PATTERN_PREFIX) :])

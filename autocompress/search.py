@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 
 from autocompress.compress import compress, layer_plan
 from autocompress.config import SamplerName, SearchConfig
-from autocompress.cost import CostModelStore, is_clearly_infeasible, policy_features
+from autocompress.cost import FEATURES_VERSION, CostModelStore, is_clearly_infeasible, policy_features
 from autocompress.data import Examples, batches, load_split
 from autocompress.distill import RecoveryResult, cached_teacher_logits
 from autocompress.fidelity import Fidelity
@@ -38,7 +38,7 @@ from autocompress.models import block_linears, encoder_list_name, load_tokenizer
 from autocompress.pareto import BASELINE_ATTR, format_table, front_rows, plot_front, select
 from autocompress.policy import Policy
 from autocompress.runtime import LoweringMismatch, NotDeployable
-from autocompress.space import sample_policy
+from autocompress.space import sample_policy, uniform_starts
 from autocompress.teacher import Teacher, cache_root, get_teacher
 from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning
 from autocompress.techniques._recovery import Distillation, Recovery, RecoveryStopped
@@ -90,7 +90,7 @@ class SearchContext:
     @property
     def latency_target(self) -> tuple[str, str]:
         """Cost-model key: this hardware and runtime."""
-        return fingerprint_id(self.fingerprint), f"latency_ms.{self.config.latency.backend}"
+        return fingerprint_id(self.fingerprint), f"latency_ms.{self.config.latency.backend}.features{FEATURES_VERSION}"
 
     @classmethod
     def build(cls, config: SearchConfig) -> "SearchContext":
@@ -304,6 +304,9 @@ def run_search(config: SearchConfig) -> SearchResult:
     )
     if context.teacher.trained_now:
         tracker.log_teacher(context.teacher)
+    if config.search.start_uniform and not study.trials:
+        for params in uniform_starts(config.space, num_blocks=len(block_linears(context.model))):
+            study.enqueue_trial(params, skip_if_exists=True)
     status = "FAILED"
     try:
         study.optimize(

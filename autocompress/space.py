@@ -48,6 +48,29 @@ def sample_policy(trial: optuna.Trial, space: SpaceConfig, *, prefix: str, num_b
     )
 
 
+def uniform_starts(space: SpaceConfig, *, num_blocks: int) -> list[dict[str, object]]:
+    """Trial params for the uniform policies users try first: every block at one bit width, unpruned.
+
+    One per quantized bit width of the space, with its best-suited choices: 8
+    bits per output channel (ONNX Runtime's fast int8 kernel) where the space
+    allows it, lower bit widths in the finest group, and the embedding at the
+    lowest precision no lower than the blocks'. Decisions they leave open
+    (heads, widths, depth, recovery) are sampled as usual.
+    """
+    finest_group = min((g for g in space.group_size if g is not None), default=None)
+    starts = []
+    for bits in sorted({b for b in space.weight_bits if b < 32}, reverse=True):
+        params: dict[str, object] = {f"block{i}.bits": bits for i in range(num_blocks)}
+        if space.prune_mode is PruneMode.LOCAL and 0.0 in space.prune_ratios:
+            params |= {f"block{i}.prune_ratio": 0.0 for i in range(num_blocks)}
+        per_channel = bits == 8 and None in space.group_size
+        params["group_size"] = None if per_channel or finest_group is None else finest_group
+        params["embedding_bits"] = min((b for b in space.embedding_bits if b >= bits), default=max(space.embedding_bits))
+        params["scheme"] = space.quant_scheme[0]
+        starts.append(params)
+    return starts
+
+
 def evenly_spaced(count: int, total: int) -> tuple[int, ...]:
     """``count`` of ``total`` block indices, evenly spaced and always keeping the last block."""
     if not 1 <= count <= total:

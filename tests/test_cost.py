@@ -268,3 +268,34 @@ def test_store_validates_keys_data_and_storable_estimators(tmp_path):
         f.write('{"features": {}, "val')
     with pytest.raises(ValueError, match=r"latency_ms.jsonl:5: not a cost sample"):
         store.samples("cpu-a", "latency_ms")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from autocompress.models import load_classifier
+
+    return load_classifier("default")
+
+
+@pytest.mark.parametrize(
+    ("bits", "group_size", "scheme", "kernel"),
+    [
+        (8, None, "linear", "int8"),  # MatMulInteger
+        (8, 32, "linear", "nbits8"),  # MatMulNBits, about twice as slow here: the bit width alone does not tell
+        (4, None, "linear", "lowbit"),
+        (2, 32, "linear", "lowbit"),
+        (16, None, "linear", "fp16"),
+        (32, None, "linear", "float"),
+        (4, None, "kmeans", "float"),  # simulation-only, runs as a float MatMul
+    ],
+)
+def test_policy_features_name_the_kernel_each_layer_runs_on(minilm, bits, group_size, scheme, kernel):
+    from autocompress.cost import policy_features
+    from autocompress.policy import LayerSpec, Policy
+
+    chosen = Policy(layers={"re:.*layer\\.1\\..*": LayerSpec(bits=bits)}, group_size=group_size, scheme=scheme, kept_blocks=(1, 3, 5))
+    features = policy_features(chosen, minilm, seq_len=20.0)
+    assert features[f"layer1.{kernel}"] == 1.0
+    assert sum(features[f"layer1.{k}"] for k in ("int8", "nbits8", "lowbit", "fp16", "float")) == 1.0
+    assert features["layer0.float"] == 1.0 and features["layer0.kept"] == 0.0 and features["layer1.kept"] == 1.0
+    assert features["seq_len"] == 20.0 and features["layer1.heads"] == 12.0 and features["layer1.ffn"] == 1536.0

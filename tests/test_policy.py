@@ -37,7 +37,7 @@ def test_exact_name_wins_over_pattern_and_first_pattern_wins():
         ({"layers": {"x": LayerSpec(bits=4)}, "version": 2}, "version 2"),
         ({"scheme": "fancy"}, "scheme"),
         ({"global_prune_ratio": 1.0}, "global_prune_ratio"),
-        ({"embedding_bits": 4}, "embedding_bits"),
+        ({"embedding_bits": 6}, "embedding_bits"),
         ({"layers": {"x": LayerSpec(prune_ratio=0.5)}, "global_prune_ratio": 0.5}, "not both"),
     ],
 )

@@ -133,6 +133,24 @@ def test_int4_group32_and_int8_embedding(base, fp32_onnx, sentence_batches, tmp_
     assert verify(fast.path, model, sentence_batches, max_accuracy_drop=0.07).argmax_agreement >= 0.9
 
 
+def test_int4_embedding_runs_on_gather_block_quantized(base, sentence_batches, tmp_path):
+    model = quantized(base, lambda i, j: 8)
+    quantize_embedding_(model.get_input_embeddings(), 4, group_size=32)
+    report = export_and_lower(model, sentence_batches, tmp_path)
+    assert report.layers["bert.embeddings.word_embeddings"].op == "GatherBlockQuantized(int4)"
+    tables = [i for i in onnx.load(report.path).graph.initializer if list(i.dims) == [30522, 192]]
+    assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.UINT8  # two 4-bit codes per byte
+    assert report.file_bytes == pytest.approx(expected_bytes(model), rel=0.01)
+    with_int8_table = quantized(base, lambda i, j: 8, embedding=True)
+    assert with_int8_table.get_input_embeddings().autocompress_quant.scales.numel() == 30522
+    assert expected_bytes(with_int8_table) - report.file_bytes > 4.0e6  # 11.8 MB int8 table -> 5.9 MB + 1.5 MB block scales
+    # the embedding lowering is exact; only the int8 activation rounding of MatMulInteger differs
+    embedding_only = copy.deepcopy(base)
+    quantize_embedding_(embedding_only.get_input_embeddings(), 4, group_size=32)
+    exact = export_and_lower(embedding_only, sentence_batches, tmp_path / "exact")
+    assert verify(exact.path, embedding_only, sentence_batches, atol=1e-4, rtol=0.0).max_abs_diff < 1e-4
+
+
 def test_mixed_bits_per_layer_and_quantized_pooler(base, sentence_batches, tmp_path):
     model = quantized(base, lambda i, j: BITS_CYCLE[(i + j) % 4], group_size=32, embedding=True)
     quantize_linear_(model.bert.pooler.dense, 4, group_size=64)  # a Gemm in the exported graph

@@ -71,6 +71,10 @@ def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_p
     assert len(parents) == 1 and len(children) == 5 and len(teachers) == 1
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
     assert len(study.trials) == 5
+    # a new study starts from the uniform policies (all int8 per channel, all int4); a resumed one does not again
+    assert ["fixed_params" in t.system_attrs for t in study.trials] == [True, True, False, False, False]
+    assert {study.trials[0].params[f"block{i}.bits"] for i in range(6)} == {8} and study.trials[0].params["group_size"] is None
+    assert {study.trials[1].params[f"block{i}.bits"] for i in range(6)} == {4} and study.trials[1].params["group_size"] == 32
 
     capsys.readouterr()
     assert main(["pareto", "--storage", f"sqlite:///{tmp_path}/study.db", "--study-name", "tiny", "--json"]) == 0

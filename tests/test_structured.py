@@ -6,11 +6,14 @@ import copy
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
+from autocompress.measure import OrtProbe, latency_inputs
 from autocompress.models import load_classifier, load_tokenizer
+from autocompress.runtime import export_onnx
 from autocompress.techniques._structured import (
     BLOCKS_ATTR,
     MODELING_FILE,
@@ -91,6 +94,28 @@ def test_shapes_config_and_exact_parameter_drop(model, batch):
     removed = (6 + 8) * per_head + 768 * per_neuron + 2 * per_block
     assert before - count_parameters(model) == removed
     assert torch.isfinite(logits(model, batch)).all()
+
+
+def test_shrunk_model_exports_smaller_and_runs_faster(model, base, batch, tokenizer, tmp_path):
+    """Half the heads and FFN neurons in 3 of 6 blocks: a quarter of the encoder's compute.
+
+    Timed side by side in ONNX Runtime, alternating rounds, so the ratio holds
+    on a busy machine; the expected ratio is about 0.3, the bound 0.6.
+    """
+    shrink_(model, heads=dict.fromkeys(range(BLOCKS), 6), ffn=dict.fromkeys(range(BLOCKS), 768), layers=[1, 3, 5])
+    example = {k: v for k, v in batch.items() if k != "labels"}
+    full = export_onnx(base, tmp_path / "full.onnx", example=example)
+    small = export_onnx(model, tmp_path / "small.onnx", example=example)
+    assert small.stat().st_size < full.stat().st_size - 4 * 3 * 1e6  # >= 3 M float32 parameters fewer on disk
+    with open(SST2, newline="") as f:
+        texts = [r["sentence"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)][:16]
+    inputs = latency_inputs(tokenizer, texts, max_length=64)
+    probes = {name: OrtProbe(path, threads=2, lock_path=tmp_path / "lock") for name, path in (("full", full), ("small", small))}
+    ratios = []
+    for _ in range(5):
+        full_ms, small_ms = (probes[name].measure(inputs, warmup=3, repeats=20).median_ms for name in ("full", "small"))
+        ratios.append(small_ms / full_ms)
+    assert float(np.median(ratios)) < 0.6, ratios
 
 
 @pytest.mark.parametrize("calibrated", [False, True])

@@ -1,10 +1,14 @@
 """A policy as the flat feature dict the cost model reads.
 
 Per block ``i`` of the uncompressed model: whether it is kept, its heads and
-FFN width, the fractions of its Linear layers on each kernel family (int8
-MatMulInteger, low-bit MatMulNBits, float) and its mean sparsity; globally the
-mean input length and the embedding bits. Computed from the policy alone, so a
-candidate can be priced before it is compressed.
+FFN width, the fractions of its Linear layers on each ONNX Runtime kernel they
+lower to (8-bit per channel: MatMulInteger; 8-bit in groups: MatMulNBits with
+8 bits; 2/4 bits: MatMulNBits; 16 bits: fp16 weights cast at run time; the
+rest float) and its mean sparsity; globally the mean input length and the
+embedding bits. The kernel, not the bit width, sets the speed: on AVX2 an
+8-bit grouped layer runs about twice as slow as an 8-bit per-channel one.
+Computed from the policy alone, so a candidate can be priced before it is
+compressed.
 """
 
 from __future__ import annotations
@@ -12,7 +16,11 @@ from __future__ import annotations
 from transformers import PreTrainedModel
 
 from autocompress.models import block_linears
-from autocompress.policy import Policy
+from autocompress.policy import LayerSpec, Policy
+from autocompress.techniques._quantize import runs_as_matmul_integer
+
+FEATURES_VERSION = 2
+"""Bumped whenever the features change meaning, so stored measurements of an older schema are not mixed in."""
 
 
 def policy_features(policy: Policy, model: PreTrainedModel, *, seq_len: float) -> dict[str, float]:
@@ -21,14 +29,28 @@ def policy_features(policy: Policy, model: PreTrainedModel, *, seq_len: float) -
     kept = set(policy.kept_blocks) if policy.kept_blocks is not None else None
     features: dict[str, float] = {"seq_len": float(seq_len), "embedding_bits": float(policy.embedding_bits)}
     for index, linears in enumerate(block_linears(model)):
-        specs = policy.resolve(linears).values()
-        count = len(specs)
+        specs = policy.resolve(linears)
+        kernels = [_kernel(spec, policy, linears[name].in_features) for name, spec in specs.items()]
+        count = len(kernels)
         key = f"layer{index}"
         features[f"{key}.kept"] = float(kept is None or index in kept)
         features[f"{key}.heads"] = float(policy.heads.get(index, config.num_attention_heads))
         features[f"{key}.ffn"] = float(policy.ffn.get(index, config.intermediate_size))
-        features[f"{key}.int8"] = sum(s.bits == 8 for s in specs) / count
-        features[f"{key}.lowbit"] = sum(s.bits <= 4 for s in specs) / count
-        features[f"{key}.float"] = sum(s.bits >= 16 for s in specs) / count
-        features[f"{key}.sparsity"] = sum(s.prune_ratio for s in specs) / count + policy.global_prune_ratio
+        for kernel in KERNELS:
+            features[f"{key}.{kernel}"] = kernels.count(kernel) / count
+        features[f"{key}.sparsity"] = sum(s.prune_ratio for s in specs.values()) / count + policy.global_prune_ratio
     return features
+
+
+KERNELS = ("int8", "nbits8", "lowbit", "fp16", "float")
+
+
+def _kernel(spec: LayerSpec, policy: Policy, in_features: int) -> str:
+    """The kernel family a Linear under ``spec`` runs on (see ``autocompress.runtime``)."""
+    if spec.bits >= 32 or policy.scheme != "linear":
+        return "float"
+    if spec.bits == 16:
+        return "fp16"
+    if runs_as_matmul_integer(spec.bits, policy.group_size, in_features):
+        return "int8"
+    return "nbits8" if spec.bits == 8 else "lowbit"

@@ -17,8 +17,10 @@ simulation kept (``QuantizedWeight``); nothing is re-quantized here.
 - 16 bits: an fp16 initializer and a ``Cast`` to float, for any Linear whose
   weight is exactly representable in half precision (what 16-bit rounding
   leaves), so this is lossless by construction.
-- The word embedding with a per-row ``QuantizedWeight``: int8 table and
-  per-row scales, ``Gather`` both, ``Cast``, ``Mul``.
+- The word embedding with a per-row 8-bit ``QuantizedWeight``: int8 table and
+  per-row scales, ``Gather`` both, ``Cast``, ``Mul``; with 4-bit blocks of a
+  row: ``com.microsoft.GatherBlockQuantized`` (two codes per byte, low nibble
+  first, stored as ``code + 8`` with the default zero point).
 """
 
 from __future__ import annotations
@@ -93,9 +95,8 @@ def _reason(bits: int, group_size: int | None, in_features: int, scheme: str) ->
     if bits == 8 and group == in_features:
         return None
     if _nbits_block(bits, group) is None:
-        return (
-            f"group_size={group} with bits={bits}: MatMulNBits needs a multiple of a power-of-two block "
-            f">= {MIN_BLOCK}" + (f" and <= {MAX_BLOCK[bits]}" if bits in MAX_BLOCK else "")
+        return f"group_size={group} with bits={bits}: MatMulNBits needs a multiple of a power-of-two block >= {MIN_BLOCK}" + (
+            f" and <= {MAX_BLOCK[bits]}" if bits in MAX_BLOCK else ""
         )
     return None
 
@@ -250,22 +251,45 @@ def _lower_linear(
     return nodes, lowered
 
 
-def _lower_embedding(graph: _Graph, node: onnx.NodeProto, name: str, quantized: QuantizedWeight) -> list[onnx.NodeProto]:
-    """Gather int8 codes and per-row scales by token id, then dequantize."""
-    if quantized.bits != 8 or quantized.group_size != quantized.codes.shape[1]:
-        raise NotDeployable(
-            f"embedding {name!r}: bits={quantized.bits}, group_size={quantized.group_size}; "
-            "only 8-bit per-row tables are lowered (int8 Gather)"
-        )
-    codes = graph.add_initializer(quantized.codes.numpy(), f"{name}.weight_int8")
-    scales = graph.add_initializer(quantized.scales.numpy().reshape(-1, 1).astype(np.float32), f"{name}.weight_scale")
+def _lower_embedding(
+    graph: _Graph, node: onnx.NodeProto, name: str, quantized: QuantizedWeight
+) -> tuple[list[onnx.NodeProto], LayerLowering]:
+    """Gather the quantized rows by token id and dequantize them."""
+    rows, cols = quantized.codes.shape
     ids = node.input[1]
-    return [
-        helper.make_node("Gather", [codes, ids], [f"{name}_codes"], f"{name}_GatherCodes"),
-        helper.make_node("Gather", [scales, ids], [f"{name}_scales"], f"{name}_GatherScales"),
-        helper.make_node("Cast", [f"{name}_codes"], [f"{name}_float"], f"{name}_Cast", to=TensorProto.FLOAT),
-        helper.make_node("Mul", [f"{name}_float", f"{name}_scales"], [node.output[0]], f"{name}_Dequantize"),
-    ]
+    if quantized.bits == 8 and quantized.group_size == cols:
+        codes = graph.add_initializer(quantized.codes.numpy(), f"{name}.weight_int8")
+        scales = graph.add_initializer(quantized.scales.numpy().reshape(-1, 1).astype(np.float32), f"{name}.weight_scale")
+        nodes = [
+            helper.make_node("Gather", [codes, ids], [f"{name}_codes"], f"{name}_GatherCodes"),
+            helper.make_node("Gather", [scales, ids], [f"{name}_scales"], f"{name}_GatherScales"),
+            helper.make_node("Cast", [f"{name}_codes"], [f"{name}_float"], f"{name}_Cast", to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{name}_float", f"{name}_scales"], [node.output[0]], f"{name}_Dequantize"),
+        ]
+        return nodes, LayerLowering("Gather(int8)", 8, cols)
+    block = quantized.group_size
+    if quantized.bits == 4 and block >= MIN_BLOCK and block & (block - 1) == 0 and cols % block == 0:
+        unsigned = (quantized.codes.numpy().astype(np.int16) + 8).astype(np.uint8)
+        packed = graph.add_initializer(unsigned[:, 0::2] | (unsigned[:, 1::2] << 4), f"{name}.weight_uint4")
+        scales = graph.add_initializer(
+            quantized.scales.numpy().reshape(rows, cols // block).astype(np.float32), f"{name}.weight_scales"
+        )
+        gather = helper.make_node(
+            "GatherBlockQuantized",
+            [packed, ids, scales],
+            [node.output[0]],
+            f"{name}_GatherBlockQuantized",
+            domain=MS_DOMAIN,
+            gather_axis=0,
+            quantize_axis=1,
+            block_size=block,
+            bits=4,
+        )
+        return [gather], LayerLowering("GatherBlockQuantized(int4)", 4, block, block)
+    raise NotDeployable(
+        f"embedding {name!r}: bits={quantized.bits}, group_size={quantized.group_size}; lowered are 8-bit per-row "
+        f"tables (int8 Gather) and 4-bit blocks of a power of two >= {MIN_BLOCK} (GatherBlockQuantized)"
+    )
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
@@ -319,8 +343,7 @@ def lower(
             replacement = nodes or replacement
         elif node.op_type == "Gather" and embedding_key is not None and node.input[0] in graph.initializers:
             if _digest(graph.array(node.input[0])) == embedding_key:
-                replacement = _lower_embedding(graph, node, embedding_name, embedding_quant)
-                report[embedding_name] = LayerLowering("Gather(int8)", embedding_quant.bits, embedding_quant.group_size)
+                replacement, report[embedding_name] = _lower_embedding(graph, node, embedding_name, embedding_quant)
         new_nodes.extend(replacement)
 
     missing = sorted(set(expected) - set(report))

@@ -146,9 +146,9 @@ def simulate_dynamic_uint8(module: torch.nn.Module, args: tuple[torch.Tensor, ..
 
 
 @torch.no_grad()
-def quantize_embedding_(embedding: torch.nn.Embedding, bits: int = 8) -> QuantizedWeight:
-    """Quantize an embedding table per row (one scale per token), as runtimes gather it."""
-    quantized = quantize_weight(embedding.weight, bits)
+def quantize_embedding_(embedding: torch.nn.Embedding, bits: int = 8, group_size: int | None = None) -> QuantizedWeight:
+    """Quantize an embedding table per row (one scale per token) or per block of a row, as runtimes gather it."""
+    quantized = quantize_weight(embedding.weight, bits, group_size)
     setattr(embedding, QUANT_ATTR, quantized)
     embedding.weight.copy_(quantized.dequantize())
     return quantized
