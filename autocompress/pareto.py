@@ -33,6 +33,7 @@ def trial_row(trial: FrozenTrial, baseline: dict[str, float]) -> dict[str, Any]:
         "compression": baseline["size_bytes"] / size,
         "feasible": all(value <= 0 for value in trial.constraints.values()),
         "policy": attrs["policy"],
+        "artifact": attrs.get("artifact"),
     }
 
 

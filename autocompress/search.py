@@ -62,6 +62,8 @@ class Measurement:
     latency_ci_high_ms: float
     size_bytes: int
     artifact_bytes: int | None
+    artifact: str | None = None
+    """The lowered ONNX file that was verified and timed (kept under the study's work folder)."""
 
 
 @dataclass
@@ -151,6 +153,7 @@ def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, n
         latency_ci_high_ms=deployed.latency.ci_high_ms,
         size_bytes=model_size_bytes(model, layer_plan(model, policy), scheme=policy.scheme),
         artifact_bytes=deployed.artifact_bytes,
+        artifact=str(deployed.artifact) if deployed.artifact is not None else None,
     )
 
 
@@ -232,7 +235,7 @@ def make_objective(context: SearchContext, tracker: Tracker):
         for key, value in _constraints(measurement, baseline, context.config).items():
             trial.set_constraint(key, value)
         metrics = {
-            **{k: v for k, v in asdict(measurement).items() if v is not None},
+            **{k: v for k, v in asdict(measurement).items() if isinstance(v, (int, float))},
             "accuracy_drop": baseline.accuracy - measurement.accuracy,
             "speedup": baseline.latency_ms / measurement.latency_ms,
             "compression": baseline.size_bytes / measurement.size_bytes,

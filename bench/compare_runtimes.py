@@ -1,8 +1,10 @@
 """What users would pick instead, side by side with a search's Pareto models, in one process.
 
 Variants: fp32 torch, fp32 ONNX Runtime, torch dynamic int8, ONNX Runtime
-dynamic int8 (uniform, the usual one-liner), and every policy of a search's
-``pareto.json`` re-compressed, lowered and verified here. Latency rounds are
+dynamic int8 (uniform, the usual one-liner), every model of a search's
+``pareto.json`` (its exported ONNX file as the search timed it, or, where that
+file is gone, the policy re-compressed, lowered and verified here), and any
+``--onnx LABEL=PATH`` file. Latency rounds are
 interleaved across variants (noise hits all of them alike) and each variant's
 figure is the median of its per-round medians.
 
@@ -57,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("--pareto", type=Path, nargs="*", default=[], help="pareto.json files of searches; their policies are re-measured here")
+    parser.add_argument("--onnx", nargs="*", default=[], metavar="LABEL=PATH", help="more exported ONNX files to time side by side")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=60, help="timed batch-1 calls per variant per round")
     parser.add_argument("--throughput-batch", type=int, default=32)
@@ -90,21 +93,35 @@ def main() -> None:
     variants["ONNX Runtime dynamic int8"] = {"probe": OrtProbe(ort_int8, threads=args.threads), "accuracy": onnx_accuracy(ort_int8, validation, args.threads), "bytes": ort_int8.stat().st_size}
 
     rows_in = [(path, row) for path in args.pareto for row in json.loads(path.read_text())]
-    kd = distillation_setup(config, model, teacher, tokenizer) if any(r["policy"].get("recovery_steps") for _, r in rows_in) else None
+    rebuild = [(path, row) for path, row in rows_in if not (row.get("artifact") and Path(row["artifact"]).is_file())]
+    kd = distillation_setup(config, model, teacher, tokenizer) if any(r["policy"].get("recovery_steps") for _, r in rebuild) else None
     calibration = batches(load_split(config, "train").sample(32, seed=config.search.seed), tokenizer, batch_size=32, max_length=config.task.max_length)[0]
     for path, row in rows_in:
-        policy = Policy.from_dict(row["policy"])
-        techniques = (StructuredPruning(), MagnitudePruning(), *([Recovery(kd)] if policy.recovery_steps else []), Quantization())
-        torch.manual_seed(config.search.seed)
-        compressed = compress(model, policy, techniques=techniques, calibration=calibration)
-        report, check = deploy(compressed, validation=validation, threads=args.threads, workdir=workdir / f"trial-{row['trial']}")
+        if (path, row) in rebuild:
+            policy = Policy.from_dict(row["policy"])
+            techniques = (StructuredPruning(), MagnitudePruning(), *([Recovery(kd)] if policy.recovery_steps else []), Quantization())
+            torch.manual_seed(config.search.seed)
+            compressed = compress(model, policy, techniques=techniques, calibration=calibration)
+            report, check = deploy(compressed, validation=validation, threads=args.threads, workdir=workdir / f"trial-{row['trial']}")
+            onnx_path, onnx_acc = report.path, check.onnx_accuracy
+        else:
+            onnx_path = Path(row["artifact"])
+            onnx_acc = onnx_accuracy(onnx_path, validation, args.threads)
         variants[f"{path.parent.name} trial {row['trial']}"] = {
-            "probe": OrtProbe(report.path, threads=args.threads),
-            "accuracy": check.onnx_accuracy,
-            "bytes": report.file_bytes,
+            "probe": OrtProbe(onnx_path, threads=args.threads),
+            "accuracy": onnx_acc,
+            "bytes": Path(onnx_path).stat().st_size,
             "search_accuracy": row["accuracy"],
             "search_latency_ms": row["latency_ms"],
+            "search_size_mb": row["size_mb"],
+            "re_compressed": (path, row) in rebuild,
         }
+    for item in args.onnx:
+        label, _, onnx_path = item.partition("=")
+        if not onnx_path or not Path(onnx_path).is_file():
+            parser.error(f"--onnx {item!r}: expected LABEL=PATH to an existing ONNX file")
+        variants[label] = {"probe": OrtProbe(onnx_path, threads=args.threads), "accuracy": onnx_accuracy(Path(onnx_path), validation, args.threads),
+                           "bytes": Path(onnx_path).stat().st_size}
 
     medians: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
@@ -129,7 +146,7 @@ def main() -> None:
             "speedup_vs_fp32_torch": base["latency_ms"] / v["latency_ms"],
             "speedup_vs_ort_int8": int8["latency_ms"] / v["latency_ms"],
             "smaller_than_ort_int8": int8["bytes"] / v["bytes"],
-            **{k: v[k] for k in ("search_accuracy", "search_latency_ms") if k in v},
+            **{k: v[k] for k in ("search_accuracy", "search_latency_ms", "search_size_mb", "re_compressed") if k in v},
         })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

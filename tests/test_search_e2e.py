@@ -1,6 +1,7 @@
 """The whole pipeline from the CLI on the real model and data, with tiny budgets."""
 
 import json
+import os
 
 import mlflow
 import optuna
@@ -51,6 +52,7 @@ def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_p
     for row in front:
         Policy.from_dict(row["policy"])
         assert row["latency_ms"] > 0 and row["size_mb"] > 0
+        assert row["artifact"].endswith(".onnx") and os.path.getsize(row["artifact"]) > 1e6  # the file that was timed
     chosen = Policy.load(tmp_path / "out" / "best_policy.json")
     assert chosen in [Policy.from_dict(r["policy"]) for r in front]
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 0

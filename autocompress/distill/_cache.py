@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from autocompress.teacher import cache_root
@@ -67,6 +69,7 @@ def _teacher_forward(teacher: PreTrainedModel, batches: Sequence[Mapping[str, to
     was_training = teacher.training
     teacher.eval()
     try:
-        return torch.cat([teacher(**{k: v for k, v in b.items() if k != "labels"}).logits.float() for b in batches])
+        progress = tqdm(batches, desc="teacher logits (cached once)", unit="batch", leave=False, file=sys.stderr)
+        return torch.cat([teacher(**{k: v for k, v in b.items() if k != "labels"}).logits.float() for b in progress])
     finally:
         teacher.train(was_training)
