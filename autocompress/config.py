@@ -72,7 +72,7 @@ class SpaceConfig(Strict):
     group_size: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
     prune_mode: PruneMode = PruneMode.LOCAL
     prune_ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5], min_length=1)
-    embedding_bits: list[Literal[4, 8, 32]] = Field(default_factory=lambda: [32], min_length=1, description="4: blocks of 32 per row")
+    embedding_bits: list[Literal[4, 8, 32]] = Field(default_factory=lambda: [32], min_length=1, description="4 or 8: one scale per token row")
     heads: list[int] | None = Field(None, min_length=1, description="heads kept per block; null: all")
     ffn_widths: list[int] | None = Field(None, min_length=1, description="FFN width per block; null: full")
     num_blocks: list[int] | None = Field(None, min_length=1, description="blocks kept, evenly spaced; null: all")

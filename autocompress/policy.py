@@ -20,8 +20,7 @@ POLICY_VERSION = 1
 PATTERN_PREFIX = "re:"
 QUANT_SCHEMES = ("linear", "kmeans")
 EMBEDDING_BITS = (4, 8, 32)
-"""Word-embedding precision: 8 is one scale per row, 4 one scale per block of ``EMBEDDING_BLOCK`` columns."""
-EMBEDDING_BLOCK = 32
+"""Word-embedding precision; quantized tables have one scale per row (per token)."""
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ simulation kept (``QuantizedWeight``); nothing is re-quantized here.
   weight is exactly representable in half precision (what 16-bit rounding
   leaves), so this is lossless by construction.
 - The word embedding with a per-row 8-bit ``QuantizedWeight``: int8 table and
-  per-row scales, ``Gather`` both, ``Cast``, ``Mul``; with 4-bit blocks of a
-  row: ``com.microsoft.GatherBlockQuantized`` (two codes per byte, low nibble
-  first, stored as ``code + 8`` with the default zero point).
+  per-row scales, ``Gather`` both, ``Cast``, ``Mul``; at 4 bits:
+  ``com.microsoft.GatherBlockQuantized`` (two codes per byte, low nibble
+  first, stored as ``code + 8`` with the default zero point; a row's scale is
+  repeated over the kernel's power-of-two blocks, which is exact).
 """
 
 from __future__ import annotations
@@ -267,13 +268,13 @@ def _lower_embedding(
             helper.make_node("Mul", [f"{name}_float", f"{name}_scales"], [node.output[0]], f"{name}_Dequantize"),
         ]
         return nodes, LayerLowering("Gather(int8)", 8, cols)
-    block = quantized.group_size
-    if quantized.bits == 4 and block >= MIN_BLOCK and block & (block - 1) == 0 and cols % block == 0:
+    group = quantized.group_size
+    block = next((b for b in (256, 128, 64, 32, MIN_BLOCK) if group % b == 0), None)
+    if quantized.bits == 4 and block is not None and cols % group == 0:
         unsigned = (quantized.codes.numpy().astype(np.int16) + 8).astype(np.uint8)
         packed = graph.add_initializer(unsigned[:, 0::2] | (unsigned[:, 1::2] << 4), f"{name}.weight_uint4")
-        scales = graph.add_initializer(
-            quantized.scales.numpy().reshape(rows, cols // block).astype(np.float32), f"{name}.weight_scales"
-        )
+        per_block = np.repeat(quantized.scales.numpy().reshape(rows, cols // group), group // block, axis=1)  # exact
+        scales = graph.add_initializer(per_block.astype(np.float32), f"{name}.weight_scales")
         gather = helper.make_node(
             "GatherBlockQuantized",
             [packed, ids, scales],
@@ -285,10 +286,10 @@ def _lower_embedding(
             block_size=block,
             bits=4,
         )
-        return [gather], LayerLowering("GatherBlockQuantized(int4)", 4, block, block)
+        return [gather], LayerLowering("GatherBlockQuantized(int4)", 4, group, block)
     raise NotDeployable(
         f"embedding {name!r}: bits={quantized.bits}, group_size={quantized.group_size}; lowered are 8-bit per-row "
-        f"tables (int8 Gather) and 4-bit blocks of a power of two >= {MIN_BLOCK} (GatherBlockQuantized)"
+        f"tables (int8 Gather) and 4-bit groups divisible by a power of two >= {MIN_BLOCK} (GatherBlockQuantized)"
     )
 
 

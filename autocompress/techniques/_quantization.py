@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from transformers import PreTrainedModel
 
-from autocompress.policy import EMBEDDING_BLOCK, LayerSpec, Policy
+from autocompress.policy import LayerSpec, Policy
 from autocompress.techniques._base import Technique
 from autocompress.techniques._quantize import quantize_embedding_, quantize_linear_
 
@@ -29,5 +29,4 @@ class Quantization(Technique):
         for name, spec in plan.items():
             quantize_linear_(modules[name], spec.bits, scheme=policy.scheme, group_size=policy.group_size)
         if policy.embedding_bits < 32:
-            group = EMBEDDING_BLOCK if policy.embedding_bits < 8 else None  # 4-bit rows need finer scales
-            quantize_embedding_(model.get_input_embeddings(), policy.embedding_bits, group)
+            quantize_embedding_(model.get_input_embeddings(), policy.embedding_bits)
