@@ -25,7 +25,6 @@ from autocompress.techniques._structured import (
     shrink_,
 )
 
-SST2 = "/work/shared/data/sst2/validation.tsv"
 HIDDEN, HEAD, FFN, HEADS, BLOCKS = 384, 32, 1536, 12, 6
 
 
@@ -41,9 +40,14 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def batch(tokenizer):
-    with open(SST2, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:4]
+def rows(data_root):
+    with open(data_root / "sst2" / "validation.tsv", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer, rows):
+    rows = rows[:4]
     inputs = tokenizer([r["sentence"] for r in rows], padding=True, truncation=True, max_length=64, return_tensors="pt")
     return {**inputs, "labels": torch.tensor([int(r["label"]) for r in rows])}
 
@@ -96,7 +100,7 @@ def test_shapes_config_and_exact_parameter_drop(model, batch):
     assert torch.isfinite(logits(model, batch)).all()
 
 
-def test_shrunk_model_exports_smaller_and_runs_faster(model, base, batch, tokenizer, tmp_path):
+def test_shrunk_model_exports_smaller_and_runs_faster(model, base, batch, rows, tokenizer, tmp_path):
     """Half the heads and FFN neurons in 3 of 6 blocks: a quarter of the encoder's compute.
 
     Timed side by side in ONNX Runtime, alternating rounds, so the ratio holds
@@ -107,9 +111,7 @@ def test_shrunk_model_exports_smaller_and_runs_faster(model, base, batch, tokeni
     full = export_onnx(base, tmp_path / "full.onnx", example=example)
     small = export_onnx(model, tmp_path / "small.onnx", example=example)
     assert small.stat().st_size < full.stat().st_size - 4 * 3 * 1e6  # >= 3 M float32 parameters fewer on disk
-    with open(SST2, newline="") as f:
-        texts = [r["sentence"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)][:16]
-    inputs = latency_inputs(tokenizer, texts, max_length=64)
+    inputs = latency_inputs(tokenizer, [r["sentence"] for r in rows[:16]], max_length=64)
     probes = {name: OrtProbe(path, threads=2, lock_path=tmp_path / "lock") for name, path in (("full", full), ("small", small))}
     ratios = []
     for _ in range(5):
