@@ -301,7 +301,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     fingerprint = context.fingerprint
     tracker.log_search(
         params={"model": config.model, "teacher_key": context.teacher.key, "sampler": config.search.sampler.value, "storage": config.search.storage},
-        metrics={f"teacher_{k}": float(v) for k, v in baseline.items() if v is not None},
+        metrics={f"teacher_{k}": float(v) for k, v in baseline.items() if isinstance(v, (int, float))},
         tags={f"hardware.{k}": str(v) for k, v in fingerprint.items()} | {"python": sys.version.split()[0], "platform": platform.platform()},
         config=config.model_dump(mode="json"),
     )
