@@ -144,11 +144,15 @@ def test_int4_embedding_runs_on_gather_block_quantized(base, sentence_batches, t
     int8_table = export_and_lower(quantized(base, lambda i, j: 8, embedding=True), sentence_batches, tmp_path / "int8")
     # 11.7 MB of int8 codes -> 5.9 MB of 4-bit ones, plus each row's scale stored once per 128-column block
     assert int8_table.file_bytes - report.file_bytes == pytest.approx(30522 * 384 / 2 - 2 * 4 * 30522, rel=0.01)
-    # the embedding lowering is exact; only the int8 activation rounding of MatMulInteger differs
-    embedding_only = copy.deepcopy(base)
-    quantize_embedding_(embedding_only.get_input_embeddings(), 4)
-    exact = export_and_lower(embedding_only, sentence_batches, tmp_path / "exact")
-    assert verify(exact.path, embedding_only, sentence_batches, atol=1e-4, rtol=0.0).max_abs_diff < 1e-4
+
+
+@pytest.mark.parametrize(("group_size", "block_size"), [(None, 128), (32, 32)])
+def test_int4_embedding_lowering_is_exact(base, sentence_batches, tmp_path, group_size, block_size):
+    model = copy.deepcopy(base)
+    quantize_embedding_(model.get_input_embeddings(), 4, group_size=group_size)
+    report = export_and_lower(model, sentence_batches, tmp_path)
+    assert report.layers["bert.embeddings.word_embeddings"].block_size == block_size
+    assert verify(report.path, model, sentence_batches, atol=1e-4, rtol=0.0).max_abs_diff < 1e-4
 
 
 def test_mixed_bits_per_layer_and_quantized_pooler(base, sentence_batches, tmp_path):
