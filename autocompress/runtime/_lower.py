@@ -38,6 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 from transformers import PreTrainedModel
 
 from autocompress.techniques import QUANT_ATTR, QuantizedWeight
+from autocompress.techniques._quantize import runs_as_matmul_integer
 
 NBITS_BITS = (2, 4, 8)
 MIN_BLOCK = 16
@@ -75,8 +76,8 @@ class LoweringReport:
         return {"path": self.path, "file_bytes": self.file_bytes, "layers": layers}
 
 
-def _nbits_block(bits: int, group: int) -> int | None:
-    """Largest block size MatMulNBits accepts that tiles a quantization group, or None."""
+def _block_for(bits: int, group: int) -> int | None:
+    """Largest block MatMulNBits / GatherBlockQuantized accept that tiles a quantization group, or None."""
     block = group & -group  # largest power of two dividing group
     block = min(block, MAX_BLOCK.get(bits, block))
     return block if block >= MIN_BLOCK else None
@@ -93,9 +94,9 @@ def _reason(bits: int, group_size: int | None, in_features: int, scheme: str) ->
     group = in_features if group_size is None else group_size
     if group <= 0 or in_features % group:
         return f"group_size={group_size} does not divide in_features={in_features}"
-    if bits == 8 and group == in_features:
+    if runs_as_matmul_integer(bits, group, in_features):
         return None
-    if _nbits_block(bits, group) is None:
+    if _block_for(bits, group) is None:
         return f"group_size={group} with bits={bits}: MatMulNBits needs a multiple of a power-of-two block >= {MIN_BLOCK}" + (
             f" and <= {MAX_BLOCK[bits]}" if bits in MAX_BLOCK else ""
         )
@@ -233,10 +234,10 @@ def _lower_linear(
         reason = _reason(bits, group, linear.in_features, "linear")
         if reason:
             raise NotDeployable(f"layer {name!r}: {reason}")
-        if bits == 8 and group == linear.in_features:
+        if runs_as_matmul_integer(bits, group, linear.in_features):
             nodes, lowered = _matmul_integer(graph, x, out, name, quantized), LayerLowering("MatMulInteger", bits, group)
         else:
-            block = _nbits_block(bits, group)
+            block = _block_for(bits, group)
             nodes = [_matmul_nbits(graph, x, out, name, quantized, block, accuracy_level)]
             lowered = LayerLowering("MatMulNBits", bits, group, block)
     elif _is_codebook(weight):
@@ -269,7 +270,7 @@ def _lower_embedding(
         ]
         return nodes, LayerLowering("Gather(int8)", 8, cols)
     group = quantized.group_size
-    block = next((b for b in (256, 128, 64, 32, MIN_BLOCK) if group % b == 0), None)
+    block = _block_for(4, group)
     if quantized.bits == 4 and block is not None and cols % group == 0:
         unsigned = (quantized.codes.numpy().astype(np.int16) + 8).astype(np.uint8)
         packed = graph.add_initializer(unsigned[:, 0::2] | (unsigned[:, 1::2] << 4), f"{name}.weight_uint4")
