@@ -21,7 +21,7 @@ def tiny_config(tmp_path, data_root, monkeypatch):
     config = {
         "task": {"data_root": str(data_root), "train_subset": 256, "validation_subset": 96, "max_length": 48},
         "teacher": {"steps": 6, "batch_size": 16, "learning_rate": 1e-4},
-        "space": {"weight_bits": [4, 8, 32], "group_size": [None, 32], "prune_ratios": [0.0, 0.5], "embedding_bits": [8, 32]},
+        "space": {"weight_bits": [4, 8, 32], "group_size": [None, 32], "prune_ratios": [0.0, 0.5], "embedding_bits": [4, 8, 32]},
         "search": {"n_trials": 3, "study_name": "tiny", "storage": f"sqlite:///{tmp_path}/study.db", "population_size": 2,
                    "constraints": {"max_accuracy_drop": None}},
         "latency": {"sentences": 4, "warmup": 2, "repeats": 8},
@@ -77,6 +77,8 @@ def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_p
     assert ["fixed_params" in t.system_attrs for t in study.trials] == [True, True, False, False, False]
     assert {study.trials[0].params[f"block{i}.bits"] for i in range(6)} == {8} and study.trials[0].params["group_size"] is None
     assert {study.trials[1].params[f"block{i}.bits"] for i in range(6)} == {4} and study.trials[1].params["group_size"] == 32
+    assert study.trials[1].params["embedding_bits"] == 4 and study.trials[1].state == optuna.trial.TrialState.COMPLETE
+    assert study.trials[1].user_attrs["artifact_bytes"] < 0.2 * study.user_attrs["baseline"]["artifact_bytes"]
 
     capsys.readouterr()
     assert main(["pareto", "--storage", f"sqlite:///{tmp_path}/study.db", "--study-name", "tiny", "--json"]) == 0
