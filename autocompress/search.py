@@ -39,9 +39,9 @@ from autocompress.pareto import BASELINE_ATTR, format_table, front_rows, plot_fr
 from autocompress.policy import Policy
 from autocompress.runtime import LoweringMismatch, NotDeployable
 from autocompress.space import sample_policy, uniform_starts
-from autocompress.teacher import Teacher, cache_root, get_teacher
-from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning
-from autocompress.techniques._recovery import Distillation, Recovery, RecoveryStopped
+from autocompress.paths import cost_models_dir, study_work_dir
+from autocompress.teacher import Teacher, get_teacher
+from autocompress.techniques import Distillation, MagnitudePruning, Quantization, Recovery, RecoveryStopped, StructuredPruning
 from autocompress.tracking import Tracker
 
 log = logging.getLogger("autocompress")
@@ -104,9 +104,9 @@ class SearchContext:
         sentences = pick_sentences(validation_examples.texts, n=min(config.latency.sentences, len(validation_examples)))
         timing_inputs = latency_inputs(tokenizer, sentences, max_length=config.task.max_length)
         calibration = batches(load_split(config, "train").sample(32, seed=config.search.seed), tokenizer, batch_size=32, max_length=config.task.max_length)[0]
-        workdir = cache_root() / "work" / config.search.study_name
+        workdir = study_work_dir(config.search.study_name)
         workdir.mkdir(parents=True, exist_ok=True)
-        costs = CostModelStore(cache_root() / "cost_models")
+        costs = CostModelStore(cost_models_dir())
         fingerprint = hardware_fingerprint(threads=config.latency.threads)
         context = cls(config, teacher, teacher.load(), tokenizer, validation, timing_inputs, calibration, workdir, costs, fingerprint)
         if max(config.space.recovery_steps) > 0:

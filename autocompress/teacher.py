@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import sys
@@ -21,14 +20,8 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from autocompress.config import SearchConfig
 from autocompress.data import Examples, batches, load_split
+from autocompress.paths import teachers_dir
 from autocompress.models import load_classifier, load_tokenizer, resolve_model_path
-
-CACHE_ENV = "AUTOCOMPRESS_CACHE"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "autocompress")
-
 
 @dataclass(frozen=True)
 class Teacher:
@@ -102,7 +95,7 @@ def get_teacher(config: SearchConfig) -> Teacher:
         return Teacher(path=path, key=f"checkpoint:{config.teacher.checkpoint}", trained_now=False)
     train = load_split(config, "train")
     key = teacher_key(config, train)
-    folder = cache_root() / "teachers" / key
+    folder = teachers_dir() / key
     if (folder / "teacher.json").is_file():
         return Teacher(path=folder, key=key, trained_now=False)
     tokenizer = load_tokenizer(config.model)

@@ -36,7 +36,7 @@ from autocompress.runtime import export_onnx, ort_feed, ort_session
 from autocompress.search import by_length, distillation_setup
 from autocompress.teacher import get_teacher
 from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning
-from autocompress.techniques._recovery import Recovery
+from autocompress.techniques._distillation import Recovery
 
 
 def onnx_accuracy(path: Path, validation: list[dict[str, torch.Tensor]], threads: int) -> float:

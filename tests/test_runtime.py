@@ -22,8 +22,9 @@ from autocompress.runtime import (
     ort_session,
     verify,
 )
-from autocompress.techniques import QUANT_ATTR, shrink_
-from autocompress.techniques._quantize import quantize_embedding_, quantize_linear_
+from autocompress.quantizer import QUANT_ATTR
+from autocompress.shrunk_bert import shrink_
+from autocompress.quantizer import quantize_embedding_, quantize_linear_
 
 BITS_CYCLE = (8, 4, 16, 32)
 

@@ -7,7 +7,7 @@ from autocompress.compress import compress, layer_plan
 from autocompress.measure import model_size_bytes
 from autocompress.models import block_linears
 from autocompress.policy import LayerSpec, Policy
-from autocompress.techniques import QUANT_ATTR, kmeans_codebook, quantize_weight
+from autocompress.quantizer import QUANT_ATTR, kmeans_codebook, quantize_weight
 
 ALL_BLOCKS = "re:bert\\.encoder\\.layer\\.\\d+\\..*"
 
@@ -119,14 +119,14 @@ def test_structured_policy_shrinks_and_specs_follow_their_original_blocks(model,
     assert getattr(layers[2].intermediate.dense, QUANT_ATTR).bits == 4
     assert not hasattr(layers[1].intermediate.dense, QUANT_ATTR)
     assert (layers[3].output.dense.weight == 0).float().mean().item() == pytest.approx(0.5, abs=1e-6)
-    from autocompress.techniques import count_parameters
+    from autocompress.shrunk_bert import count_parameters
 
     assert count_parameters(compressed) < count_parameters(model)
     assert model_size_bytes(compressed, layer_plan(compressed, policy)) < model_size_bytes(model, layer_plan(model, Policy()))
 
 
 def test_eight_bit_per_channel_layers_round_activations_like_matmulinteger(model):
-    from autocompress.techniques._quantize import float_activations
+    from autocompress.quantizer import float_activations
 
     compressed = compress(model, Policy(layers={ALL_BLOCKS: LayerSpec(bits=8)}))
     linear = compressed.bert.encoder.layer[0].intermediate.dense

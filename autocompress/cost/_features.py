@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 
 from autocompress.models import block_linears
 from autocompress.policy import LayerSpec, Policy
-from autocompress.techniques._quantize import runs_as_matmul_integer
+from autocompress.quantizer import runs_as_matmul_integer
 
 FEATURES_VERSION = 2
 """Bumped whenever the features change meaning, so stored measurements of an older schema are not mixed in."""

@@ -8,7 +8,7 @@ from autocompress.distill._losses import (
     kept_layer_map,
     uniform_layer_map,
 )
-from autocompress.distill._recovery import FakeQuantize, RecoveryResult, recover
+from autocompress.distill._train import FakeQuantize, RecoveryResult, recover
 
 __all__ = [
     "FakeQuantize",

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from autocompress.teacher import cache_root
+from autocompress.paths import teacher_logits_dir
 
 
 def logits_cache_path(
@@ -36,7 +36,7 @@ def logits_cache_path(
             tensor = batch[name].detach().cpu().contiguous()
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.numpy().tobytes())
-    folder = Path(cache_dir) if cache_dir is not None else cache_root() / "teacher_logits"
+    folder = Path(cache_dir) if cache_dir is not None else teacher_logits_dir()
     return folder / f"{digest.hexdigest()[:24]}.safetensors"
 
 

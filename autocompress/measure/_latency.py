@@ -27,15 +27,10 @@ import onnxruntime as ort
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from autocompress.paths import latency_lock_path
 from autocompress.runtime import MODEL_INPUTS, ort_feed, ort_session
 
 Z_95 = 1.959964
-
-
-def default_lock_path() -> Path:
-    """``$XDG_CACHE_HOME/autocompress/latency.lock`` (``~/.cache`` when unset)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "autocompress" / "latency.lock"
 
 
 @contextmanager
@@ -133,7 +128,7 @@ class LatencyProbe(ABC):
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads = threads
-        self.lock_path = Path(lock_path) if lock_path is not None else default_lock_path()
+        self.lock_path = Path(lock_path) if lock_path is not None else latency_lock_path()
 
     @abstractmethod
     def _prepare(self, batch: Mapping[str, torch.Tensor]) -> object:

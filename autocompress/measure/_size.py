@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from autocompress.policy import LayerSpec
-from autocompress.techniques import QUANT_ATTR
+from autocompress.quantizer import QUANT_ATTR
 
 FLOAT_BYTES = 4
 

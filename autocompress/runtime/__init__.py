@@ -1,6 +1,6 @@
 """Deployment: export a compressed model to ONNX, lower its quantization to ONNX Runtime kernels, verify."""
 
-from autocompress.runtime._export import MODEL_INPUTS, export_onnx
+from autocompress.runtime._onnx import MODEL_INPUTS, export_onnx
 from autocompress.runtime._lower import LayerLowering, LoweringReport, NotDeployable, deployable, lower
 from autocompress.runtime._verify import LoweringMismatch, VerifyReport, ort_feed, ort_session, verify
 

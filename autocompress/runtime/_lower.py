@@ -37,8 +37,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from transformers import PreTrainedModel
 
-from autocompress.techniques import QUANT_ATTR, QuantizedWeight
-from autocompress.techniques._quantize import runs_as_matmul_integer
+from autocompress.quantizer import QUANT_ATTR, QuantizedWeight, runs_as_matmul_integer
 
 NBITS_BITS = (2, 4, 8)
 MIN_BLOCK = 16

@@ -9,7 +9,7 @@ from transformers import PreTrainedModel
 
 from autocompress.policy import LayerSpec, Policy
 from autocompress.techniques._base import Technique
-from autocompress.techniques._quantize import quantize_embedding_, quantize_linear_
+from autocompress.quantizer import quantize_embedding_, quantize_linear_
 
 
 class Quantization(Technique):

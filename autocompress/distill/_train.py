@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 from autocompress.distill._losses import attention_loss, hidden_state_loss, kd_loss, uniform_layer_map
 from autocompress.measure import accuracy
 from autocompress.models import encoder_blocks
-from autocompress.techniques._quantize import quantize_weight, runs_as_matmul_integer, simulate_dynamic_uint8
+from autocompress.quantizer import quantize_weight, runs_as_matmul_integer, simulate_dynamic_uint8
 
 Batch = Mapping[str, torch.Tensor]
 

@@ -1,0 +1,40 @@
+"""Where autocompress keeps what it computes once and reuses: one root, one function per kind.
+
+The root is ``$AUTOCOMPRESS_CACHE`` if set, else ``~/.cache/autocompress``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "AUTOCOMPRESS_CACHE"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "autocompress")
+
+
+def teachers_dir() -> Path:
+    """Fine-tuned teachers, one folder per hash of model files, data and recipe."""
+    return cache_root() / "teachers"
+
+
+def teacher_logits_dir() -> Path:
+    """The teacher's logits on distillation batches (safetensors)."""
+    return cache_root() / "teacher_logits"
+
+
+def cost_models_dir() -> Path:
+    """Cost-model measurements and fitted models, per hardware fingerprint."""
+    return cache_root() / "cost_models"
+
+
+def study_work_dir(study_uid: str) -> Path:
+    """Trial artifacts of one study, keyed by the study's unique id (not its name, which another storage may reuse)."""
+    return cache_root() / "work" / study_uid
+
+
+def latency_lock_path() -> Path:
+    """The lock that keeps any two latency measurements on this machine from overlapping."""
+    return cache_root() / "latency.lock"
