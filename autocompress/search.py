@@ -36,10 +36,10 @@ from autocompress.measure import (
 )
 from autocompress.models import block_linears, encoder_list_name, load_tokenizer
 from autocompress.pareto import BASELINE_ATTR, format_table, front_rows, plot_front, select
+from autocompress.paths import cost_models_dir, study_work_dir
 from autocompress.policy import Policy
 from autocompress.runtime import LoweringMismatch, NotDeployable
 from autocompress.space import sample_policy, uniform_starts
-from autocompress.paths import cost_models_dir, study_work_dir
 from autocompress.teacher import Teacher, get_teacher
 from autocompress.techniques import Distillation, MagnitudePruning, Quantization, Recovery, RecoveryStopped, StructuredPruning
 from autocompress.tracking import Tracker

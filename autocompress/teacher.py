@@ -20,8 +20,9 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from autocompress.config import SearchConfig
 from autocompress.data import Examples, batches, load_split
-from autocompress.paths import teachers_dir
 from autocompress.models import load_classifier, load_tokenizer, resolve_model_path
+from autocompress.paths import teachers_dir
+
 
 @dataclass(frozen=True)
 class Teacher:

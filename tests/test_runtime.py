@@ -12,6 +12,7 @@ import torch
 from onnx import numpy_helper
 
 from autocompress.models import block_linears, load_classifier
+from autocompress.quantizer import QUANT_ATTR, quantize_embedding_, quantize_linear_
 from autocompress.runtime import (
     LoweringMismatch,
     NotDeployable,
@@ -22,9 +23,7 @@ from autocompress.runtime import (
     ort_session,
     verify,
 )
-from autocompress.quantizer import QUANT_ATTR
 from autocompress.shrunk_bert import shrink_
-from autocompress.quantizer import quantize_embedding_, quantize_linear_
 
 BITS_CYCLE = (8, 4, 16, 32)
 

@@ -1,7 +1,7 @@
 """Deployment: export a compressed model to ONNX, lower its quantization to ONNX Runtime kernels, verify."""
 
-from autocompress.runtime._onnx import MODEL_INPUTS, export_onnx
 from autocompress.runtime._lower import LayerLowering, LoweringReport, NotDeployable, deployable, lower
+from autocompress.runtime._onnx import MODEL_INPUTS, export_onnx
 from autocompress.runtime._verify import LoweringMismatch, VerifyReport, ort_feed, ort_session, verify
 
 __all__ = [

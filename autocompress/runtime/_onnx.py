@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from autocompress.runtime._verify import LoweringMismatch, ort_session
 from autocompress.quantizer import float_activations
+from autocompress.runtime._verify import LoweringMismatch, ort_session
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 """Input names the graph accepts, in this order (``token_type_ids`` only if the example has it)."""

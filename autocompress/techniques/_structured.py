@@ -8,8 +8,8 @@ import torch
 from transformers import PreTrainedModel
 
 from autocompress.policy import LayerSpec, Policy
-from autocompress.techniques._base import Technique
 from autocompress.shrunk_bert import shrink_
+from autocompress.techniques._base import Technique
 
 
 class StructuredPruning(Technique):
