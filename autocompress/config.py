@@ -29,21 +29,34 @@ class Strict(BaseModel):
 
 
 class TaskConfig(Strict):
-    """A text-classification task: local TSV/CSV/JSONL files or a Hugging Face dataset."""
+    """A text-classification task and its three splits: train, dev (search decisions) and test (the final report).
+
+    The teacher and distillation train on ``train``; every search decision
+    (objective, constraints, pruner) reads ``dev``; ``test`` is only scored for
+    the report, never read by the search. Without a ``dev`` file (or
+    ``hf_dev_split``), ``dev_size`` rows are carved from the training file,
+    stratified by label and seeded, and held out from teacher training and
+    distillation.
+    """
 
     data_root: str | None = None
     train: str | None = "sst2/train.tsv"
-    validation: str | None = "sst2/validation.tsv"
+    dev: str | None = None
+    test: str | None = "sst2/validation.tsv"
+    dev_size: int = Field(1000, ge=2)
+    split_seed: int = 0
     hf_dataset: str | None = None
     hf_config: str | None = None
     hf_train_split: str = "train"
-    hf_validation_split: str = "validation"
+    hf_dev_split: str | None = None
+    hf_test_split: str = "validation"
     text_column: str = "sentence"
     label_column: str = "label"
     num_labels: int = Field(2, ge=2)
     max_length: int = Field(64, ge=8, le=512)
     train_subset: int | None = Field(None, ge=1)
-    validation_subset: int | None = Field(None, ge=1)
+    dev_subset: int | None = Field(None, ge=1)
+    test_subset: int | None = Field(None, ge=1)
 
 
 class TeacherConfig(Strict):
@@ -84,6 +97,9 @@ class SpaceConfig(Strict):
         bad = [r for r in self.prune_ratios if not 0.0 <= r < 1.0]
         if bad:
             raise ValueError(f"prune_ratios must lie in [0, 1), got {bad}")
+        bad_groups = [g for g in self.group_size if g is not None and g < 1]
+        if bad_groups:
+            raise ValueError(f"group_size must hold positive column counts or null (per output channel), got {bad_groups}")
         if not self.simulation_only:
             blocked = [b for b in self.weight_bits if b not in DEPLOYABLE_BITS] + [s for s in self.quant_scheme if s != "linear"]
             if blocked:

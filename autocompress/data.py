@@ -29,10 +29,12 @@ class Examples:
     def head(self, n: int | None) -> "Examples":
         return self if n is None else Examples(self.texts[:n], self.labels[:n])
 
+    def subset(self, indices: list[int]) -> "Examples":
+        return Examples(tuple(self.texts[i] for i in indices), tuple(self.labels[i] for i in indices))
+
     def sample(self, n: int, *, seed: int = 0) -> "Examples":
         """``n`` examples drawn without replacement, seeded: files are often sorted by label."""
-        picked = random.Random(seed).sample(range(len(self)), min(n, len(self)))
-        return Examples(tuple(self.texts[i] for i in picked), tuple(self.labels[i] for i in picked))
+        return self.subset(random.Random(seed).sample(range(len(self)), min(n, len(self))))
 
 
 def read_file(path: Path, text_column: str, label_column: str) -> Examples:
@@ -58,26 +60,72 @@ def read_file(path: Path, text_column: str, label_column: str) -> Examples:
         raise ConfigError(f"{path}: column {label_column!r} must hold integer labels ({exc})") from None
 
 
-def load_split(config: SearchConfig, split: str) -> Examples:
-    """Load ``"train"`` or ``"validation"`` as the config's task describes."""
+SPLITS = ("train", "dev", "test")
+
+
+def stratified_holdout(examples: Examples, size: int, *, seed: int) -> tuple[Examples, Examples]:
+    """``(rest, held_out)``: ``size`` examples drawn per label in proportion, seeded.
+
+    ``rest`` keeps the file's order; ``held_out`` is shuffled, so any head of it
+    is a random sample too (training files are often sorted by label).
+    """
+    if not 0 < size < len(examples):
+        raise ValueError(f"cannot hold out {size} of {len(examples)} examples")
+    by_label: dict[int, list[int]] = {}
+    for index, label in enumerate(examples.labels):
+        by_label.setdefault(label, []).append(index)
+    rng = random.Random(seed)
+    shares = {label: size * len(indices) / len(examples) for label, indices in sorted(by_label.items())}
+    counts = {label: int(share) for label, share in shares.items()}
+    for label in sorted(shares, key=lambda lab: shares[lab] - counts[lab], reverse=True)[: size - sum(counts.values())]:
+        counts[label] += 1  # largest remainders get the rows rounding left over
+    held = [i for label, indices in sorted(by_label.items()) for i in rng.sample(indices, counts[label])]
+    rng.shuffle(held)
+    held_set = set(held)
+    rest = [i for i in range(len(examples)) if i not in held_set]
+    return examples.subset(rest), examples.subset(held)
+
+
+def _read(config: SearchConfig, split: str) -> Examples:
+    """The split as its own file or Hugging Face split gives it."""
     task = config.task
     if task.hf_dataset:
+        name = {"train": task.hf_train_split, "dev": task.hf_dev_split, "test": task.hf_test_split}[split]
         import datasets
 
-        name = task.hf_train_split if split == "train" else task.hf_validation_split
         data = datasets.load_dataset(task.hf_dataset, task.hf_config, split=name)
-        examples = Examples(tuple(map(str, data[task.text_column])), tuple(map(int, data[task.label_column])))
+        return Examples(tuple(map(str, data[task.text_column])), tuple(map(int, data[task.label_column])))
+    relative = getattr(task, split)
+    if relative is None:
+        raise ConfigError(f"{config.source}: field 'task.{split}' is required when task.hf_dataset is not set")
+    return read_file(config.data_path(relative), task.text_column, task.label_column)
+
+
+def load_split(config: SearchConfig, split: str) -> Examples:
+    """Load ``"train"``, ``"dev"`` or ``"test"`` as the config's task describes (see ``TaskConfig``)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    task = config.task
+    if split == "test" or _has_own_dev(config):
+        examples = _read(config, split)
     else:
-        relative = task.train if split == "train" else task.validation
-        if relative is None:
-            raise ConfigError(f"{config.source}: field 'task.{split}' is required when task.hf_dataset is not set")
-        examples = read_file(config.data_path(relative), task.text_column, task.label_column)
+        train = _read(config, "train")
+        if len(train) <= task.dev_size:
+            raise ConfigError(f"{config.source}: field 'task.dev_size' ({task.dev_size}) must be below the {len(train)} training rows")
+        rest, dev = stratified_holdout(train, task.dev_size, seed=task.split_seed)
+        examples = dev if split == "dev" else rest
     bad = sorted({label for label in examples.labels if not 0 <= label < task.num_labels})
     if bad:
         raise ConfigError(f"{config.source}: labels {bad[:5]} outside 0..{task.num_labels - 1} (task.num_labels)")
-    if split == "validation":
-        return examples.head(task.validation_subset)
-    return examples if task.train_subset is None else examples.sample(task.train_subset)
+    if split == "train":
+        return examples if task.train_subset is None else examples.sample(task.train_subset)
+    return examples.head(task.dev_subset if split == "dev" else task.test_subset)
+
+
+def _has_own_dev(config: SearchConfig) -> bool:
+    """Whether the dev split has its own file or Hugging Face split (else it is carved from train)."""
+    task = config.task
+    return (task.hf_dev_split is not None) if task.hf_dataset else (task.dev is not None)
 
 
 def batches(
