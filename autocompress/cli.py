@@ -1,6 +1,8 @@
-"""The ``autocompress`` command line: ``search`` and ``pareto``.
+"""The ``autocompress`` command line: ``search``, ``pareto`` and ``config``.
 
-Bad input exits with status 2 and one line on stderr, never a traceback.
+Exit status: 0 success; 2 bad input (one line on stderr naming the file and
+field, before any training); 3 the search ran but no trial met the
+constraints (nothing chosen, no ``best_policy.json``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from autocompress.config import ConfigError, load_config
+
+NO_FEASIBLE_TRIAL = 3
+"""Exit status of a search in which no trial met the constraints."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,12 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///autocompress.db")
     search.add_argument("--tracking-uri", help="MLflow tracking URI (default: the local store)")
     search.add_argument("--output", help="folder for pareto.json, best_policy.json and the plot")
-    search.add_argument("--seed", type=int, help="sampler seed")
+    search.add_argument("--seed", type=int, help="sampler seed (each trial seeds itself from it and its number)")
+    search.add_argument("--dry-run", action="store_true", help="check everything that needs no training, print the plan, exit")
 
     pareto = commands.add_parser("pareto", help="print the Pareto front of an existing study")
     pareto.add_argument("--storage", required=True, help="Optuna storage URL of the study")
     pareto.add_argument("--study-name", required=True)
     pareto.add_argument("--json", action="store_true", help="print the front as JSON")
+
+    config = commands.add_parser("config", help="describe the fields of a search-space YAML file")
+    config.add_argument("--schema", action="store_true", required=True, help="list every field: type, default, allowed values, meaning")
+    config.add_argument("--json", action="store_true", help="print the fields as JSON")
     return parser
 
 
@@ -55,11 +65,17 @@ def _search(args: argparse.Namespace) -> int:
         data["output"] = args.output
     config = parse_config(data, source=args.config)
 
+    if args.dry_run:
+        from autocompress.preflight import preflight
+
+        print(preflight(config).describe())
+        return 0
+
     from autocompress.search import run_search
 
     result = run_search(config)
-    print(f"\nwrote {result.output / 'pareto.json'}" + (f" and {result.output / 'best_policy.json'} (trial {result.chosen['trial']})" if result.chosen else ""))
-    return 0
+    print(f"\nwrote {result.output / 'pareto.json'}" + (f", {result.output / 'best_policy.json'} and best_model/ (trial {result.chosen['trial']})" if result.chosen else ""))
+    return 0 if result.feasible else NO_FEASIBLE_TRIAL
 
 
 def _pareto(args: argparse.Namespace) -> int:
@@ -76,12 +92,20 @@ def _pareto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from autocompress.config import describe_fields, format_fields
+
+    docs = describe_fields()
+    print(json.dumps([doc.to_dict() for doc in docs], indent=2) if args.json else format_fields(docs))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return _search(args) if args.command == "search" else _pareto(args)
+        return {"search": _search, "pareto": _pareto, "config": _config}[args.command](args)
     except ConfigError as exc:
         print(f"autocompress: error: {exc}", file=sys.stderr)
         return 2

@@ -8,13 +8,19 @@ if set, else ``task.data_root`` (relative to the config file).
 
 from __future__ import annotations
 
+import json
 import os
-from enum import StrEnum
+import textwrap
+from dataclasses import asdict, dataclass
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
 DATA_ROOT_ENV = "AUTOCOMPRESS_DATA_ROOT"
 DEPLOYABLE_BITS = (2, 4, 8, 16, 32)
@@ -39,36 +45,87 @@ class TaskConfig(Strict):
     distillation.
     """
 
-    data_root: str | None = None
-    train: str | None = "sst2/train.tsv"
-    dev: str | None = None
-    test: str | None = "sst2/validation.tsv"
-    dev_size: int = Field(1000, ge=2)
-    split_seed: int = 0
-    hf_dataset: str | None = None
-    hf_config: str | None = None
-    hf_train_split: str = "train"
-    hf_dev_split: str | None = None
-    hf_test_split: str = "validation"
-    text_column: str = "sentence"
-    label_column: str = "label"
-    num_labels: int = Field(2, ge=2)
-    max_length: int = Field(64, ge=8, le=512)
-    train_subset: int | None = Field(None, ge=1)
-    dev_subset: int | None = Field(None, ge=1)
-    test_subset: int | None = Field(None, ge=1)
+    data_root: str | None = Field(
+        None,
+        description="folder the relative train/dev/test paths resolve against; a relative value is relative to the config file; "
+        "$AUTOCOMPRESS_DATA_ROOT overrides it; null: the config file's folder",
+    )
+    train: str | None = Field(
+        "sst2/train.tsv",
+        description="training file (.tsv, .csv or .jsonl, under data_root); the teacher and distillation train on it, "
+        "minus the dev rows carved from it when dev is null; null only with hf_dataset",
+    )
+    dev: str | None = Field(
+        None,
+        description="dev file: every search decision (objective accuracy, constraints, pruner, selection) reads it; "
+        "null: carve dev_size rows from train, stratified by label and seeded by split_seed, held out of all training",
+    )
+    test: str | None = Field(
+        "sst2/validation.tsv",
+        description="untouched test file, scored only for the final report and never read by the search "
+        "(SST-2's public validation set, as its test labels are hidden); null only with hf_dataset",
+    )
+    dev_size: int = Field(
+        1000,
+        ge=2,
+        description="rows carved from train as the dev split when dev (or hf_dev_split) is null, else ignored; "
+        "more rows: less noisy search decisions, fewer training rows; must be below the training rows",
+    )
+    split_seed: int = Field(
+        0,
+        description="seed of the stratified dev carve-out; changing it changes the dev rows, the training rows and so the teacher's cache key",
+    )
+    hf_dataset: str | None = Field(
+        None, description="Hugging Face dataset id (datasets.load_dataset) read instead of the train/dev/test files; null: read the files"
+    )
+    hf_config: str | None = Field(None, description="configuration name of hf_dataset (e.g. sst2 of glue); null: the dataset's default")
+    hf_train_split: str = Field("train", description="split of hf_dataset used as train (with hf_dataset only)")
+    hf_dev_split: str | None = Field(
+        None, description="split of hf_dataset used as dev; null: carve dev_size rows from hf_train_split, as for files"
+    )
+    hf_test_split: str = Field("validation", description="split of hf_dataset used as the test split of the final report (with hf_dataset only)")
+    text_column: str = Field("sentence", description="column (file header or dataset feature) holding the text")
+    label_column: str = Field("label", description="column holding the integer label, 0 .. num_labels - 1")
+    num_labels: int = Field(2, ge=2, description="number of classes: the size of the classification head; other labels are rejected")
+    max_length: int = Field(
+        64,
+        ge=8,
+        le=512,
+        description="tokens per sentence after truncation, for training, scoring and latency timing; raise it for long texts (slower)",
+    )
+    train_subset: int | None = Field(
+        None,
+        ge=1,
+        description="rows of the train split drawn (seeded, without replacement) for the teacher and distillation, "
+        "e.g. for a quick trial run; null: all rows",
+    )
+    dev_subset: int | None = Field(
+        None,
+        ge=1,
+        description="score only the first N dev rows (a carved dev split is shuffled, so a random sample); "
+        "faster trials, noisier decisions; null: all rows",
+    )
+    test_subset: int | None = Field(None, ge=1, description="score only the first N test rows in the final report; null: all rows")
 
 
 class TeacherConfig(Strict):
     """How the uncompressed reference is obtained: a fine-tuned checkpoint, or fine-tuning."""
 
-    checkpoint: str | None = None
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    seed: int = 0
+    checkpoint: str | None = Field(
+        None,
+        description="already fine-tuned classifier (local folder or hub id) used as the teacher, the recipe below ignored; "
+        "null: fine-tune `model` with this recipe, cached by a hash of model files, training data and recipe",
+    )
+    steps: int = Field(
+        1000, ge=1, description="AdamW optimizer steps of teacher fine-tuning over the shuffled train split; more: a better teacher, a longer first run"
+    )
+    batch_size: int = Field(32, ge=1, description="training rows per teacher step")
+    learning_rate: float = Field(
+        5e-5, gt=0, description="peak AdamW learning rate, reached after warm-up, then decayed linearly to 0 at the last step"
+    )
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="fraction of steps spent in linear learning-rate warm-up (0.06 = the first 6 %)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW (decoupled) weight decay of teacher fine-tuning")
+    seed: int = Field(0, description="seed of the batch order and of torch (the new classification head); part of the teacher's cache key")
 
 
 class PruneMode(StrEnum):
@@ -80,17 +137,66 @@ class PruneMode(StrEnum):
 class SpaceConfig(Strict):
     """Choices the sampler may make, per encoder block unless noted."""
 
-    weight_bits: list[Literal[2, 3, 4, 5, 6, 7, 8, 16, 32]] = Field(default_factory=lambda: [4, 8, 32], min_length=1)
-    quant_scheme: list[Literal["linear", "kmeans"]] = Field(default_factory=lambda: ["linear"], min_length=1)
-    group_size: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
-    prune_mode: PruneMode = PruneMode.LOCAL
-    prune_ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5], min_length=1)
-    embedding_bits: list[Literal[4, 8, 32]] = Field(default_factory=lambda: [32], min_length=1, description="4 or 8: one scale per token row")
-    heads: list[int] | None = Field(None, min_length=1, description="heads kept per block; null: all")
-    ffn_widths: list[int] | None = Field(None, min_length=1, description="FFN width per block; null: full")
-    num_blocks: list[int] | None = Field(None, min_length=1, description="blocks kept, evenly spaced; null: all")
-    recovery_steps: list[int] = Field(default_factory=lambda: [0], min_length=1, description="KD fine-tune steps per trial")
-    simulation_only: bool = Field(False, description="allow choices no CPU runtime executes (3/5/6/7 bits, kmeans)")
+    weight_bits: list[Literal[2, 3, 4, 5, 6, 7, 8, 16, 32]] = Field(
+        default_factory=lambda: [4, 8, 32],
+        min_length=1,
+        description="weight bit widths offered for each block's Linear layers; 32: float (unquantized), 16: float16; "
+        "without simulation_only only 2, 4, 8, 16, 32 (ONNX Runtime CPU kernels)",
+    )
+    quant_scheme: list[Literal["linear", "kmeans"]] = Field(
+        default_factory=lambda: ["linear"],
+        min_length=1,
+        description="quantization schemes offered, one per trial: linear (symmetric uniform grid, deployable) "
+        "or kmeans (per-layer codebook, simulation_only)",
+    )
+    group_size: list[int | None] = Field(
+        default_factory=lambda: [None],
+        min_length=1,
+        description="quantization group sizes offered, one per trial, in weight columns per scale (positive); "
+        "null: one scale per output channel; smaller groups: more accurate at low bits, a larger file",
+    )
+    prune_mode: PruneMode = Field(
+        PruneMode.LOCAL,
+        description="magnitude pruning: none; local (a ratio from prune_ratios per block); global (one ratio, "
+        "weights ranked across all layers); classifier and pooler are never pruned",
+    )
+    prune_ratios: list[float] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5],
+        min_length=1,
+        description="fractions of weights zeroed by magnitude, each in [0, 1) (0.5 = half); the shipped file stores "
+        "zeros densely, so this buys sparsity, not size",
+    )
+    embedding_bits: list[Literal[4, 8, 32]] = Field(
+        default_factory=lambda: [32],
+        min_length=1,
+        description="word-embedding precisions offered, one per trial: 32 float; 4 or 8: integer codes with one scale per token row",
+    )
+    heads: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="attention-head counts offered per block (the least important heads, by Taylor score, removed); null: keep all heads",
+    )
+    ffn_widths: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="FFN widths (intermediate neurons kept) offered per block, the least important removed; null: full width",
+    )
+    num_blocks: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="encoder-block counts offered, one per trial, kept evenly spaced (the last always kept); null: all blocks",
+    )
+    recovery_steps: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="KD fine-tune steps offered, one per trial, after pruning (see recovery); 0: no recovery; "
+        "any value > 0 turns on distillation and the multi-fidelity pruner",
+    )
+    simulation_only: bool = Field(
+        False,
+        description="allow choices no CPU runtime executes (3/5/6/7 bits, kmeans); needs latency.backend: torch, "
+        "so trials measure the torch simulation, not a shipped file",
+    )
 
     @model_validator(mode="after")
     def _ratios_in_range(self) -> "SpaceConfig":
@@ -126,16 +232,47 @@ class PrunerName(StrEnum):
 class RecoveryConfig(Strict):
     """Knowledge distillation from the teacher after pruning, before quantization (fake-quantized)."""
 
-    temperature: float = Field(2.0, gt=0)
-    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft-label KD term; 1 - alpha for labels")
-    hidden_weight: float = Field(0.0, ge=0)
-    attention_weight: float = Field(0.0, ge=0)
-    learning_rate: float = Field(5e-5, gt=0)
-    batch_size: int = Field(32, ge=1)
-    train_subset: int = Field(4096, ge=1, description="training sentences distilled on (teacher logits cached)")
-    eval_every: int = Field(50, ge=1)
-    eval_subset: int = Field(256, ge=1, description="validation rows scored at each intermediate step")
-    pruner: PrunerName = PrunerName.SUCCESSIVE_HALVING
+    temperature: float = Field(2.0, gt=0, description="softmax temperature T of the KD term (scaled by T²); higher: softer teacher targets")
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="weight of the soft-label KD term; the cross-entropy on true labels gets 1 - alpha"
+    )
+    hidden_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the hidden-state MSE between mapped student and teacher blocks (MiniLM/TinyBERT style); "
+        "0: off; > 0 runs the teacher at every step (slower)",
+    )
+    attention_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the KL between mapped blocks' head-averaged attention distributions; 0: off; "
+        "> 0 runs the teacher at every step, with eager attention (slower)",
+    )
+    learning_rate: float = Field(
+        5e-5, gt=0, description="peak AdamW learning rate of recovery (warm-up over the first 10 % of steps, then linear decay to 0)"
+    )
+    batch_size: int = Field(32, ge=1, description="training rows per recovery step")
+    train_subset: int = Field(
+        4096,
+        ge=1,
+        description="training rows (drawn with search.seed) cycled through by distillation; the teacher's logits on them are computed once and cached",
+    )
+    eval_every: int = Field(
+        50,
+        ge=1,
+        description="recovery steps between intermediate dev-accuracy checks reported to the pruner (also its minimum resource); "
+        "smaller: earlier pruning, more scoring time",
+    )
+    eval_subset: int = Field(
+        256,
+        ge=1,
+        description="dev rows (the first N) scored at each intermediate check; the trial's final accuracy uses the full dev split (see task.dev_subset)",
+    )
+    pruner: PrunerName = Field(
+        PrunerName.SUCCESSIVE_HALVING,
+        description="Optuna pruner that stops hopeless recoveries from their intermediate accuracy, comparing students of equal depth; "
+        "none: every trial runs all its steps",
+    )
 
 
 class SamplerName(StrEnum):
@@ -151,51 +288,135 @@ class Selection(StrEnum):
 
 
 class ConstraintsConfig(Strict):
-    max_accuracy_drop: float | None = Field(0.01, ge=0)
-    max_latency_ms: float | None = Field(None, gt=0)
-    max_size_mb: float | None = Field(None, gt=0)
+    """Limits a trial must meet to be feasible; the Pareto front keeps feasible trials only (all trials if none is)."""
+
+    max_accuracy_drop: float | None = Field(
+        0.01,
+        ge=0,
+        description="largest accepted drop in accuracy on the dev split versus the teacher, as a fraction "
+        "(0.01 = 1 point of accuracy, e.g. 0.91 -> 0.90); also the budget of the *_within_budget selections; null: no limit",
+    )
+    max_latency_ms: float | None = Field(
+        None,
+        gt=0,
+        description="largest accepted latency in ms: the candidate's own median batch-1 latency, measured in its paired probe "
+        "(timed interleaved with the teacher); the cost model may skip candidates confidently above it; null: no limit",
+    )
+    max_size_mb: float | None = Field(
+        None,
+        gt=0,
+        description="largest accepted size in MB (10^6 bytes) of the deployed ONNX file (with any external data); null: no limit",
+    )
 
 
 class SearchSettings(Strict):
-    sampler: SamplerName = SamplerName.NSGA2
-    n_trials: int | None = Field(12, ge=1)
-    timeout: float | None = Field(None, gt=0)
-    study_name: str = "autocompress"
-    storage: str = "sqlite:///autocompress.db"
-    seed: int = 0
-    population_size: int = Field(8, ge=2)
-    start_uniform: bool = Field(True, description="a new study first tries every block at each bit width of the space")
-    constraints: ConstraintsConfig = ConstraintsConfig()
-    selection: Selection = Selection.FASTEST
+    """The Optuna study: sampler, budget, storage, constraints and how the final policy is chosen."""
+
+    sampler: SamplerName = Field(
+        SamplerName.NSGA2,
+        description="Optuna sampler: nsga2 (multi-objective genetic, see population_size), tpe (multivariate TPE) or random",
+    )
+    n_trials: int | None = Field(
+        12, ge=1, description="trials this run adds (a resumed study keeps its earlier ones); --n-trials overrides; null: until timeout (or Ctrl-C)"
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="seconds after which no new trial starts (the running one finishes); --timeout overrides; null: no time limit"
+    )
+    study_name: str = Field(
+        "autocompress",
+        description="Optuna study name; the same name and storage resume the study and add trials; "
+        "fidelity companions are <study_name>.fidelity.blocks<N>",
+    )
+    storage: str = Field(
+        "sqlite:///autocompress.db",
+        description="Optuna storage URL holding the study (a relative sqlite path is relative to the working folder)",
+    )
+    seed: int = Field(0, description="seed of the sampler, of torch and of the calibration and distillation samples")
+    population_size: int = Field(
+        8, ge=2, description="NSGA-II generation size, in trials (nsga2 only); smaller: evolution starts sooner in a short search"
+    )
+    start_uniform: bool = Field(
+        True,
+        description="a new study first tries every block at each quantized bit width of the space (unpruned), one trial per width; false: sampler only",
+    )
+    constraints: ConstraintsConfig = Field(ConstraintsConfig(), description="feasibility limits on accuracy drop, latency and size")
+    selection: Selection = Field(
+        Selection.FASTEST,
+        description="rule choosing best_policy.json from the Pareto front: the fastest or smallest trial within max_accuracy_drop "
+        "(the most accurate if none is), or the most accurate",
+    )
 
 
 class LatencyConfig(Strict):
     """Batch-1 latency of the deployed artifact on real validation sentences."""
 
-    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
-    threads: int = Field(2, ge=1)
-    sentences: int = Field(32, ge=1)
-    warmup: int = Field(10, ge=0)
-    repeats: int = Field(100, ge=2, description="timed batch-1 calls, cycling through the sentences")
+    backend: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime",
+        description="onnxruntime: time the lowered ONNX artifact on ONNX Runtime's CPU kernels (what ships); "
+        "torch: eager torch on CPU, needed by space.simulation_only",
+    )
+    threads: int = Field(
+        2,
+        ge=1,
+        description="intra-op CPU threads for timing and ONNX verification; match the deployment target; "
+        "part of the hardware fingerprint keying the latency cost model",
+    )
+    sentences: int = Field(
+        32, ge=1, description="real dev sentences timed, one per call, at evenly spaced length quantiles (capped at the dev size)"
+    )
+    warmup: int = Field(10, ge=0, description="untimed batch-1 calls per model before timing")
+    repeats: int = Field(
+        100,
+        ge=2,
+        description="timed batch-1 calls per model, cycling through the sentences; the latency is their median; "
+        "more: a tighter confidence interval, slower trials",
+    )
+    rounds: int = Field(
+        10,
+        ge=1,
+        description="rounds in a paired probe: the candidate, the teacher and ORT's dynamic int8 take turns "
+        "(repeats // rounds calls each per round, order rotating), so a noisy minute slows all of them alike; "
+        "speed-ups are the median over rounds of per-round ratios",
+    )
+
+    @model_validator(mode="after")
+    def _a_call_per_round(self) -> "LatencyConfig":
+        if self.repeats < self.rounds:
+            raise ValueError(f"repeats ({self.repeats}) must be >= rounds ({self.rounds}): each round times every model at least once")
+        return self
 
 
 class TrackingConfig(Strict):
-    uri: str | None = None
-    experiment: str = "autocompress"
+    """MLflow: a parent run per study, a nested child run per trial."""
+
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; --tracking-uri overrides; null: $MLFLOW_TRACKING_URI, else MLflow's local default "
+        "(sqlite:///mlflow.db in the working folder)",
+    )
+    experiment: str = Field("autocompress", description="MLflow experiment the runs are logged under (created if missing)")
 
 
 class SearchConfig(Strict):
     """The whole content of a search-space file."""
 
-    model: str = "default"
-    task: TaskConfig = TaskConfig()
-    teacher: TeacherConfig = TeacherConfig()
-    space: SpaceConfig = SpaceConfig()
-    recovery: RecoveryConfig = RecoveryConfig()
-    search: SearchSettings = SearchSettings()
-    latency: LatencyConfig = LatencyConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    output: str = "out"
+    model: str = Field(
+        "default", description="model to compress: default (the packaged all-MiniLM-L6-v2), a local folder or a Hugging Face hub id"
+    )
+    task: TaskConfig = Field(TaskConfig(), description="the classification task and its train, dev and test splits")
+    teacher: TeacherConfig = Field(
+        TeacherConfig(), description="the uncompressed reference: a fine-tuned checkpoint, or fine-tuning (every field is in its cache key)"
+    )
+    space: SpaceConfig = Field(SpaceConfig(), description="the choices the sampler may make, per encoder block unless noted")
+    recovery: RecoveryConfig = Field(
+        RecoveryConfig(), description="distillation from the teacher after pruning, for trials with recovery_steps > 0"
+    )
+    search: SearchSettings = Field(SearchSettings(), description="the Optuna study: sampler, budget, storage, constraints, selection")
+    latency: LatencyConfig = Field(LatencyConfig(), description="batch-1 latency of each model on real dev sentences")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow logging: a parent run per study, a child run per trial")
+    output: str = Field(
+        "out", description="folder for pareto.json, best_policy.json and pareto.png (relative to the working folder); --output overrides"
+    )
     source: str | None = Field(None, exclude=True, description="file the config was read from")
 
     @model_validator(mode="after")
@@ -214,6 +435,151 @@ class SearchConfig(Strict):
         if not root_path.is_absolute() and self.source and not os.environ.get(DATA_ROOT_ENV):
             root_path = Path(self.source).parent / root_path
         return (root_path / path).resolve()
+
+
+TOP_LEVEL = "(top level)"
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One configuration field, as ``autocompress config --schema`` shows it.
+
+    ``path`` is the dotted YAML path (``search.constraints.max_accuracy_drop``),
+    ``section`` the model it belongs to (its path, or ``(top level)``),
+    ``default`` the JSON value a file that omits the field gets, ``choices`` the
+    enum members or ``Literal`` values (of the items, for a list) and ``bounds``
+    the numeric constraints (``ge``/``gt``/``le``/``lt``, ``min_length``).
+    """
+
+    path: str
+    section: str
+    type: str
+    default: Any
+    choices: list[Any] | None
+    bounds: dict[str, float]
+    description: str
+
+    @property
+    def allowed(self) -> str:
+        """Allowed values in words: the choices, else the interval the bounds give (``[0, 1)``, ``>= 1``)."""
+        parts = [", ".join(_show(choice) for choice in self.choices)] if self.choices else []
+        low = ("[", self.bounds["ge"]) if "ge" in self.bounds else ("(", self.bounds["gt"]) if "gt" in self.bounds else None
+        high = ("]", self.bounds["le"]) if "le" in self.bounds else (")", self.bounds["lt"]) if "lt" in self.bounds else None
+        if low and high:
+            parts.append(f"{low[0]}{_show(low[1])}, {_show(high[1])}{high[0]}")
+        elif low:
+            parts.append(f"{'>=' if low[0] == '[' else '>'} {_show(low[1])}")
+        elif high:
+            parts.append(f"{'<=' if high[0] == ']' else '<'} {_show(high[1])}")
+        if self.bounds.get("min_length"):
+            parts.append("non-empty")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "allowed": self.allowed}
+
+
+def _show(value: Any) -> str:
+    """A value as YAML would spell it: strings bare, ``null``, ``true``, lists in brackets."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(arg) for arg in get_args(annotation))
+    if origin is list:
+        return f"list[{_type_name(get_args(annotation)[0])}]"
+    if origin is Literal:
+        return " | ".join(dict.fromkeys(type(value).__name__ for value in get_args(annotation)))
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return "str"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _choices(annotation: Any) -> list[Any]:
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return [member.value for member in annotation]
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [choice for arg in get_args(annotation) for choice in _choices(arg)]
+
+
+def _bounds(field: FieldInfo) -> dict[str, float]:
+    return {
+        key: getattr(item, key)
+        for item in field.metadata
+        for key in ("ge", "gt", "le", "lt", "min_length")
+        if getattr(item, key, None) is not None
+    }
+
+
+def _submodel(field: FieldInfo) -> type[BaseModel] | None:
+    annotation = field.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def describe_sections(model: type[BaseModel] = SearchConfig, prefix: str = "") -> dict[str, str]:
+    """``{section path: description}`` for the top level and every nested model, parents first, in file order."""
+    sections = {} if prefix else {TOP_LEVEL: (model.__doc__ or "").strip().splitlines()[0]}
+    for name, field in model.model_fields.items():
+        sub = _submodel(field)
+        if sub is not None:
+            sections[f"{prefix}{name}"] = field.description or (sub.__doc__ or "").strip().splitlines()[0]
+            sections.update(describe_sections(sub, f"{prefix}{name}."))
+    return sections
+
+
+def describe_fields(model: type[BaseModel] = SearchConfig, prefix: str = "") -> list[FieldDoc]:
+    """Every leaf field of ``model`` and its nested models (not the internal ``source``), in file order."""
+    docs = []
+    for name, field in model.model_fields.items():
+        if name == "source" and model is SearchConfig:
+            continue
+        sub = _submodel(field)
+        if sub is not None:
+            docs += describe_fields(sub, f"{prefix}{name}.")
+            continue
+        default = to_jsonable_python(field.get_default(call_default_factory=True))
+        docs.append(
+            FieldDoc(
+                path=f"{prefix}{name}",
+                section=prefix.rstrip(".") or TOP_LEVEL,
+                type=_type_name(field.annotation),
+                default=default,
+                choices=_choices(field.annotation) or None,
+                bounds=_bounds(field),
+                description=field.description or "",
+            )
+        )
+    return docs
+
+
+def format_fields(docs: list[FieldDoc] | None = None, *, width: int = 100) -> str:
+    """A plain-text table of ``docs`` (default: every field), grouped by section, each description wrapped below its row."""
+    docs = describe_fields() if docs is None else docs
+    sections = describe_sections()
+    headers = ("FIELD", "TYPE", "DEFAULT", "ALLOWED")
+    rows = {doc.path: (doc.path, doc.type, _show(doc.default), doc.allowed) for doc in docs}
+    widths = [max(len(h), *(len(row[i]) for row in rows.values())) for i, h in enumerate(headers)] if rows else [len(h) for h in headers]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  " + "  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip()
+
+    out = [
+        "Fields of a search-space YAML file (autocompress search FILE), nested keys written as dotted paths;",
+        "each description gives the unit and what null means.",
+        "",
+        line(headers),
+    ]
+    for section in dict.fromkeys(doc.section for doc in docs):
+        out += ["", f"{section}: {sections.get(section, '')}".rstrip(": ")]
+        for doc in (d for d in docs if d.section == section):
+            out.append(line(rows[doc.path]))
+            out += textwrap.wrap(doc.description, width=width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(out)
 
 
 def _describe(error: dict[str, Any]) -> str:

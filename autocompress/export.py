@@ -1,13 +1,26 @@
-"""Write a search's results for other tools: the front and the chosen policy as JSON."""
+"""Write a search's results where the user asked: the front as JSON, its ONNX files, the chosen model.
+
+Trial artifacts live in the study's cache folder; everything a user takes
+away is copied into ``--output`` so it survives cache cleaning and other
+studies:
+
+- ``pareto.json``: one object per front trial, ``artifact`` relative to the folder;
+- ``models/trial-N.onnx``: the verified, timed file of every front trial;
+- ``best_policy.json`` and ``best_model/`` (``model.onnx``, tokenizer files,
+  ``policy.json``): the chosen trial, only when one met the constraints.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from autocompress.policy import Policy
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 def write_json(path: Path, content: Any) -> Path:
@@ -20,8 +33,43 @@ def write_json(path: Path, content: Any) -> Path:
     return path
 
 
-def write_front(output: Path, rows: list[dict[str, Any]], chosen: dict[str, Any] | None) -> None:
-    """``pareto.json`` (every front trial with its policy) and ``best_policy.json`` (the chosen one)."""
+def _copy_models(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copy each row's artifact to ``output/models`` (dropping stale copies); rows point at the copies."""
+    models = output / "models"
+    if models.exists():
+        shutil.rmtree(models)
+    copied = []
+    for row in rows:
+        source = row.get("artifact")
+        if source and Path(source).is_file():
+            target = models / f"trial-{row['trial']}.onnx"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            row = {**row, "artifact": str(target.relative_to(output))}
+        copied.append(row)
+    return copied
+
+
+def write_front(
+    output: Path, rows: list[dict[str, Any]], chosen: dict[str, Any] | None, *, tokenizer_dir: Path | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Write the front and, if a trial was chosen, its policy and model; return the rows as written."""
+    rows = _copy_models(output, rows)
     write_json(output / "pareto.json", rows)
-    if chosen is not None:
-        Policy.from_dict(chosen["policy"]).save(output / "best_policy.json")
+    best_policy, best_model = output / "best_policy.json", output / "best_model"
+    best_policy.unlink(missing_ok=True)
+    if best_model.exists():
+        shutil.rmtree(best_model)
+    if chosen is None:
+        return rows, None
+    chosen = next(row for row in rows if row["trial"] == chosen["trial"])
+    policy = Policy.from_dict(chosen["policy"])
+    policy.save(best_policy)
+    best_model.mkdir(parents=True)
+    policy.save(best_model / "policy.json")
+    if chosen.get("artifact"):
+        shutil.copy2(output / chosen["artifact"], best_model / "model.onnx")
+    for name in TOKENIZER_FILES if tokenizer_dir is not None else ():
+        if (Path(tokenizer_dir) / name).is_file():
+            shutil.copy2(Path(tokenizer_dir) / name, best_model / name)
+    return rows, chosen

@@ -89,16 +89,33 @@ def fine_tune(model: PreTrainedModel, train: Examples, tokenizer, config: Search
     return losses
 
 
-def get_teacher(config: SearchConfig) -> Teacher:
-    """Return the cached teacher for this config, fine-tuning it first if needed."""
+@dataclass(frozen=True)
+class TeacherLocation:
+    """Where a config's teacher is (or will be) and whether it is ready, found without training."""
+
+    key: str
+    path: Path
+    ready: bool
+    train: Examples | None = None
+
+
+def locate_teacher(config: SearchConfig) -> TeacherLocation:
+    """The teacher's cache key and folder; ``ready`` when it needs no fine-tuning."""
     if config.teacher.checkpoint:
         path = Path(resolve_model_path(config.teacher.checkpoint))
-        return Teacher(path=path, key=f"checkpoint:{config.teacher.checkpoint}", trained_now=False)
+        return TeacherLocation(f"checkpoint:{config.teacher.checkpoint}", path, ready=True)
     train = load_split(config, "train")
     key = teacher_key(config, train)
     folder = teachers_dir() / key
-    if (folder / "teacher.json").is_file():
-        return Teacher(path=folder, key=key, trained_now=False)
+    return TeacherLocation(key, folder, ready=(folder / "teacher.json").is_file(), train=train)
+
+
+def get_teacher(config: SearchConfig) -> Teacher:
+    """Return the cached teacher for this config, fine-tuning it first if needed."""
+    where = locate_teacher(config)
+    if where.ready:
+        return Teacher(path=where.path, key=where.key, trained_now=False)
+    key, folder, train = where.key, where.path, where.train
     tokenizer = load_tokenizer(config.model)
     model = load_classifier(config.model, num_labels=config.task.num_labels)
     losses = fine_tune(model, train, tokenizer, config)

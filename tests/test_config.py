@@ -1,7 +1,11 @@
+import json
+from typing import get_args
+
 import pytest
+from pydantic import BaseModel
 
 from autocompress.cli import main
-from autocompress.config import DATA_ROOT_ENV, ConfigError, load_config, parse_config
+from autocompress.config import DATA_ROOT_ENV, ConfigError, SearchConfig, describe_fields, load_config, parse_config
 
 REPO_SPACES = __import__("pathlib").Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -11,7 +15,7 @@ def test_shipped_search_spaces_load_and_point_at_real_data(name, monkeypatch):
     monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
     config = load_config(REPO_SPACES / name)
     assert config.data_path(config.task.train).is_file()
-    assert config.data_path(config.task.validation).is_file()
+    assert config.data_path(config.task.test).is_file()
 
 
 def test_misspelt_field_names_file_path_and_allowed(tmp_path):
@@ -59,3 +63,57 @@ def test_environment_variable_overrides_data_root(tmp_path, monkeypatch):
 def test_prune_ratio_out_of_range_is_rejected():
     with pytest.raises(ConfigError, match="prune_ratios"):
         parse_config({"space": {"prune_ratios": [0.5, 1.5]}})
+
+
+def _models(annotation=SearchConfig) -> set[type[BaseModel]]:
+    """``SearchConfig`` and every model nested in it, however deep (also inside ``X | None`` or ``list[X]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        found = {annotation}
+        for field in annotation.model_fields.values():
+            found |= _models(field.annotation)
+        return found
+    return {model for arg in get_args(annotation) for model in _models(arg)}
+
+
+def test_every_field_of_every_model_is_documented():
+    models = _models()
+    assert len(models) >= 9
+    undocumented = [f"{m.__name__}.{name}" for m in models for name, f in m.model_fields.items() if not (f.description or "").strip()]
+    assert not undocumented
+
+
+def test_describe_fields_lists_every_leaf_with_type_default_and_allowed_values():
+    docs = {doc.path: doc for doc in describe_fields()}
+    assert "source" not in docs and "search.constraints" not in docs
+    assert len(docs) == sum(1 for m in _models() for name, f in m.model_fields.items() if name != "source" and not _models(f.annotation))
+    drop = docs["search.constraints.max_accuracy_drop"]
+    assert (drop.section, drop.type, drop.default, drop.allowed) == ("search.constraints", "float | null", 0.01, ">= 0")
+    assert "fraction" in drop.description
+    assert docs["search.sampler"].choices == ["nsga2", "tpe", "random"]
+    assert docs["task.max_length"].allowed == "[8, 512]" and docs["teacher.warmup_ratio"].allowed == "[0, 1)"
+    assert docs["space.weight_bits"].default == [4, 8, 32] and "16" in docs["space.weight_bits"].allowed
+    assert docs["latency.backend"].choices == ["onnxruntime", "torch"]
+
+
+def test_config_schema_prints_a_table_grouped_by_section(capsys):
+    assert main(["config", "--schema"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (row,) = [i for i, line in enumerate(lines) if line.split()[:1] == ["search.constraints.max_accuracy_drop"]]
+    assert lines[row].split()[1:] == ["float", "|", "null", "0.01", ">=", "0"]
+    description = []
+    for line in lines[row + 1 :]:
+        if not line.startswith("      "):
+            break
+        description.append(line.strip())
+    assert "fraction" in " ".join(description)
+    (sampler,) = [line for line in lines if line.split()[:1] == ["search.sampler"]]
+    assert "nsga2, tpe, random" in sampler
+    assert any(line.startswith("search.constraints:") for line in lines)
+
+
+def test_config_schema_json_parses(capsys):
+    assert main(["config", "--schema", "--json"]) == 0
+    fields = {field["path"]: field for field in json.loads(capsys.readouterr().out)}
+    assert fields["search.constraints.max_accuracy_drop"]["default"] == 0.01
+    assert fields["search.sampler"]["choices"] == ["nsga2", "tpe", "random"]
+    assert all(field["description"] for field in fields.values())

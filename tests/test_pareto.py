@@ -1,33 +1,39 @@
-"""The front, the selection rule and the table, on a real Optuna study with constraints."""
+"""The front, the selection rule, feasibility and the table, on a real Optuna study with constraints."""
 
 import optuna
 import pytest
 
 from autocompress.config import Selection
 from autocompress.pareto import BASELINE_ATTR, format_table, front_rows, select
-from autocompress.search import DIRECTIONS
+from autocompress.study import DIRECTIONS
 
-BASELINE = {"accuracy": 0.90, "latency_ms": 10.0, "size_bytes": 90e6}
+INT8 = {"dev_accuracy": 0.89, "test_accuracy": 0.88, "size_bytes": 23e6, "latency_ms": 5.0, "speedup": 2.0}
+BASELINE = {"dev_accuracy": 0.90, "test_accuracy": 0.89, "latency_ms": 10.0, "size_bytes": 90e6, "int8": INT8}
 
 
-def add(study, accuracy, latency, size_mb, max_drop=0.01):
+def add(study, dev_accuracy, speedup, size_mb, max_drop=0.01, test_accuracy=None):
     trial = study.ask()
-    trial.set_user_attr("policy", {"layers": {}})
-    for key, value in {"accuracy": accuracy, "latency_ms": latency, "size_bytes": size_mb * 1e6}.items():
+    attrs = {
+        "policy": {"layers": {}}, "dev_accuracy": dev_accuracy, "test_accuracy": test_accuracy or dev_accuracy - 0.01,
+        "latency_ms": 10.0 / speedup, "reference_latency_ms": 10.0, "speedup": speedup, "speedup_vs_int8": speedup / 2,
+        "relative_latency_ci_low": 0.9 / speedup, "relative_latency_ci_high": 1.1 / speedup,
+        "size_bytes": size_mb * 1e6, "size_is_estimate": False, "sparsity": 0.0, "seed": trial.number,
+    }
+    for key, value in attrs.items():
         trial.set_user_attr(key, value)
-    trial.set_constraint("accuracy_drop", (BASELINE["accuracy"] - accuracy) - max_drop)
-    study.tell(trial, (accuracy, latency, size_mb))
+    trial.set_constraint("accuracy_drop", (BASELINE["dev_accuracy"] - dev_accuracy) - max_drop)
+    study.tell(trial, (dev_accuracy, 1 / speedup, size_mb))
 
 
 @pytest.fixture()
 def study():
     study = optuna.create_study(directions=list(DIRECTIONS))
     study.set_user_attr(BASELINE_ATTR, BASELINE)
-    add(study, 0.895, 5.0, 30.0)  # 0: feasible, front
-    add(study, 0.899, 8.0, 60.0)  # 1: feasible, front (most accurate)
-    add(study, 0.894, 6.0, 40.0)  # 2: dominated by 0
-    add(study, 0.70, 1.0, 5.0)    # 3: infeasible (20 pt drop) though fastest
-    add(study, 0.892, 4.0, 45.0)  # 4: feasible, front (fastest feasible)
+    add(study, 0.895, 2.0, 30.0)   # 0: feasible, front
+    add(study, 0.899, 1.25, 60.0)  # 1: feasible, front (most accurate)
+    add(study, 0.894, 1.6, 40.0)   # 2: dominated by 0
+    add(study, 0.70, 10.0, 5.0)    # 3: infeasible (20 pt drop) though fastest
+    add(study, 0.892, 2.5, 45.0)   # 4: feasible, front (fastest feasible)
     return study
 
 
@@ -37,6 +43,8 @@ def test_front_holds_only_feasible_non_dominated_trials(study):
     row = next(r for r in rows if r["trial"] == 0)
     assert row["speedup"] == pytest.approx(2.0) and row["compression"] == pytest.approx(3.0)
     assert row["accuracy_drop"] == pytest.approx(0.005) and row["feasible"]
+    assert row["test_accuracy_drop"] == pytest.approx(0.89 - 0.885) and row["size_vs_int8"] == pytest.approx(23 / 30)
+    assert row["speedup_ci"] == pytest.approx([2.0 / 1.1, 2.0 / 0.9])
 
 
 def test_selection_rules(study):
@@ -48,7 +56,25 @@ def test_selection_rules(study):
     assert select([], Selection.FASTEST, 0.01) is None
 
 
-def test_table_lists_teacher_then_front(study):
+def test_selection_reads_dev_accuracy_never_test(study):
+    rows = front_rows(study)
+    boosted = [{**r, "test_accuracy": 1.0} if r["trial"] == 0 else r for r in rows]
+    assert select(boosted, Selection.MOST_ACCURATE, 0.01)["trial"] == 1
+
+
+def test_table_lists_teacher_int8_then_front_with_feasibility(study):
     table = format_table(front_rows(study), BASELINE).splitlines()
-    assert "speed-up" in table[0] and table[1].split()[0] == "teacher"
-    assert [line.split()[0] for line in table[2:]] == ["4", "0", "1"]
+    assert "speed-up" in table[0] and "vs int8" in table[0] and "test acc" in table[0]
+    assert table[1].split()[0] == "teacher" and table[2].split()[:2] == ["ORT", "int8"]
+    assert [line.split()[0] for line in table[3:]] == ["4", "0", "1"]
+    assert all(line.split()[1] == "yes" for line in table[3:])
+
+
+def test_without_feasible_trials_the_front_is_marked_infeasible():
+    study = optuna.create_study(directions=list(DIRECTIONS))
+    study.set_user_attr(BASELINE_ATTR, BASELINE)
+    add(study, 0.70, 3.0, 20.0)
+    add(study, 0.60, 4.0, 10.0)
+    rows = front_rows(study)
+    assert [r["trial"] for r in rows] == [1, 0] and not any(r["feasible"] for r in rows)
+    assert "NO" in format_table(rows, BASELINE).splitlines()[3].split()

@@ -19,12 +19,12 @@ def tiny_config(tmp_path, data_root, monkeypatch):
     monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     config = {
-        "task": {"data_root": str(data_root), "train_subset": 256, "validation_subset": 96, "max_length": 48},
+        "task": {"data_root": str(data_root), "train_subset": 256, "dev_size": 96, "test_subset": 96, "max_length": 48},
         "teacher": {"steps": 6, "batch_size": 16, "learning_rate": 1e-4},
         "space": {"weight_bits": [4, 8, 32], "group_size": [None, 32], "prune_ratios": [0.0, 0.5], "embedding_bits": [4, 8, 32]},
         "search": {"n_trials": 3, "study_name": "tiny", "storage": f"sqlite:///{tmp_path}/study.db", "population_size": 2,
                    "constraints": {"max_accuracy_drop": None}},
-        "latency": {"sentences": 4, "warmup": 2, "repeats": 8},
+        "latency": {"sentences": 4, "warmup": 2, "repeats": 8, "rounds": 4},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tiny"},
         "output": str(tmp_path / "out"),
     }
@@ -45,45 +45,95 @@ def child_runs(tracking_uri):
 def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_path, capsys):
     assert main(["search", str(tiny_config)]) == 0
     printed = capsys.readouterr().out
-    assert "teacher" in printed and "speed-up" in printed
+    assert "teacher" in printed and "ORT int8" in printed and "speed-up" in printed and "test acc" in printed
 
-    front = json.loads((tmp_path / "out" / "pareto.json").read_text())
-    assert front and {"trial", "accuracy", "latency_ms", "size_mb", "policy"} <= set(front[0])
+    out = tmp_path / "out"
+    front = json.loads((out / "pareto.json").read_text())
+    assert front and {"trial", "dev_accuracy", "test_accuracy", "speedup", "speedup_vs_int8", "size_bytes", "feasible", "seed", "policy"} <= set(front[0])
     for row in front:
         Policy.from_dict(row["policy"])
-        assert row["latency_ms"] > 0 and row["size_mb"] > 0
-        assert row["artifact"].endswith(".onnx") and os.path.getsize(row["artifact"]) > 1e6  # the file that was timed
-    chosen = Policy.load(tmp_path / "out" / "best_policy.json")
+        assert row["latency_ms"] > 0 and row["speedup"] > 0 and row["speedup_vs_int8"] > 0 and row["feasible"]
+        assert row["artifact"] == f"models/trial-{row['trial']}.onnx"  # copied into --output
+        assert row["size_bytes"] == os.path.getsize(out / row["artifact"]) and not row["size_is_estimate"]  # size = the file that ships
+    chosen = Policy.load(out / "best_policy.json")
     assert chosen in [Policy.from_dict(r["policy"]) for r in front]
-    assert (tmp_path / "out" / "pareto.png").stat().st_size > 0
+    assert (out / "best_model" / "model.onnx").stat().st_size > 1e6 and (out / "best_model" / "tokenizer.json").is_file()
+    assert Policy.load(out / "best_model" / "policy.json") == chosen
+    assert (out / "pareto.png").stat().st_size > 0
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     parents, children, teachers = child_runs(uri)
     assert len(parents) == 1 and len(children) == 3 and len(teachers) == 1
     params = children[0].data.params
-    assert params["bert.encoder.layer.5.output.dense.bits"] in {"4", "8", "32"}
-    assert {"accuracy", "latency_ms", "size_bytes", "speedup"} <= set(children[0].data.metrics)
+    assert params["bert.encoder.layer.5.output.dense.bits"] in {"4", "8", "32"} and int(params["seed"]) >= 0
+    assert {"dev_accuracy", "test_accuracy", "latency_ms", "size_bytes", "speedup", "speedup_vs_int8", "sparsity"} <= set(children[0].data.metrics)
     tags = {r.data.tags["optuna.trial_number"]: r.data.tags.get("pareto") for r in children}
     assert {int(n) for n, t in tags.items() if t == "true"} == {r["trial"] for r in front}
-    assert "teacher_accuracy" in parents[0].data.metrics
+    assert {"teacher_dev_accuracy", "teacher_test_accuracy", "int8_size_bytes", "int8_speedup"} <= set(parents[0].data.metrics)
+
+    storage = f"sqlite:///{tmp_path}/study.db"
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    first_artifact = study.trials[0].user_attrs["artifact"]
+    first_bytes = open(first_artifact, "rb").read()
 
     # Second run: the cached teacher is reused (no new teacher run) and trials join the same study.
     assert main(["search", str(tiny_config), "--n-trials", "2"]) == 0
     parents, children, teachers = child_runs(uri)
     assert len(parents) == 1 and len(children) == 5 and len(teachers) == 1
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/study.db")
+    study = optuna.load_study(study_name="tiny", storage=storage)
     assert len(study.trials) == 5
     # a new study starts from the uniform policies (all int8 per channel, all int4); a resumed one does not again
     assert ["fixed_params" in t.system_attrs for t in study.trials] == [True, True, False, False, False]
     assert {study.trials[0].params[f"block{i}.bits"] for i in range(6)} == {8} and study.trials[0].params["group_size"] is None
     assert {study.trials[1].params[f"block{i}.bits"] for i in range(6)} == {4} and study.trials[1].params["group_size"] == 32
     assert study.trials[1].params["embedding_bits"] == 4 and study.trials[1].state == optuna.trial.TrialState.COMPLETE
-    assert study.trials[1].user_attrs["artifact_bytes"] < 0.2 * study.user_attrs["baseline"]["artifact_bytes"]
+    assert study.trials[1].user_attrs["size_bytes"] < 0.2 * study.user_attrs["baseline"]["size_bytes"]
+    assert len({t.user_attrs["seed"] for t in study.trials}) == 5  # each trial seeds itself
 
     capsys.readouterr()
-    assert main(["pareto", "--storage", f"sqlite:///{tmp_path}/study.db", "--study-name", "tiny", "--json"]) == 0
+    assert main(["pareto", "--storage", storage, "--study-name", "tiny", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert [r["trial"] for r in again] == [r["trial"] for r in json.loads((tmp_path / "out" / "pareto.json").read_text())]
+    assert [r["trial"] for r in again] == [r["trial"] for r in json.loads((out / "pareto.json").read_text())]
+
+    # A study of the same name in another storage keeps its artifacts apart; with nothing feasible, exit 3.
+    config = yaml.safe_load(tiny_config.read_text())
+    config["search"].update({"storage": f"sqlite:///{tmp_path}/other.db", "n_trials": 1, "start_uniform": False,
+                             "constraints": {"max_accuracy_drop": None, "max_size_mb": 1.0}})
+    config["output"] = str(tmp_path / "out2")
+    tiny_config.write_text(yaml.safe_dump(config))
+    assert main(["search", str(tiny_config)]) == 3
+    assert "no trial met the constraints" in capsys.readouterr().out
+    assert not (tmp_path / "out2" / "best_policy.json").exists() and not (tmp_path / "out2" / "best_model").exists()
+    rows = json.loads((tmp_path / "out2" / "pareto.json").read_text())
+    assert rows and not any(r["feasible"] for r in rows)
+    other = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/other.db").trials[0].user_attrs["artifact"]
+    assert os.path.dirname(os.path.dirname(other)) != os.path.dirname(os.path.dirname(first_artifact))
+    assert open(first_artifact, "rb").read() == first_bytes
+
+
+def test_a_changed_space_or_a_bad_one_fails_before_training(tiny_config, tmp_path, capsys):
+    config = yaml.safe_load(tiny_config.read_text())
+    config["space"]["heads"] = [16]  # the model has 12
+    tiny_config.write_text(yaml.safe_dump(config))
+    assert main(["search", str(tiny_config)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "space.heads" in error and "16" in error
+    assert not (tmp_path / "cache" / "teachers").exists()  # nothing trained
+
+    config["space"].pop("heads")
+    tiny_config.write_text(yaml.safe_dump(config))
+    assert main(["search", str(tiny_config), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "not cached: fine-tunes 6 steps" in plan and "new" in plan and "96 dev rows" in plan
+    assert not (tmp_path / "cache" / "teachers").exists()
+
+    storage = f"sqlite:///{tmp_path}/study.db"
+    optuna.create_study(study_name="tiny", storage=storage, directions=["maximize", "minimize", "minimize"]).set_user_attr(
+        "autocompress.signature", {"version": 2, "space": {"weight_bits": [8]}})
+    assert main(["search", str(tiny_config)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--study-name" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "cache" / "teachers").exists()
 
 
 def test_pareto_of_unknown_study_exits_2(tmp_path, capsys):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from autocompress.compress import compress, layer_plan
-from autocompress.measure import model_size_bytes
+from autocompress.measure._size import estimated_size_bytes, sparsity
 from autocompress.models import block_linears
 from autocompress.policy import LayerSpec, Policy
 from autocompress.quantizer import QUANT_ATTR, kmeans_codebook, quantize_weight
@@ -94,13 +94,19 @@ def test_compression_changes_outputs_and_size(model, sentence_batches):
     batch = {k: v for k, v in sentence_batches[0].items() if k != "labels"}
     with torch.no_grad():
         assert not torch.allclose(model(**batch).logits, compressed(**batch).logits, atol=1e-4)
-    full = model_size_bytes(model, layer_plan(model, Policy()))
-    small = model_size_bytes(compressed, layer_plan(compressed, policy))
+    full = estimated_size_bytes(model, layer_plan(model, Policy()))
+    small = estimated_size_bytes(compressed, layer_plan(compressed, policy))
     assert full == sum(p.numel() for p in model.parameters()) * 4
-    linear_params = sum(w.numel() for w in encoder_weights(model).values())
-    embedding = model.get_input_embeddings().weight.numel()
-    # encoder weights: 4-bit dense (cheaper than bitmap + half the values) ; embedding: int8
-    assert full - small > linear_params * (4 - 0.5) + embedding * (4 - 1) - 4 * (sum(m.weight.shape[0] for b in block_linears(model) for m in b.values()) + model.get_input_embeddings().weight.shape[0])
+    linears = [m for b in block_linears(model) for m in b.values()]
+    linear_params = sum(m.weight.numel() for m in linears)
+    embedding = model.get_input_embeddings().weight
+    # encoder weights: 4-bit codes + a float scale per row, stored dense (the zeros still take their 4 bits);
+    # embedding: int8 codes + a scale per row
+    saved = linear_params * (4 - 0.5) - 4 * sum(m.out_features for m in linears) + embedding.numel() * (4 - 1) - 4 * embedding.shape[0]
+    assert full - small == pytest.approx(saved, abs=8)
+    names = list(layer_plan(compressed, policy))
+    assert sparsity(compressed, names) == pytest.approx(0.5, abs=0.01)  # 4-bit rounding zeroes a few more
+    assert sparsity(model, names) < 1e-3
 
 
 def test_structured_policy_shrinks_and_specs_follow_their_original_blocks(model, sentence_batches):
@@ -122,7 +128,7 @@ def test_structured_policy_shrinks_and_specs_follow_their_original_blocks(model,
     from autocompress.shrunk_bert import count_parameters
 
     assert count_parameters(compressed) < count_parameters(model)
-    assert model_size_bytes(compressed, layer_plan(compressed, policy)) < model_size_bytes(model, layer_plan(model, Policy()))
+    assert estimated_size_bytes(compressed, layer_plan(compressed, policy)) < estimated_size_bytes(model, layer_plan(model, Policy()))
 
 
 def test_eight_bit_per_channel_layers_round_activations_like_matmulinteger(model):

@@ -13,6 +13,9 @@ compressed.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from transformers import PreTrainedModel
 
 from autocompress.models import block_linears
@@ -54,3 +57,21 @@ def _kernel(spec: LayerSpec, policy: Policy, in_features: int) -> str:
     if runs_as_matmul_integer(spec.bits, policy.group_size, in_features):
         return "int8"
     return "nbits8" if spec.bits == 8 else "lowbit"
+
+
+def architecture_id(model: PreTrainedModel) -> str:
+    """Short hash of what a model's latency depends on besides the policy: its family and shapes.
+
+    Cost-model samples are keyed by it, so a second model searched on the
+    same machine never borrows the first one's measurements.
+    """
+    config = model.config
+    shape = {
+        "type": type(model).__name__,
+        **{key: getattr(config, key, None) for key in ARCHITECTURE_FIELDS},
+        "vocab_rows": model.get_input_embeddings().weight.shape[0],
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+ARCHITECTURE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act", "num_labels")

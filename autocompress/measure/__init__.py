@@ -6,19 +6,22 @@ from autocompress.measure._latency import (
     LatencyProbe,
     LatencyResult,
     OrtProbe,
+    PairedLatency,
     TorchProbe,
     fingerprint_id,
     hardware_fingerprint,
     latency_inputs,
+    measure_paired,
     pick_sentences,
 )
-from autocompress.measure._size import model_size_bytes
+from autocompress.measure._size import estimated_size_bytes, shipped_bytes, sparsity
 
 __all__ = [
     "Deployment",
     "LatencyProbe",
     "LatencyResult",
     "OrtProbe",
+    "PairedLatency",
     "TorchProbe",
     "accuracy",
     "deploy",
@@ -26,7 +29,10 @@ __all__ = [
     "fingerprint_id",
     "hardware_fingerprint",
     "latency_inputs",
-    "model_size_bytes",
+    "measure_paired",
+    "estimated_size_bytes",
     "pick_sentences",
     "predict",
+    "shipped_bytes",
+    "sparsity",
 ]

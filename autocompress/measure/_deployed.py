@@ -2,8 +2,10 @@
 
 With the ONNX Runtime backend the compressed model is exported, its
 quantization lowered to ORT's integer kernels, the artifact checked against
-the torch simulation on the whole validation split (a mismatch raises), and
-only then timed. Accuracy is the artifact's own.
+the torch simulation on the dev split (a mismatch raises), scored on the
+untouched test split, and timed interleaved with its reference models (the
+teacher, ORT's dynamic int8) in one paired probe. Accuracies are the
+artifact's own; the size is the file's bytes.
 """
 
 from __future__ import annotations
@@ -12,21 +14,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 
 from autocompress.measure._accuracy import accuracy
-from autocompress.measure._latency import LatencyResult, OrtProbe, TorchProbe
-from autocompress.runtime import LoweringReport, VerifyReport, export_onnx, lower, verify
+from autocompress.measure._latency import LatencyProbe, OrtProbe, PairedLatency, TorchProbe, measure_paired
+from autocompress.measure._size import shipped_bytes
+from autocompress.runtime import LoweringReport, VerifyReport, export_onnx, lower, ort_feed, ort_session, verify
+
+Batches = Sequence[Mapping[str, torch.Tensor]]
+CANDIDATE = "candidate"
 
 
 @dataclass(frozen=True)
 class Deployment:
-    """A timed artifact: its latency, its accuracy, and (for ONNX) its file and check."""
+    """A measured model: paired latency, dev and test accuracy, and (for ONNX) its file and check."""
 
-    latency: LatencyResult
-    accuracy: float
-    simulated_accuracy: float
+    latency: PairedLatency
+    dev_accuracy: float
+    test_accuracy: float
+    simulated_dev_accuracy: float
     artifact: Path | None = None
     artifact_bytes: int | None = None
     check: VerifyReport | None = None
@@ -38,42 +46,65 @@ EXACT_NBITS = 0
 Level 4 (int8 activations) was ~15 % faster here but drifts from the simulation."""
 
 
-def deploy(
-    model: PreTrainedModel, *, validation: Sequence[Mapping[str, torch.Tensor]], threads: int, workdir: Path
-) -> tuple[LoweringReport, VerifyReport]:
-    """Export, lower to ORT kernels and verify against torch on ``validation``; the artifact is ``workdir/model.onnx``."""
+def deploy(model: PreTrainedModel, *, dev: Batches, threads: int, workdir: Path) -> tuple[LoweringReport, VerifyReport]:
+    """Export, lower to ORT kernels and verify against torch on ``dev``; the artifact is ``workdir/model.onnx``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    example = {k: v[:2] for k, v in validation[0].items() if k != "labels"}
+    example = {k: v[:2] for k, v in dev[0].items() if k != "labels"}
     exported = export_onnx(model, workdir / "model.fp32.onnx", example=example)
     report = lower(model, exported, workdir / "model.onnx", accuracy_level=EXACT_NBITS)
     exported.unlink()
-    return report, verify(report.path, model, validation, threads=threads)
+    return report, verify(report.path, model, dev, threads=threads)
+
+
+def onnx_accuracy(path: str | Path, batches: Batches, *, threads: int) -> float:
+    """Accuracy of an ONNX classifier (output ``logits``) on labelled batches."""
+    session = ort_session(path, threads=threads)
+    hits = total = 0
+    for batch in batches:
+        (logits,) = session.run(["logits"], ort_feed(session, batch))
+        hits += int((logits.argmax(-1) == np.asarray(batch["labels"])).sum())
+        total += len(batch["labels"])
+    return hits / total
 
 
 def deploy_and_measure(
     model: PreTrainedModel,
     *,
+    dev: Batches,
+    test: Batches,
     latency_inputs: Sequence[Mapping[str, torch.Tensor]],
-    validation: Sequence[Mapping[str, torch.Tensor]],
-    backend: str,
-    threads: int,
-    warmup: int,
-    repeats: int,
+    references: Mapping[str, LatencyProbe] | None = None,
+    backend: str = "onnxruntime",
+    threads: int = 2,
+    warmup: int = 10,
+    repeats: int = 100,
+    rounds: int = 10,
     workdir: Path,
 ) -> Deployment:
-    """Lower (for ``onnxruntime``), verify, then time ``model`` at batch 1 on real sentences."""
+    """Lower (for ``onnxruntime``), verify on ``dev``, score on ``test``, then time ``model`` beside ``references``.
+
+    ``references`` are probes of the models every ratio is taken against
+    (e.g. ``{"teacher": ..., "int8": ...}``); the candidate and they share
+    every timing round, so a noisy minute slows all of them alike.
+    """
+    timing = dict(references or {})
+    if CANDIDATE in timing:
+        raise ValueError(f"reference name {CANDIDATE!r} is reserved for the model being measured")
     if backend == "torch":
-        timing = TorchProbe(model, threads=threads).measure(latency_inputs, warmup=warmup, repeats=repeats)
-        simulated = accuracy(model, list(validation))
-        return Deployment(latency=timing, accuracy=simulated, simulated_accuracy=simulated)
-    report, check = deploy(model, validation=validation, threads=threads, workdir=workdir)
-    timing = OrtProbe(report.path, threads=threads).measure(latency_inputs, warmup=warmup, repeats=repeats)
+        timing[CANDIDATE] = TorchProbe(model, threads=threads)
+        paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, warmup=warmup, repeats=repeats, rounds=rounds)
+        simulated = accuracy(model, list(dev))
+        return Deployment(latency=paired, dev_accuracy=simulated, test_accuracy=accuracy(model, list(test)), simulated_dev_accuracy=simulated)
+    report, check = deploy(model, dev=dev, threads=threads, workdir=workdir)
+    timing[CANDIDATE] = OrtProbe(report.path, threads=threads)
+    paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, warmup=warmup, repeats=repeats, rounds=rounds)
     return Deployment(
-        latency=timing,
-        accuracy=check.onnx_accuracy,
-        simulated_accuracy=check.torch_accuracy,
+        latency=paired,
+        dev_accuracy=check.onnx_accuracy,
+        test_accuracy=onnx_accuracy(report.path, test, threads=threads),
+        simulated_dev_accuracy=check.torch_accuracy,
         artifact=Path(report.path),
-        artifact_bytes=report.file_bytes,
+        artifact_bytes=shipped_bytes(report.path),
         check=check,
         lowering=report,
     )

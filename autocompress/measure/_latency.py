@@ -5,6 +5,13 @@ lock file, so parallel trials of one search never time at the same moment on
 the same cores. Each call is timed on its own; the result keeps the median,
 the 90th percentile and a distribution-free 95 % confidence interval of the
 median (binomial order statistics).
+
+A speed-up is measured *paired* (``measure_paired``): the candidate and its
+reference models run interleaved, in rounds with a rotating order, under one
+hold of the lock, and the reported figure is the median over rounds of the
+per-round ratio of medians. A burst of foreign load then slows both sides of
+a round alike instead of skewing one model's figure, as timing the reference
+once and dividing every later trial by it did.
 """
 
 from __future__ import annotations
@@ -154,30 +161,10 @@ class LatencyProbe(ABC):
         """Time ``repeats`` calls (after ``warmup``) cycling through ``inputs``, holding the lock throughout."""
         if repeats < 2 or warmup < 0:
             raise ValueError(f"need repeats >= 2 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-        prepared = [self._prepare(batch) for batch in make_batches(inputs, batch_size)]
-        samples = []
-        with exclusive_lock(self.lock_path), self._timing_context():
-            started = time.time()
-            for i in range(warmup):
-                self._run(prepared[i % len(prepared)])
-            for i in range(repeats):
-                begin = time.perf_counter_ns()
-                self._run(prepared[i % len(prepared)])
-                samples.append((time.perf_counter_ns() - begin) / 1e6)
-            finished = time.time()
-        low, high = median_ci(samples)
-        return LatencyResult(
-            median_ms=float(np.median(samples)),
-            p90_ms=float(np.percentile(samples, 90)),
-            ci_low_ms=low,
-            ci_high_ms=high,
-            n=repeats,
-            batch_size=batch_size,
-            backend=self.backend,
-            threads=self.threads,
-            started=started,
-            finished=finished,
+        paired = measure_paired(
+            {"model": self}, inputs, candidate="model", warmup=warmup, repeats=repeats, rounds=1, batch_size=batch_size
         )
+        return paired.results["model"]
 
 
 class TorchProbe(LatencyProbe):
@@ -220,6 +207,149 @@ class OrtProbe(LatencyProbe):
 
     def _run(self, prepared: dict[str, np.ndarray]) -> None:
         self.session.run(None, prepared)
+
+
+@dataclass(frozen=True)
+class PairedLatency:
+    """Interleaved timing of a candidate and its references (see ``measure_paired``).
+
+    ``results`` holds each model's own statistics (keys as passed in); ``ratios[ref]`` is
+    candidate / reference latency, the median over rounds of the per-round ratio of medians,
+    and ``ratio_ci[ref]`` the distribution-free 95 % interval of that median over rounds.
+    """
+
+    results: dict[str, LatencyResult]
+    ratios: dict[str, float]
+    ratio_ci: dict[str, tuple[float, float]]
+    rounds: int
+
+    def to_dict(self) -> dict:
+        return {
+            "results": {name: result.to_dict() for name, result in self.results.items()},
+            "ratios": dict(self.ratios),
+            "ratio_ci": {name: [low, high] for name, (low, high) in self.ratio_ci.items()},
+            "rounds": self.rounds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PairedLatency:
+        unknown = sorted(set(data) - {"results", "ratios", "ratio_ci", "rounds"})
+        if unknown:
+            raise ValueError(f"unknown PairedLatency fields {unknown}; allowed: ['ratio_ci', 'ratios', 'results', 'rounds']")
+        return cls(
+            results={name: LatencyResult.from_dict(result) for name, result in data["results"].items()},
+            ratios={name: float(ratio) for name, ratio in data["ratios"].items()},
+            ratio_ci={name: (float(low), float(high)) for name, (low, high) in data["ratio_ci"].items()},
+            rounds=int(data["rounds"]),
+        )
+
+
+def _time_rounds(
+    probes: Mapping[str, LatencyProbe],
+    prepared: Mapping[str, Sequence[object]],
+    *,
+    warmup: int,
+    per_round: int,
+    rounds: int,
+    lock_path: str | Path,
+) -> tuple[dict[str, list[list[float]]], dict[str, tuple[float, float]]]:
+    """The one timing loop: warm up every model, then ``rounds`` rounds of ``per_round`` calls each.
+
+    The order of models rotates every round (ABC, BCA, CAB, ...); each model's
+    ``_timing_context`` is entered around its own block of calls, outside the timed
+    region. Returns each model's per-round samples (ms) and its (started, finished)
+    epoch seconds: from the start of its warm-up to the end of its last timed call.
+    """
+    names = list(probes)
+    samples: dict[str, list[list[float]]] = {name: [] for name in names}
+    started: dict[str, float] = {}
+    finished: dict[str, float] = {}
+    with exclusive_lock(lock_path):
+        for name in names:
+            batches = prepared[name]
+            with probes[name]._timing_context():
+                started[name] = time.time()
+                for i in range(warmup):
+                    probes[name]._run(batches[i % len(batches)])
+        for r in range(rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                probe, batches, block = probes[name], prepared[name], []
+                with probe._timing_context():
+                    for i in range(r * per_round, (r + 1) * per_round):
+                        batch = batches[i % len(batches)]
+                        begin = time.perf_counter_ns()
+                        probe._run(batch)
+                        block.append((time.perf_counter_ns() - begin) / 1e6)
+                    finished[name] = time.time()
+                samples[name].append(block)
+    return samples, {name: (started[name], finished[name]) for name in names}
+
+
+def measure_paired(
+    probes: Mapping[str, LatencyProbe],
+    inputs: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    candidate: str,
+    warmup: int = 10,
+    repeats: int = 100,
+    rounds: int = 10,
+    batch_size: int = 1,
+    lock_path: str | Path | None = None,
+) -> PairedLatency:
+    """Time ``candidate`` interleaved with every other probe (its references) under one hold of the lock.
+
+    Each model gets ``warmup`` untimed calls, then ``rounds`` rounds in which every model
+    runs ``repeats // rounds`` timed calls on the same batches, the order of models rotating
+    each round. The lock is ``lock_path``, else the candidate probe's.
+    """
+    if not probes:
+        raise ValueError("probes is empty; pass the candidate and at least its reference probes by name")
+    if candidate not in probes:
+        raise ValueError(f"unknown candidate {candidate!r}; probes are {sorted(probes)}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if repeats < rounds:
+        raise ValueError(f"repeats must be >= rounds (at least one timed call per round), got repeats={repeats}, rounds={rounds}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    batches = make_batches(inputs, batch_size)
+    prepared = {name: [probe._prepare(batch) for batch in batches] for name, probe in probes.items()}
+    per_round = repeats // rounds
+    samples, spans = _time_rounds(
+        probes,
+        prepared,
+        warmup=warmup,
+        per_round=per_round,
+        rounds=rounds,
+        lock_path=lock_path if lock_path is not None else probes[candidate].lock_path,
+    )
+    results = {}
+    for name, probe in probes.items():
+        flat = [ms for block in samples[name] for ms in block]
+        low, high = median_ci(flat)
+        results[name] = LatencyResult(
+            median_ms=float(np.median(flat)),
+            p90_ms=float(np.percentile(flat, 90)),
+            ci_low_ms=low,
+            ci_high_ms=high,
+            n=len(flat),
+            batch_size=batch_size,
+            backend=probe.backend,
+            threads=probe.threads,
+            started=spans[name][0],
+            finished=spans[name][1],
+        )
+    ratios, ratio_ci = {}, {}
+    for name in probes:
+        if name == candidate:
+            continue
+        per_round_ratios = [
+            float(np.median(cand) / np.median(ref)) for cand, ref in zip(samples[candidate], samples[name], strict=True)
+        ]
+        ratios[name] = float(np.median(per_round_ratios))
+        ratio_ci[name] = tuple(float(x) for x in median_ci(per_round_ratios))
+    return PairedLatency(results=results, ratios=ratios, ratio_ci=ratio_ci, rounds=rounds)
 
 
 def hardware_fingerprint(*, threads: int | None = None) -> dict[str, str | int | None]:

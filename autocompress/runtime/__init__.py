@@ -2,6 +2,7 @@
 
 from autocompress.runtime._lower import LayerLowering, LoweringReport, NotDeployable, deployable, lower
 from autocompress.runtime._onnx import MODEL_INPUTS, export_onnx
+from autocompress.runtime._reference import dynamic_int8
 from autocompress.runtime._verify import LoweringMismatch, VerifyReport, ort_feed, ort_session, verify
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "NotDeployable",
     "VerifyReport",
     "deployable",
+    "dynamic_int8",
     "export_onnx",
     "lower",
     "ort_feed",
