@@ -29,24 +29,24 @@ import torch
 from autocompress.compress import compress
 from autocompress.config import load_config
 from autocompress.data import batches, load_split
-from autocompress.measure import OrtProbe, TorchProbe, accuracy, deploy, hardware_fingerprint, latency_inputs, pick_sentences
+from autocompress.measure import (
+    OrtProbe,
+    TorchProbe,
+    accuracy,
+    deploy,
+    hardware_fingerprint,
+    latency_inputs,
+    pick_sentences,
+    shipped_bytes,
+)
+from autocompress.measure._deployed import onnx_accuracy
 from autocompress.models import load_tokenizer
 from autocompress.policy import Policy
-from autocompress.runtime import export_onnx, ort_feed, ort_session
-from autocompress.search import by_length, distillation_setup
+from autocompress.runtime import export_onnx
+from autocompress.search import by_length, distillation_setup, seeded
 from autocompress.teacher import get_teacher
 from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning
 from autocompress.techniques._distillation import Recovery
-
-
-def onnx_accuracy(path: Path, validation: list[dict[str, torch.Tensor]], threads: int) -> float:
-    session = ort_session(path, threads=threads)
-    correct = total = 0
-    for batch in validation:
-        logits = session.run(None, ort_feed(session, batch))[0]
-        correct += int((logits.argmax(-1) == batch["labels"].numpy()).sum())
-        total += len(batch["labels"])
-    return correct / total
 
 
 def torch_bytes(model: torch.nn.Module) -> int:
@@ -71,8 +71,9 @@ def main() -> None:
     teacher = get_teacher(config)
     model = teacher.load()
     tokenizer = load_tokenizer(str(teacher.path))
-    examples = load_split(config, "validation")
+    examples = load_split(config, "test")  # the untouched split: accuracies here are on rows no search read
     validation = batches(by_length(examples), tokenizer, batch_size=64, max_length=config.task.max_length)
+    dev = batches(by_length(load_split(config, "dev")), tokenizer, batch_size=64, max_length=config.task.max_length)
     inputs = latency_inputs(tokenizer, pick_sentences(examples.texts, n=config.latency.sentences), max_length=config.task.max_length)
     workdir = Path(tempfile.mkdtemp(prefix="autocompress-bench-"))
     example = {k: v[:2] for k, v in validation[0].items() if k != "labels"}
@@ -81,7 +82,7 @@ def main() -> None:
     variants: dict[str, dict] = {}
     fp32 = export_onnx(model, workdir / "fp32.onnx", example=example)
     variants["fp32 torch"] = {"probe": TorchProbe(model, threads=args.threads), "accuracy": accuracy(model, validation), "bytes": torch_bytes(model)}
-    variants["fp32 ONNX Runtime"] = {"probe": OrtProbe(fp32, threads=args.threads), "accuracy": onnx_accuracy(fp32, validation, args.threads), "bytes": fp32.stat().st_size}
+    variants["fp32 ONNX Runtime"] = {"probe": OrtProbe(fp32, threads=args.threads), "accuracy": onnx_accuracy(fp32, validation, threads=args.threads), "bytes": shipped_bytes(fp32)}
 
     dynamic = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     variants["torch dynamic int8"] = {"probe": TorchProbe(dynamic, threads=args.threads), "accuracy": accuracy(dynamic, validation), "bytes": torch_bytes(dynamic)}
@@ -90,9 +91,10 @@ def main() -> None:
 
     ort_int8 = workdir / "ort_dynamic_int8.onnx"
     quantize_dynamic(str(fp32), str(ort_int8), weight_type=QuantType.QInt8)
-    variants["ONNX Runtime dynamic int8"] = {"probe": OrtProbe(ort_int8, threads=args.threads), "accuracy": onnx_accuracy(ort_int8, validation, args.threads), "bytes": ort_int8.stat().st_size}
+    variants["ONNX Runtime dynamic int8"] = {"probe": OrtProbe(ort_int8, threads=args.threads), "accuracy": onnx_accuracy(ort_int8, validation, threads=args.threads), "bytes": shipped_bytes(ort_int8)}
 
     rows_in = [(path, row) for path in args.pareto for row in json.loads(path.read_text())]
+    rows_in = [(path, {**row, "artifact": str(path.parent / row["artifact"]) if row.get("artifact") else None}) for path, row in rows_in]
     rebuild = [(path, row) for path, row in rows_in if not (row.get("artifact") and Path(row["artifact"]).is_file())]
     kd = distillation_setup(config, model, teacher, tokenizer) if any(r["policy"].get("recovery_steps") for _, r in rebuild) else None
     calibration = batches(load_split(config, "train").sample(32, seed=config.search.seed), tokenizer, batch_size=32, max_length=config.task.max_length)[0]
@@ -100,28 +102,30 @@ def main() -> None:
         if (path, row) in rebuild:
             policy = Policy.from_dict(row["policy"])
             techniques = (StructuredPruning(), MagnitudePruning(), *([Recovery(kd)] if policy.recovery_steps else []), Quantization())
-            torch.manual_seed(config.search.seed)
-            compressed = compress(model, policy, techniques=techniques, calibration=calibration)
-            report, check = deploy(compressed, validation=validation, threads=args.threads, workdir=workdir / f"trial-{row['trial']}")
-            onnx_path, onnx_acc = report.path, check.onnx_accuracy
+            with seeded(row["seed"]):
+                compressed = compress(model, policy, techniques=techniques, calibration=calibration)
+            report, _ = deploy(compressed, dev=dev, threads=args.threads, workdir=workdir / f"trial-{row['trial']}")
+            onnx_path = report.path
         else:
             onnx_path = Path(row["artifact"])
-            onnx_acc = onnx_accuracy(onnx_path, validation, args.threads)
+        onnx_acc = onnx_accuracy(onnx_path, validation, threads=args.threads)
         variants[f"{path.parent.name} trial {row['trial']}"] = {
             "probe": OrtProbe(onnx_path, threads=args.threads),
             "accuracy": onnx_acc,
-            "bytes": Path(onnx_path).stat().st_size,
-            "search_accuracy": row["accuracy"],
-            "search_latency_ms": row["latency_ms"],
-            "search_size_mb": row["size_mb"],
+            "bytes": shipped_bytes(onnx_path),
+            "search_dev_accuracy": row["dev_accuracy"],
+            "search_test_accuracy": row["test_accuracy"],
+            "search_speedup": row["speedup"],
+            "search_speedup_vs_int8": row["speedup_vs_int8"],
+            "search_size_bytes": row["size_bytes"],
             "re_compressed": (path, row) in rebuild,
         }
     for item in args.onnx:
         label, _, onnx_path = item.partition("=")
         if not onnx_path or not Path(onnx_path).is_file():
             parser.error(f"--onnx {item!r}: expected LABEL=PATH to an existing ONNX file")
-        variants[label] = {"probe": OrtProbe(onnx_path, threads=args.threads), "accuracy": onnx_accuracy(Path(onnx_path), validation, args.threads),
-                           "bytes": Path(onnx_path).stat().st_size}
+        variants[label] = {"probe": OrtProbe(onnx_path, threads=args.threads), "accuracy": onnx_accuracy(Path(onnx_path), validation, threads=args.threads),
+                           "bytes": shipped_bytes(onnx_path)}
 
     medians: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
@@ -146,7 +150,7 @@ def main() -> None:
             "speedup_vs_fp32_torch": base["latency_ms"] / v["latency_ms"],
             "speedup_vs_ort_int8": int8["latency_ms"] / v["latency_ms"],
             "smaller_than_ort_int8": int8["bytes"] / v["bytes"],
-            **{k: v[k] for k in ("search_accuracy", "search_latency_ms", "search_size_mb", "re_compressed") if k in v},
+            **{k: v[k] for k in v if k.startswith("search_") or k == "re_compressed"},
         })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
@@ -154,7 +158,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "hardware": hardware_fingerprint(threads=args.threads),
         "teacher": str(teacher.path),
-        "validation_rows": len(examples),
+        "test_rows": len(examples),
         "rounds": args.rounds,
         "rows": rows,
     }, indent=2))

@@ -3,7 +3,7 @@
 Each (seed, sampler) runs its own study on the cached teacher of CONFIG, seeds
 in the outer loop so the machine's drift hits every sampler alike. The
 hypervolume of the feasible front is computed in a normalised objective space
-(accuracy drop in points, latency and size as fractions of the teacher's) with
+(dev accuracy drop in points, paired latency ratio and file size as fractions of the teacher's) with
 one shared reference point, after N and 2N trials.
 
 The cost model is then replayed on every measured trial in the order they ran,
@@ -32,8 +32,11 @@ from optuna._hypervolume import compute_hypervolume
 
 from autocompress.config import load_config, parse_config
 from autocompress.cost import FEATURES_VERSION, CostModel, is_clearly_infeasible, policy_features
+from autocompress.paths import study_work_dir
 from autocompress.policy import Policy
-from autocompress.search import SearchContext, make_objective, open_study
+from autocompress.preflight import preflight
+from autocompress.search import SearchContext, make_objective
+from autocompress.study import open_study, study_uid
 from autocompress.tracking import Tracker
 
 REFERENCE = np.array([10.0, 1.1, 1.1])  # 10 pt drop, 110 % of teacher latency and size
@@ -45,8 +48,8 @@ def normalised(study: optuna.Study, count: int) -> np.ndarray:
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE][:count]
     points = [
         (
-            100 * (baseline["accuracy"] - t.values[0]),
-            t.values[1] / baseline["latency_ms"],
+            100 * (baseline["dev_accuracy"] - t.values[0]),
+            t.values[1],  # latency relative to the teacher, timed beside it
             t.values[2] * 1e6 / baseline["size_bytes"],
         )
         for t in trials
@@ -141,12 +144,13 @@ def main() -> None:
                 data["search"]["population_size"] = args.population_size
             data["tracking"]["experiment"] = "autocompress-bench"
             config = parse_config(data, source=args.config)
+            study = open_study(config, preflight(config).signature)
             if context is None:
-                context = SearchContext.build(config)
-            context.config = config
-            study = open_study(config)
-            if "baseline" not in study.user_attrs:  # a rerun keeps the teacher timing its trials were compared with
-                study.set_user_attr("baseline", context.baseline.__dict__)
+                context = SearchContext.build(config, study_work_dir(study_uid(study)))
+            context.config, context.workdir = config, study_work_dir(study_uid(study))
+            if "baseline" not in study.user_attrs:
+                study.set_user_attr("baseline", context.baseline)
+            context.baseline = study.user_attrs["baseline"]
             done = len([t for t in study.trials if t.state.is_finished()])
             if done < budget:
                 tracker = Tracker(study=study, experiment="autocompress-bench", tracking_uri=config.tracking.uri)
@@ -156,7 +160,7 @@ def main() -> None:
                 if trial.state == optuna.trial.TrialState.COMPLETE:
                     policy = Policy.from_dict(trial.user_attrs["policy"])  # features as the current featurizer makes them
                     features = policy_features(policy, context.model, seq_len=trial.user_attrs["features"]["seq_len"])
-                    measured.append((trial.datetime_complete.timestamp(), features, trial.values[1]))
+                    measured.append((trial.datetime_complete.timestamp(), features, trial.user_attrs["latency_ms"]))
             results.append(
                 {
                     "sampler": sampler,
