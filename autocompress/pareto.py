@@ -63,6 +63,8 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
     baseline = study.user_attrs.get(BASELINE_ATTR)
     if baseline is None:
         raise ConfigError(f"study {study.study_name!r} has no baseline; was it created by autocompress search?")
+    if "dev_accuracy" not in baseline:
+        raise ConfigError(f"study {study.study_name!r} was made by an older autocompress (one split, unpaired latency); search again under a new study name")
     rows = [trial_row(t, baseline) for t in front_trials(study)]
     return sorted(rows, key=lambda r: -r["speedup"])
 

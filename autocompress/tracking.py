@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 PARETO_TAG = "pareto"
 TRIAL_TAG = "optuna.trial_number"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+"""MLflow 3 opens an experiment on its GenAI page unless tagged as model training."""
 
 
 class Tracker:
@@ -35,6 +37,7 @@ class Tracker:
         self.client = MlflowClient()
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.study = study
         self.parent_run_id = self._parent_run_id()
 

@@ -78,3 +78,10 @@ def test_without_feasible_trials_the_front_is_marked_infeasible():
     rows = front_rows(study)
     assert [r["trial"] for r in rows] == [1, 0] and not any(r["feasible"] for r in rows)
     assert "NO" in format_table(rows, BASELINE).splitlines()[3].split()
+
+
+def test_a_resumed_study_never_rescales_earlier_trials(study):
+    """Speed-ups are each trial's own paired ratio: a new teacher timing (say, on a busy minute) changes none."""
+    before = {r["trial"]: r["speedup"] for r in front_rows(study)}
+    study.set_user_attr(BASELINE_ATTR, {**BASELINE, "latency_ms": 27.0})
+    assert {r["trial"]: r["speedup"] for r in front_rows(study)} == before

@@ -9,7 +9,8 @@ simulation kept (``QuantizedWeight``); nothing is re-quantized here.
   the structure ``onnxruntime.quantization.quantize_dynamic`` emits (ORT fuses
   it into ``DynamicQuantizeMatMul``). At batch 1 on AVX2 it ran clearly faster
   than MatMulNBits with bits=8. Activations are rounded to uint8 per tensor at
-  run time, which the weight-only simulation does not do.
+  run time; the simulation rounds them the same way (``quantizer.simulate_dynamic_uint8``),
+  exact per layer, though float-order differences can flip a rounding that later layers amplify.
 - 2/4/8 bits in blocks: ``com.microsoft.MatMulNBits`` (the CPU kernel accepts
   2, 4 and 8 bits, power-of-two blocks >= 16, at most 256 for 2 bits). Codes
   are stored as ``code + 2**(bits-1)`` with the default zero point; a group that

@@ -59,19 +59,40 @@ def verify(
     batches: Sequence[Mapping[str, torch.Tensor]],
     *,
     max_accuracy_drop: float = 0.005,
-    atol: float = 1e-3,
+    atol: float = 1e-4,
     rtol: float = 0.2,
     threads: int = 2,
 ) -> VerifyReport:
     """Run ONNX Runtime and torch on ``batches`` (dicts with ``labels``); raise ``LoweringMismatch`` on disagreement.
 
-    Logits are close when ``max|onnx - torch| <= atol + rtol * max|torch|``.
-    The relative term leaves room for the run-time int8 rounding of
-    activations (per tensor in MatMulInteger layers, ~13 % of the largest
-    logit on MiniLM; per block in MatMulNBits at accuracy_level 4), which the
-    weight-only torch simulation does not do; a wrong scale or packing moves
-    logits by their own magnitude. Pass ``rtol=0`` to demand exact agreement.
-    Accuracies may differ by at most ``max_accuracy_drop`` in either direction.
+    Logits are close when ``max|onnx - torch| <= atol + rtol * max|torch|``;
+    accuracies may differ by at most ``max_accuracy_drop`` in either direction.
+
+    What the kernels allow, measured on all-MiniLM-L6-v2 over the search's
+    1,000 dev sentences (SST-2, batches of 64, 2 threads; ORT 1.32, torch 2.13):
+
+    - Without 8-bit per-channel layers (MatMulNBits at accuracy_level 0 with
+      2, 4 or 8 bits per channel or in groups of 32, fp16 weights, the int8 and
+      4-bit embedding tables, mixes of them, structurally shrunk models): float
+      math on the very codes, at most 7e-6 apart with logits up to 4.
+      ``rtol=0`` demands that, with ``atol=1e-4`` a 14x margin.
+    - With 8-bit per-channel layers (DynamicQuantizeLinear + MatMulInteger):
+      each layer, given the same input, matches the simulation (which rounds
+      activations to uint8 as ORT does) to 1e-6 of its output, but the whole
+      model does not, and cannot: float noise of 1e-7 between torch and ORT
+      flips a few uint8 roundings and every later 8-bit layer amplifies them
+      (in torch alone, a 1e-6 relative nudge to the embeddings moves logits by
+      0.1-0.4). Measured max|onnx - torch| / max|logit|: 0.078 with every
+      layer at 8 bits on a fine-tuned teacher (0.044 at 50 % sparsity, 0.037
+      shrunk, 0.005 with 7 of the 36 layers at 8 bits; argmax agreement
+      >= 99.5 %, accuracy within 0.001); up to 0.18 on a random head.
+
+    ``rtol=0.2`` lets the second kind pass (2.6x the teacher's worst); a wrong
+    scale or packing moves logits by about their own magnitude and is caught.
+    Dropping the activation rounding from the simulation moves whole-model
+    logits by only 0.17-0.22 of max|logit| on the teacher, about what the
+    flips do, so this check barely or never sees it: it is tested per layer
+    (``test_int8_per_channel_layers_lower_exactly``).
     """
     if not batches:
         raise ValueError("batches is empty; verify needs at least one batch of real inputs with labels")
