@@ -262,6 +262,21 @@ def test_verify_catches_a_corrupted_lowering(base, sentence_batches, tmp_path):
         verify(tmp_path / "corrupted.onnx", model, sentence_batches, max_accuracy_drop=0.07)
 
 
+def test_verify_is_exact_by_default_where_no_matmulinteger_runs(base, sentence_batches, tmp_path):
+    """One layer's scales 1 % off: far inside the old 0.2 * max|logit| allowance, refused by the default."""
+    model = quantized(base, lambda i, j: 4, group_size=32)
+    report = export_and_lower(model, sentence_batches, tmp_path, accuracy_level=0)
+    proto = onnx.load(report.path)
+    init = next(i for i in proto.graph.initializer if i.name.endswith(".weight_scales"))
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.01), init.name))
+    onnx.save(proto, str(tmp_path / "slightly_off.onnx"))
+    verify(report.path, model, sentence_batches, max_accuracy_drop=1.0)
+    loose = verify(tmp_path / "slightly_off.onnx", model, sentence_batches, max_accuracy_drop=1.0, rtol=0.2)
+    assert 1e-4 < loose.max_abs_diff < 0.2 * loose.max_abs_logit
+    with pytest.raises(LoweringMismatch, match="rtol=0.0"):
+        verify(tmp_path / "slightly_off.onnx", model, sentence_batches, max_accuracy_drop=1.0)
+
+
 def test_lower_refuses_a_graph_exported_from_another_model(base, fp32_onnx, tmp_path):
     model = quantized(base, lambda i, j: 8)
     with pytest.raises(ValueError, match="export this same model"):

@@ -11,9 +11,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from transformers import PreTrainedModel
+
+MATMUL_INTEGER_RTOL = 0.2
+"""Relative logit tolerance for graphs with MatMulInteger layers (see ``verify``); others must be exact."""
 
 
 class LoweringMismatch(RuntimeError):
@@ -53,6 +57,15 @@ class VerifyReport:
         return asdict(self)
 
 
+def rounds_activations(onnx_path: str | Path) -> bool:
+    """Whether the graph rounds activations to integers at run time (MatMulInteger, or MatMulNBits at accuracy_level > 0)."""
+    for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
+        level = next((a.i for a in node.attribute if a.name == "accuracy_level"), 0)
+        if node.op_type == "MatMulInteger" or (node.op_type == "MatMulNBits" and level > 0):
+            return True
+    return False
+
+
 def verify(
     onnx_path: str | Path,
     model: PreTrainedModel,
@@ -60,7 +73,7 @@ def verify(
     *,
     max_accuracy_drop: float = 0.005,
     atol: float = 1e-4,
-    rtol: float = 0.2,
+    rtol: float | None = None,
     threads: int = 2,
 ) -> VerifyReport:
     """Run ONNX Runtime and torch on ``batches`` (dicts with ``labels``); raise ``LoweringMismatch`` on disagreement.
@@ -87,8 +100,11 @@ def verify(
       shrunk, 0.005 with 7 of the 36 layers at 8 bits; argmax agreement
       >= 99.5 %, accuracy within 0.001); up to 0.18 on a random head.
 
-    ``rtol=0.2`` lets the second kind pass (2.6x the teacher's worst); a wrong
-    scale or packing moves logits by about their own magnitude and is caught.
+    ``rtol=None`` (the default) picks by the graph: 0 (exact to ``atol``) unless
+    it rounds activations at run time (``rounds_activations``: MatMulInteger,
+    or MatMulNBits above accuracy_level 0), then ``MATMUL_INTEGER_RTOL`` = 0.2
+    (2.6x the teacher's worst); a wrong scale or packing moves logits by about their
+    own magnitude and is caught either way.
     Dropping the activation rounding from the simulation moves whole-model
     logits by only 0.17-0.22 of max|logit| on the teacher, about what the
     flips do, so this check barely or never sees it: it is tested per layer
@@ -97,6 +113,8 @@ def verify(
     if not batches:
         raise ValueError("batches is empty; verify needs at least one batch of real inputs with labels")
     session = ort_session(onnx_path, threads=threads)
+    if rtol is None:
+        rtol = MATMUL_INTEGER_RTOL if rounds_activations(onnx_path) else 0.0
     torch_logits, onnx_logits, labels = [], [], []
     model.eval()
     for batch in batches:
