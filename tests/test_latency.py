@@ -336,3 +336,9 @@ def test_paired_ratio_survives_a_load_that_skews_the_old_scheme(onnx_path, int8_
     print(f"quiet {quiet:.3f}  old {old:.3f} ({old / quiet:.2f}x)  paired under load {new:.3f} ({new / quiet:.2f}x)")
     assert old < 0.6 * quiet
     assert new == pytest.approx(quiet, rel=0.25)
+
+
+def test_ort_probe_sessions_do_not_spin(onnx_path):
+    """Idle ORT threads that busy-wait would slow the next model of a paired probe down."""
+    options = OrtProbe(onnx_path, threads=2).session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -24,8 +24,13 @@ class LoweringMismatch(RuntimeError):
     """The ONNX graph's outputs disagree with the torch model beyond tolerance."""
 
 
-def ort_session(path: str | Path, *, threads: int) -> ort.InferenceSession:
-    """A CPU session with fixed intra-op threads, one inter-op thread, sequential, all graph optimizations."""
+def ort_session(path: str | Path, *, threads: int, spinning: bool = True) -> ort.InferenceSession:
+    """A CPU session with fixed intra-op threads, one inter-op thread, sequential, all graph optimizations.
+
+    ``spinning=False`` stops its idle worker threads from busy-waiting
+    (``session.intra_op.allow_spinning``): sessions timed in turn on the same
+    cores need it, or one session's spinning threads slow the next one down.
+    """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     options = ort.SessionOptions()
@@ -34,6 +39,7 @@ def ort_session(path: str | Path, *, threads: int) -> ort.InferenceSession:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
