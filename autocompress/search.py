@@ -281,7 +281,7 @@ def _constraints(measurement: Measurement, baseline: dict[str, Any], config: Sea
         values["latency_ms"] = measurement.latency_ms - limits.max_latency_ms
     if limits.max_size_mb is not None:
         values["size_mb"] = measurement.size_bytes / MB - limits.max_size_mb
-    return values
+    return {key: round(value, 9) for key, value in values.items()}  # a drop of exactly the budget is within it
 
 
 def trial_metrics(measurement: Measurement, baseline: dict[str, Any]) -> dict[str, float]:

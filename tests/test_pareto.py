@@ -85,3 +85,16 @@ def test_a_resumed_study_never_rescales_earlier_trials(study):
     before = {r["trial"]: r["speedup"] for r in front_rows(study)}
     study.set_user_attr(BASELINE_ATTR, {**BASELINE, "latency_ms": 27.0})
     assert {r["trial"]: r["speedup"] for r in front_rows(study)} == before
+
+
+def test_a_drop_of_exactly_the_budget_is_feasible():
+    """0.901 - 0.891 - 0.01 is 8.7e-18 in floats; a user reads it as exactly 1 point, within a 1-point budget."""
+    from dataclasses import fields
+
+    from autocompress.config import parse_config
+    from autocompress.search import Measurement, _constraints
+
+    values = {f.name: 0 for f in fields(Measurement)} | {"dev_accuracy": 0.891, "size_bytes": 10}
+    config = parse_config({"search": {"constraints": {"max_accuracy_drop": 0.01}}})
+    assert _constraints(Measurement(**values), {"dev_accuracy": 0.901}, config)["accuracy_drop"] <= 0
+    assert _constraints(Measurement(**{**values, "dev_accuracy": 0.890}), {"dev_accuracy": 0.901}, config)["accuracy_drop"] > 0
