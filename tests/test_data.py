@@ -30,15 +30,44 @@ def test_missing_file_and_bad_labels(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         read_file(tmp_path / "none.tsv", "sentence", "label")
     (tmp_path / "d.tsv").write_text("sentence\tlabel\nok\t3\n")
-    config = parse_config({"task": {"data_root": str(tmp_path), "validation": "d.tsv"}})
+    config = parse_config({"task": {"data_root": str(tmp_path), "test": "d.tsv"}})
     with pytest.raises(ConfigError, match="outside 0..1"):
-        load_split(config, "validation")
+        load_split(config, "test")
 
 
 def test_subsets_and_batches(data_root, tokenizer):
-    config = parse_config({"task": {"data_root": str(data_root), "validation_subset": 10, "train_subset": 20}})
-    validation = load_split(config, "validation")
+    config = parse_config({"task": {"data_root": str(data_root), "test_subset": 10, "train_subset": 20}})
+    validation = load_split(config, "test")
     assert len(validation) == 10 and len(load_split(config, "train")) == 20
     out = batches(validation, tokenizer, batch_size=4, max_length=16)
     assert [len(b["labels"]) for b in out] == [4, 4, 2]
     assert all(b["input_ids"].shape[1] <= 16 for b in out)
+
+
+def test_dev_is_carved_from_train_stratified_seeded_and_held_out(data_root):
+    config = parse_config({"task": {"data_root": str(data_root), "dev_size": 1000}})
+    full = read_file(data_root / "sst2" / "train.tsv", "sentence", "label")
+    train, dev, test = (load_split(config, split) for split in ("train", "dev", "test"))
+    assert len(dev) == 1000 and len(train) == len(full) - 1000 and len(test) == 872
+    # held out: no training row is a dev row (by position: the file has duplicate sentences)
+    assert set(zip(train.texts, train.labels)) | set(zip(dev.texts, dev.labels)) <= set(zip(full.texts, full.labels))
+    assert sorted(train.texts + dev.texts) == sorted(full.texts)
+    # stratified: the dev split keeps the file's label share (the file is sorted by label)
+    assert abs(sum(dev.labels) / 1000 - sum(full.labels) / len(full)) < 0.001
+    assert len(set(dev.labels[:100])) == 2  # shuffled, so any head of it is a sample too
+    # seeded: the same seed gives the same split, another seed another
+    assert load_split(config, "dev") == dev
+    other = parse_config({"task": {"data_root": str(data_root), "dev_size": 1000, "split_seed": 1}})
+    assert load_split(other, "dev").texts != dev.texts
+
+
+def test_a_config_can_name_its_own_dev_and_test_files(tmp_path):
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"t{i}\t{i % 2}\n" for i in range(20)))
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nd0\t0\nd1\t1\n")
+    (tmp_path / "test.tsv").write_text("sentence\tlabel\ne0\t1\n")
+    config = parse_config({"task": {"data_root": str(tmp_path), "train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}})
+    assert len(load_split(config, "train")) == 20  # nothing carved when dev has its own file
+    assert load_split(config, "dev").texts == ("d0", "d1") and load_split(config, "test").texts == ("e0",)
+    small = parse_config({"task": {"data_root": str(tmp_path), "train": "train.tsv", "test": "test.tsv", "dev_size": 20}})
+    with pytest.raises(ConfigError, match="task.dev_size"):
+        load_split(small, "dev")
