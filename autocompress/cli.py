@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--study-name", help="Optuna study name (overrides search.study_name)")
     search.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///autocompress.db")
     search.add_argument("--tracking-uri", help="MLflow tracking URI (default: the local store)")
-    search.add_argument("--output", help="folder for pareto.json, best_policy.json and the plot")
+    search.add_argument("--output", help="folder for pareto.json, models/, best_policy.json, best_model/ and the plot")
     search.add_argument("--seed", type=int, help="sampler seed (each trial seeds itself from it and its number)")
     search.add_argument("--dry-run", action="store_true", help="check everything that needs no training, print the plan, exit")
 
@@ -93,7 +93,7 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from autocompress.config import describe_fields, format_fields
+    from autocompress.config_schema import describe_fields, format_fields
 
     docs = describe_fields()
     print(json.dumps([doc.to_dict() for doc in docs], indent=2) if args.json else format_fields(docs))

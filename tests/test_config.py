@@ -5,7 +5,8 @@ import pytest
 from pydantic import BaseModel
 
 from autocompress.cli import main
-from autocompress.config import DATA_ROOT_ENV, ConfigError, SearchConfig, describe_fields, load_config, parse_config
+from autocompress.config import DATA_ROOT_ENV, ConfigError, SearchConfig, load_config, parse_config
+from autocompress.config_schema import describe_fields
 
 REPO_SPACES = __import__("pathlib").Path(__file__).resolve().parents[1] / "search_spaces"
 
