@@ -110,7 +110,7 @@ def format_table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None = N
                 "trial": name, "feasible": "", "dev_accuracy": model["dev_accuracy"], "test_accuracy": model["test_accuracy"],
                 "test_accuracy_drop": baseline["test_accuracy"] - model["test_accuracy"], "latency_ms": model["latency_ms"],
                 "speedup": speedup, "speedup_vs_int8": speedup / int8["speedup"], "size_mb": model["size_bytes"] / MB,
-                "compression": baseline["size_bytes"] / model["size_bytes"],
+                "compression": baseline["size_bytes"] / model["size_bytes"], "size_is_estimate": model.get("size_is_estimate", False),
             }))
     lines += [_format_row(row) for row in rows]
     headers = [title for _, title, _ in COLUMNS]
@@ -128,7 +128,8 @@ def _format_row(row: dict[str, Any]) -> list[str]:
             value = -100 * value + 0.0  # shown as a signed change; + 0.0 turns -0.0 into 0.0
         if key == "feasible" and isinstance(value, bool):
             value = "yes" if value else "NO"
-        cells.append(fmt.format(value) if not isinstance(value, str) else value)
+        cell = fmt.format(value) if not isinstance(value, str) else value
+        cells.append(f"~{cell}" if key == "size_mb" and row.get("size_is_estimate") else cell)
     return cells
 
 

@@ -98,3 +98,9 @@ def test_a_drop_of_exactly_the_budget_is_feasible():
     config = parse_config({"search": {"constraints": {"max_accuracy_drop": 0.01}}})
     assert _constraints(Measurement(**values), {"dev_accuracy": 0.901}, config)["accuracy_drop"] <= 0
     assert _constraints(Measurement(**{**values, "dev_accuracy": 0.890}), {"dev_accuracy": 0.901}, config)["accuracy_drop"] > 0
+
+
+def test_estimated_sizes_are_marked_in_the_table(study):
+    rows = [{**r, "size_is_estimate": True} for r in front_rows(study)]
+    line = format_table(rows).splitlines()[1]
+    assert "~" in line and "~" not in format_table(front_rows(study)).splitlines()[1]
