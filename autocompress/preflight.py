@@ -7,6 +7,7 @@ file or a study that cannot be resumed must fail before it, with one line.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -44,8 +45,9 @@ class Preflight:
         ]
         latency = config.latency
         steps = sorted(set(config.space.recovery_steps))
+        deploy = "lower to ONNX Runtime, verify and score" if latency.backend == "onnxruntime" else "score the torch simulation"
         lines.append(
-            f"each trial: compress (recovery steps {steps}), lower to ONNX Runtime, verify and score on {self.rows['dev']} dev rows, "
+            f"each trial: compress (recovery steps {steps}), {deploy} on {self.rows['dev']} dev rows, "
             f"score {self.rows['test']} test rows, time 3 models (trial, teacher, ORT int8) x {latency.repeats} calls in {latency.rounds} rounds"
         )
         return "\n".join(lines)
@@ -78,6 +80,8 @@ def model_config(config: SearchConfig) -> PretrainedConfig:
     """The config of the model the teacher is (or will be) built from, without loading weights."""
     name = config.teacher.checkpoint or config.model
     field = "teacher.checkpoint" if config.teacher.checkpoint else "model"
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+        raise ConfigError(f"{config.source}: field '{field}': folder {name!r} does not exist")
     try:
         return AutoConfig.from_pretrained(resolve_model_path(name))
     except (OSError, ValueError) as exc:
