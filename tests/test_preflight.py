@@ -1,0 +1,24 @@
+"""Checks that run before anything trains: the model can be found, the data read, the space fits."""
+
+import pytest
+
+from autocompress.config import ConfigError, parse_config
+from autocompress.preflight import model_config, preflight
+
+
+def test_a_missing_model_folder_or_offline_id_is_one_line(tmp_path):
+    for name in (str(tmp_path / "nowhere"), "no-such-org/no-such-model"):
+        config = parse_config({"model": name}, source="x.yaml")
+        with pytest.raises(ConfigError) as error:
+            model_config(config)
+        assert str(error.value).startswith("x.yaml: field 'model'") and "\n" not in str(error.value)
+
+
+def test_preflight_reports_splits_and_an_untrained_teacher(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path))
+    config = parse_config({"task": {"data_root": str(data_root), "dev_size": 500},
+                           "search": {"storage": f"sqlite:///{tmp_path}/s.db"}}, source="x.yaml")
+    checked = preflight(config)
+    assert checked.rows == {"dev": 500, "test": 872, "train": 67349 - 500}
+    assert not checked.teacher.ready and checked.study is None
+    assert "not cached: fine-tunes 1000 steps" in checked.describe() and "500 dev rows" in checked.describe()
