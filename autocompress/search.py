@@ -58,7 +58,7 @@ from autocompress.pareto import BASELINE_ATTR, MB, format_table, front_rows, plo
 from autocompress.paths import cost_models_dir, study_work_dir
 from autocompress.policy import Policy
 from autocompress.preflight import preflight
-from autocompress.runtime import LoweringMismatch, NotDeployable, dynamic_int8, export_onnx
+from autocompress.runtime import dynamic_int8, export_onnx
 from autocompress.space import sample_policy, uniform_starts
 from autocompress.study import open_study, study_uid, trial_seed
 from autocompress.teacher import Teacher, get_teacher
@@ -325,6 +325,15 @@ def make_objective(context: SearchContext, tracker: Tracker):
             tracker.log_trial(trial.number, params=params, metrics={"trial_seconds": time.perf_counter() - started},
                               artifacts={"policy.json": policy.to_dict()}, tags={"pruned": "true"}, steps=_curves(stop.result))
             raise optuna.TrialPruned(str(stop)) from None
+        except Exception as error:  # any fault fails this trial alone, with its reason; the search goes on
+            reason = failure_reason(error)
+            log.warning("trial %d failed: %s", trial.number, reason)
+            trial.set_user_attr("fail_reason", reason)
+            if twin is not None:
+                Fidelity.finish(twin, None, failed=True)
+            tracker.log_trial(trial.number, params=params, metrics={"trial_seconds": time.perf_counter() - started},
+                              artifacts={"policy.json": policy.to_dict()}, tags={"fail_reason": reason}, status="FAILED")
+            raise
         except BaseException:
             if twin is not None:
                 Fidelity.finish(twin, None, failed=True)
@@ -346,6 +355,12 @@ def make_objective(context: SearchContext, tracker: Tracker):
         return measurement.dev_accuracy, measurement.relative_latency, measurement.size_bytes / MB
 
     return objective
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line naming the exception and its message, for Optuna and MLflow."""
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0] if message else ''}"[:500]
 
 
 def _curves(result: RecoveryResult) -> dict[str, list[tuple[int, float]]]:
@@ -424,7 +439,7 @@ def run_search(config: SearchConfig) -> SearchResult:
             n_trials=config.search.n_trials,
             timeout=config.search.timeout,
             gc_after_trial=True,
-            catch=(NotDeployable, LoweringMismatch),
+            catch=(Exception,),
         )
         status = "FINISHED"
     finally:

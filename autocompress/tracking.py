@@ -78,8 +78,9 @@ class Tracker:
         artifacts: Mapping[str, Any],
         tags: Mapping[str, str] | None = None,
         steps: Mapping[str, list[tuple[int, float]]] | None = None,
+        status: str = "FINISHED",
     ) -> str:
-        """One nested child run holding a trial's policy, metrics and JSON artifacts."""
+        """One nested child run holding a trial's policy, metrics and JSON artifacts, ended with ``status``."""
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{number}",
@@ -93,7 +94,7 @@ class Tracker:
             _log_series(self.client, run_id, key, series)
         for name, content in artifacts.items():
             self.client.log_dict(run_id, content, name)
-        self.client.set_terminated(run_id)
+        self.client.set_terminated(run_id, status=status)
         return run_id
 
     def trial_runs(self) -> dict[int, str]:

@@ -163,3 +163,31 @@ def test_joint_search_distills_students_and_logs_recovery_curves(tiny_config, tm
     curve = client.get_metric_history(runs[0].info.run_id, "recovery_accuracy")
     assert [m.step for m in curve] == [4, 8]
     assert len(client.get_metric_history(runs[0].info.run_id, "recovery_loss")) == 8
+
+
+def test_a_trial_that_raises_fails_alone_with_its_reason(tiny_config, tmp_path, monkeypatch):
+    import sys
+
+    search_module = sys.modules["autocompress.search"]
+    real = search_module.evaluate
+    calls = []
+
+    def flaky(policy, context, **options):
+        calls.append(options["name"])
+        if len(calls) == 1:
+            raise RuntimeError("boom\nsecond line")
+        return real(policy, context, **options)
+
+    monkeypatch.setattr(search_module, "evaluate", flaky)
+    config = yaml.safe_load(tiny_config.read_text())
+    config["search"].update({"n_trials": 2, "study_name": "faulty"})
+    config["tracking"]["experiment"] = "faulty"
+    tiny_config.write_text(yaml.safe_dump(config))
+    assert main(["search", str(tiny_config)]) == 0
+    study = optuna.load_study(study_name="faulty", storage=f"sqlite:///{tmp_path}/study.db")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    assert study.trials[0].user_attrs["fail_reason"] == "RuntimeError: boom"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["faulty"], output_format="list")}
+    assert runs["trial-0"].info.status == "FAILED" and runs["trial-0"].data.tags["fail_reason"] == "RuntimeError: boom"
+    assert runs["trial-1"].info.status == "FINISHED"
