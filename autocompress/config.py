@@ -311,7 +311,10 @@ class SearchSettings(Strict):
         description="Optuna sampler: nsga2 (multi-objective genetic, see population_size), tpe (multivariate TPE) or random",
     )
     n_trials: int | None = Field(
-        12, ge=1, description="trials this run adds (a resumed study keeps its earlier ones); --n-trials overrides; null: until timeout (or Ctrl-C)"
+        12,
+        ge=1,
+        description="the study's total budget of finished trials: a re-run or `autocompress resume` completes it (interrupted trials "
+        "are retried, not counted); --n-trials N instead adds N to what is done; null: until timeout, stop or Ctrl-C",
     )
     timeout: float | None = Field(
         None, gt=0, description="seconds after which no new trial starts (the running one finishes); --timeout overrides; null: no time limit"
@@ -338,6 +341,27 @@ class SearchSettings(Strict):
         Selection.FASTEST,
         description="rule choosing best_policy.json from the Pareto front: the fastest or smallest trial within max_accuracy_drop "
         "(the most accurate if none is), or the most accurate",
+    )
+
+
+class ExecutionConfig(Strict):
+    """Where trials run: in this process, or on Ray workers (a local Ray, or a cluster by address)."""
+
+    workers: int = Field(
+        1, ge=1, description="trials run at once; 1 runs them in this process, more run each on its own Ray actor; --workers overrides"
+    )
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="torch threads of each worker for compression and recovery; null: the machine's cores / workers"
+    )
+    ray_address: str | None = Field(
+        None,
+        description="an existing Ray cluster (auto, host:6379 or ray://host:10001) to run the workers on, even with workers: 1; "
+        "--ray-address overrides; null: a local Ray started for the search when workers > 1",
+    )
+    heartbeat_seconds: int = Field(
+        30,
+        ge=1,
+        description="Optuna heartbeat of running trials (RDB storages); a trial silent for 3 beats is failed and retried once",
     )
 
 
@@ -406,6 +430,7 @@ class SearchConfig(Strict):
         RecoveryConfig(), description="distillation from the teacher after pruning, for trials with recovery_steps > 0"
     )
     search: SearchSettings = Field(SearchSettings(), description="the Optuna study: sampler, budget, storage, constraints, selection")
+    execution: ExecutionConfig = Field(ExecutionConfig(), description="where trials run: this process, a local Ray or a Ray cluster")
     latency: LatencyConfig = Field(LatencyConfig(), description="batch-1 latency of each model on real dev sentences")
     tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow logging: a parent run per study, a child run per trial")
     output: str = Field(

@@ -62,6 +62,12 @@ class Fidelity:
         return trial
 
     @staticmethod
+    def attach(config: SearchConfig, study_name: str, trial_id: int) -> optuna.Trial:
+        """The twin ``trial_id`` of companion ``study_name``, opened from the storage (by a worker in another process)."""
+        study = optuna.load_study(study_name=study_name, storage=config.search.storage, pruner=make_pruner(config))
+        return optuna.trial.Trial(study, trial_id)
+
+    @staticmethod
     def reporter(twin: optuna.Trial) -> Callable[[int, float], bool]:
         """``report(step, accuracy) -> stop?`` for the recovery loop."""
 

@@ -1,22 +1,34 @@
-"""The Optuna study a search writes to: its objectives, identity, signature and per-trial seeds.
+"""The Optuna study a search writes to: its objectives, identity, signature, budget and per-trial seeds.
 
 A study is identified by a unique id stored in its user attributes, so its
 trial artifacts stay put even when another storage holds a study of the same
 name. Its *signature* (model, teacher, task, space, objectives) is stored at
 creation; resuming with a config whose signature differs is refused before
 anything trains, since earlier trials were judged under other rules.
+
+The study is also the search's source of truth after a crash: the budget is
+the study's total of finished trials, and a trial whose process died (``kill
+-9``, a lost node) is failed as *interrupted* and retried once, either at the
+next start (its owner process on this host is gone) or by Optuna's heartbeat
+(RDB storages), whichever sees it first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import socket
 import uuid
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
+from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.config import ConfigError, SamplerName, SearchConfig
 
@@ -27,6 +39,16 @@ SIGNATURE_VERSION = 2
 """Bumped when the objectives or how they are measured change (2: dev split, paired latency ratio, file bytes)."""
 SIGNATURE_ATTR = "autocompress.signature"
 UID_ATTR = "autocompress.uid"
+BUDGET_ATTR = "autocompress.budget"
+"""The total of finished trials the latest run aimed at (what ``resume`` completes); None: open-ended."""
+STOP_ATTR = "autocompress.stop_requested"
+"""Set by ``autocompress stop``: the running search starts no new trial and ends once running ones finish."""
+STATE_ATTR = "autocompress.state"
+"""running, finished, stopped, interrupted or failed: how the latest run of the study ended."""
+OWNER_ATTR = "owner"
+INTERRUPTED_ATTR = "interrupted"
+RETRY_OF_ATTR = "retry_of"
+FAIL_REASON_ATTR = "fail_reason"
 
 
 def make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
@@ -62,10 +84,32 @@ def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any
     return None if old == new else (path, old, new)
 
 
+def absolute_storage(url: str) -> str:
+    """``url`` with a relative SQLite path made absolute, so workers and detached jobs elsewhere open the same file."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str(Path(url[len(prefix):]).resolve())
+    return url
+
+
+def make_storage(config: SearchConfig) -> str | optuna.storages.BaseStorage:
+    """The study storage; RDB storages (SQLite, PostgreSQL, MySQL) get Optuna's heartbeat and retry interrupted trials."""
+    url = config.search.storage
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        return url
+    beat = config.execution.heartbeat_seconds
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: experimental since Optuna 2.9
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=beat, grace_period=3 * beat, heartbeat_stale_trial_callback=retry_interrupted
+        )
+
+
 def load_existing(config: SearchConfig) -> optuna.Study | None:
     """The configured study if its storage already holds it, else None; creates nothing."""
     try:
-        return optuna.load_study(study_name=config.search.study_name, storage=config.search.storage, sampler=make_sampler(config))
+        return optuna.load_study(study_name=config.search.study_name, storage=make_storage(config), sampler=make_sampler(config))
     except KeyError:
         return None
 
@@ -91,7 +135,7 @@ def open_study(config: SearchConfig, expected: Mapping[str, Any]) -> optuna.Stud
         return study
     study = optuna.create_study(
         study_name=config.search.study_name,
-        storage=config.search.storage,
+        storage=make_storage(config),
         directions=list(DIRECTIONS),
         sampler=make_sampler(config),
         load_if_exists=True,
@@ -111,3 +155,68 @@ def trial_seed(search_seed: int, number: int) -> int:
     """A trial's own seed from (search seed, trial number): re-running a trial rebuilds the same model."""
     digest = hashlib.sha256(f"{search_seed}:{number}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+def trial_owner() -> dict[str, Any]:
+    """This process, as recorded on the trials it runs: host, pid and the pid's start time (pids get reused)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+
+
+def _owner_is_gone(owner: Mapping[str, Any] | None) -> bool:
+    """True only when ``owner`` ran on this host and that process no longer exists; other hosts are the heartbeat's."""
+    if not owner or owner.get("host") != socket.gethostname():
+        return False
+    try:
+        return psutil.Process(owner["pid"]).create_time() != owner["started"]
+    except psutil.NoSuchProcess:
+        return True
+
+
+def is_interrupted(trial: FrozenTrial) -> bool:
+    """A failed trial that did not fail on its own: stopped by Ctrl-C or ``stop --now``, or its process died."""
+    return trial.state == TrialState.FAIL and (bool(trial.user_attrs.get(INTERRUPTED_ATTR)) or FAIL_REASON_ATTR not in trial.user_attrs)
+
+
+def fail_orphans(study: optuna.Study) -> list[int]:
+    """Fail, as interrupted, every RUNNING trial whose process on this host is gone; returns their numbers."""
+    failed = []
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = frozen.user_attrs.get(OWNER_ATTR)
+        if not _owner_is_gone(owner):
+            continue
+        trial = optuna.trial.Trial(study, frozen._trial_id)
+        trial.set_user_attr(FAIL_REASON_ATTR, f"interrupted: its process {owner['pid']} on {owner['host']} is gone")
+        trial.set_user_attr(INTERRUPTED_ATTR, True)
+        study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
+        failed.append(frozen.number)
+    return failed
+
+
+def retry_interrupted(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Enqueue ``trial``'s parameters once more if it was interrupted and is neither a retry nor retried yet."""
+    if not is_interrupted(trial) or RETRY_OF_ATTR in trial.user_attrs:
+        return False
+    if any(t.user_attrs.get(RETRY_OF_ATTR) == trial.number for t in study.get_trials(deepcopy=False)):
+        return False
+    study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
+    return True
+
+
+def retry_all_interrupted(study: optuna.Study) -> list[int]:
+    """``retry_interrupted`` for every failed trial; returns the numbers that got a retry."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if retry_interrupted(study, t)]
+
+
+def trials_done(trials: Sequence[FrozenTrial]) -> int:
+    """Finished trials that count against the budget: all but interrupted ones that have a retry."""
+    retried = {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
+    return sum(1 for t in trials if t.state.is_finished() and not (is_interrupted(t) and t.number in retried))
+
+
+def planned_total(study: optuna.Study, config: SearchConfig, *, added: int | None = None, total: int | None = None) -> int | None:
+    """The study's budget for this run: ``total`` (resume), else done + ``added`` (--n-trials), else the config's n_trials."""
+    if total is not None:
+        return total
+    if added is not None:
+        return trials_done(study.get_trials(deepcopy=False)) + added
+    return config.search.n_trials

@@ -43,10 +43,10 @@ from autocompress.measure._deployed import onnx_accuracy
 from autocompress.models import load_tokenizer
 from autocompress.policy import Policy
 from autocompress.runtime import export_onnx
-from autocompress.search import by_length, distillation_setup, seeded
 from autocompress.teacher import get_teacher
 from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning
 from autocompress.techniques._distillation import Recovery
+from autocompress.trial import by_length, distillation_setup, seeded
 
 
 def torch_bytes(model: torch.nn.Module) -> int:

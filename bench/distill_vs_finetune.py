@@ -25,10 +25,10 @@ from autocompress.distill import recover
 from autocompress.measure import accuracy
 from autocompress.models import block_linears, load_tokenizer
 from autocompress.policy import Policy
-from autocompress.search import by_length, distillation_setup
 from autocompress.space import evenly_spaced
 from autocompress.teacher import get_teacher
 from autocompress.techniques import StructuredPruning
+from autocompress.trial import by_length, distillation_setup
 
 
 def main() -> None:

@@ -35,9 +35,11 @@ from autocompress.cost import FEATURES_VERSION, CostModel, is_clearly_infeasible
 from autocompress.paths import study_work_dir
 from autocompress.policy import Policy
 from autocompress.preflight import preflight
-from autocompress.search import SearchContext, make_objective
+from autocompress.search import make_objective
 from autocompress.study import open_study, study_uid
 from autocompress.tracking import Tracker
+from autocompress.trial import SearchContext
+from autocompress.workers import InProcess
 
 REFERENCE = np.array([10.0, 1.1, 1.1])  # 10 pt drop, 110 % of teacher latency and size
 CLEAR_MARGIN = 1.2  # "clearly infeasible": measured latency at least 20 % over the limit, beyond this VM's 8-19 % noise
@@ -154,7 +156,7 @@ def main() -> None:
             done = len([t for t in study.trials if t.state.is_finished()])
             if done < budget:
                 tracker = Tracker(study=study, experiment="autocompress-bench", tracking_uri=config.tracking.uri)
-                study.optimize(make_objective(context, tracker), n_trials=budget - done, gc_after_trial=True)
+                study.optimize(make_objective(context, InProcess(context)), n_trials=budget - done, gc_after_trial=True, callbacks=[tracker.callback])
                 tracker.finish()
             for trial in study.trials:
                 if trial.state == optuna.trial.TrialState.COMPLETE:

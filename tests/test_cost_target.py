@@ -9,7 +9,7 @@ from autocompress.cost import CostModelStore, policy_features
 from autocompress.measure import fingerprint_id, hardware_fingerprint
 from autocompress.models import load_classifier
 from autocompress.policy import LayerSpec, Policy
-from autocompress.search import cost_target
+from autocompress.trial import cost_target
 
 
 def tiny_bert() -> BertForSequenceClassification:

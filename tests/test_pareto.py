@@ -92,7 +92,8 @@ def test_a_drop_of_exactly_the_budget_is_feasible():
     from dataclasses import fields
 
     from autocompress.config import parse_config
-    from autocompress.search import Measurement, _constraints
+    from autocompress.search import _constraints
+    from autocompress.trial import Measurement
 
     values = {f.name: 0 for f in fields(Measurement)} | {"dev_accuracy": 0.891, "size_bytes": 10}
     config = parse_config({"search": {"constraints": {"max_accuracy_drop": 0.01}}})

@@ -165,29 +165,41 @@ def test_joint_search_distills_students_and_logs_recovery_curves(tiny_config, tm
     assert len(client.get_metric_history(runs[0].info.run_id, "recovery_loss")) == 8
 
 
-def test_a_trial_that_raises_fails_alone_with_its_reason(tiny_config, tmp_path, monkeypatch):
+def test_a_trial_that_raises_returns_nan_or_runs_out_of_memory_fails_alone(tiny_config, tmp_path, monkeypatch):
+    import dataclasses
     import sys
 
-    search_module = sys.modules["autocompress.search"]
-    real = search_module.evaluate
+    trial_module = sys.modules["autocompress.trial"]
+    real = trial_module.evaluate
     calls = []
 
     def flaky(policy, context, **options):
         calls.append(options["name"])
         if len(calls) == 1:
             raise RuntimeError("boom\nsecond line")
+        if len(calls) == 2:
+            return dataclasses.replace(real(policy, context, **options), dev_accuracy=float("nan"))
+        if len(calls) == 3:
+            raise MemoryError("out of memory")
         return real(policy, context, **options)
 
-    monkeypatch.setattr(search_module, "evaluate", flaky)
+    monkeypatch.setattr(trial_module, "evaluate", flaky)
     config = yaml.safe_load(tiny_config.read_text())
-    config["search"].update({"n_trials": 2, "study_name": "faulty"})
+    config["search"].update({"n_trials": 4, "study_name": "faulty"})
     config["tracking"]["experiment"] = "faulty"
     tiny_config.write_text(yaml.safe_dump(config))
     assert main(["search", str(tiny_config)]) == 0
     study = optuna.load_study(study_name="faulty", storage=f"sqlite:///{tmp_path}/study.db")
-    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
-    assert study.trials[0].user_attrs["fail_reason"] == "RuntimeError: boom"
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "FAIL", "COMPLETE"]
+    reasons = [t.user_attrs["fail_reason"] for t in study.trials[:3]]
+    assert reasons[0] == "RuntimeError: boom" and reasons[1].startswith("FloatingPointError: dev_accuracy not finite")
+    assert reasons[2] == "MemoryError: out of memory" and not any(t.user_attrs["interrupted"] for t in study.trials[:3])
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["faulty"], output_format="list")}
-    assert runs["trial-0"].info.status == "FAILED" and runs["trial-0"].data.tags["fail_reason"] == "RuntimeError: boom"
-    assert runs["trial-1"].info.status == "FINISHED"
+    assert [runs[f"trial-{i}"].info.status for i in range(4)] == ["FAILED", "FAILED", "FAILED", "FINISHED"]
+    assert runs["trial-0"].data.tags["fail_reason"] == "RuntimeError: boom"
+    assert runs["search-faulty"].info.status == "FINISHED"
+
+    # the budget is the study's: a re-run with the same config has nothing left to do (failures count, they are not retried)
+    assert main(["search", str(tiny_config)]) == 0
+    assert len(optuna.load_study(study_name="faulty", storage=f"sqlite:///{tmp_path}/study.db").trials) == 4

@@ -1,0 +1,309 @@
+"""One trial: compress the teacher under a policy, deploy it and measure what a user would get.
+
+``run_trial(context, request)`` is the whole trial and runs wherever the
+search puts it: in the search's own process or on a Ray worker (see
+``workers``). Every number is what a user would get: accuracy of the lowered
+artifact on the dev split (search decisions) and on the untouched test split
+(the report), latency timed interleaved with the teacher and ORT's dynamic
+int8 in the same probe (the objective is the ratio), and size as the bytes of
+the file that ships.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from autocompress.compress import compress, layer_plan
+from autocompress.config import SearchConfig
+from autocompress.cost import FEATURES_VERSION, CostModelStore, architecture_id
+from autocompress.data import Examples, batches, load_split
+from autocompress.distill import RecoveryResult, cached_teacher_logits
+from autocompress.fidelity import Fidelity
+from autocompress.measure import (
+    LatencyProbe,
+    OrtProbe,
+    TorchProbe,
+    accuracy,
+    deploy_and_measure,
+    estimated_size_bytes,
+    fingerprint_id,
+    hardware_fingerprint,
+    latency_inputs,
+    measure_paired,
+    pick_sentences,
+    shipped_bytes,
+    sparsity,
+)
+from autocompress.measure._deployed import deploy, onnx_accuracy
+from autocompress.models import load_tokenizer
+from autocompress.paths import cost_models_dir
+from autocompress.policy import Policy
+from autocompress.runtime import dynamic_int8, export_onnx
+from autocompress.teacher import Teacher, get_teacher
+from autocompress.techniques import Distillation, MagnitudePruning, Quantization, Recovery, RecoveryStopped, StructuredPruning
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one compressed model measured; ratios come from one paired probe with the references."""
+
+    dev_accuracy: float
+    test_accuracy: float
+    simulated_dev_accuracy: float
+    latency_ms: float
+    latency_p90_ms: float
+    latency_ci_low_ms: float
+    latency_ci_high_ms: float
+    reference_latency_ms: float
+    int8_latency_ms: float
+    relative_latency: float
+    relative_latency_ci_low: float
+    relative_latency_ci_high: float
+    speedup: float
+    speedup_vs_int8: float
+    size_bytes: int
+    size_is_estimate: bool
+    sparsity: float
+    timed_from: float
+    timed_until: float
+    """Epoch seconds the paired timing held this machine's latency lock: no two trials' windows overlap."""
+    artifact: str | None = None
+    """The lowered ONNX file that was verified and timed (under the study's work folder)."""
+
+
+@dataclass
+class SearchContext:
+    """Everything a trial needs, built once per search."""
+
+    config: SearchConfig
+    teacher: Teacher
+    model: PreTrainedModel
+    tokenizer: Any
+    dev: list[dict[str, torch.Tensor]]
+    test: list[dict[str, torch.Tensor]]
+    latency_inputs: list[dict[str, torch.Tensor]]
+    calibration: dict[str, torch.Tensor]
+    workdir: Path
+    costs: CostModelStore
+    fingerprint: dict[str, Any]
+    references: dict[str, LatencyProbe]
+    baseline: dict[str, Any]
+    distillation: Distillation | None = None
+    fidelity: Fidelity | None = None
+
+    @property
+    def seq_len(self) -> float:
+        """Mean token count of the timed sentences: the cost model's input length."""
+        return sum(x["input_ids"].shape[-1] for x in self.latency_inputs) / len(self.latency_inputs)
+
+    @property
+    def latency_target(self) -> tuple[str, str]:
+        """Cost-model key: this hardware, this runtime and this model's architecture."""
+        return fingerprint_id(self.fingerprint), cost_target(self.model, self.config.latency.backend)
+
+    @classmethod
+    def build(cls, config: SearchConfig, workdir: Path, *, references: dict[str, Any] | None = None) -> SearchContext:
+        """Load teacher and splits; deploy, score and time the references, or, on a worker, reuse ``references``.
+
+        ``references`` is the search process's baseline: its files (teacher
+        ONNX, ORT int8) are timed beside every trial, so all workers compare
+        against the same artifacts.
+        """
+        torch.manual_seed(config.search.seed)
+        teacher = get_teacher(config)
+        tokenizer = load_tokenizer(str(teacher.path))
+        length = config.task.max_length
+        dev_examples, test_examples = load_split(config, "dev"), load_split(config, "test")
+        dev = batches(by_length(dev_examples), tokenizer, batch_size=64, max_length=length)
+        test = batches(by_length(test_examples), tokenizer, batch_size=64, max_length=length)
+        sentences = pick_sentences(dev_examples.texts, n=min(config.latency.sentences, len(dev_examples)))
+        timing_inputs = latency_inputs(tokenizer, sentences, max_length=length)
+        calibration = batches(load_split(config, "train").sample(32, seed=config.search.seed), tokenizer, batch_size=32, max_length=length)[0]
+        model = teacher.load()
+        if references is None:
+            probes, baseline = measure_references(model, config, dev=dev, test=test, timing_inputs=timing_inputs, workdir=workdir / "references")
+        else:
+            probes, baseline = reference_probes(model, config, references), references
+        fingerprint = hardware_fingerprint(threads=config.latency.threads)
+        context = cls(config, teacher, model, tokenizer, dev, test, timing_inputs, calibration, workdir, CostModelStore(cost_models_dir()), fingerprint, probes, baseline)
+        if max(config.space.recovery_steps) > 0:
+            context.distillation = distillation_setup(config, model, teacher, tokenizer)
+            context.fidelity = Fidelity(config)
+        return context
+
+
+def cost_target(model: PreTrainedModel, backend: str) -> str:
+    """The cost-model target name for ``model`` on ``backend``: samples of other models never mix in."""
+    return f"latency_ms.{backend}.{architecture_id(model)}.features{FEATURES_VERSION}"
+
+
+def measure_references(
+    model: PreTrainedModel, config: SearchConfig, *, dev: list, test: list, timing_inputs: list, workdir: Path
+) -> tuple[dict[str, LatencyProbe], dict[str, Any]]:
+    """Deploy the teacher and ORT's dynamic int8 of it, score both, and time them side by side once.
+
+    Returns their probes (timed again beside every trial) and the study's
+    baseline: accuracies, file sizes and this first paired timing.
+    """
+    settings = config.latency
+    if settings.backend == "onnxruntime":
+        report, check = deploy(model, dev=dev, threads=settings.threads, workdir=workdir / "teacher")
+        fp32, teacher_dev = Path(report.path), check.onnx_accuracy
+        teacher = {"dev_accuracy": teacher_dev, "test_accuracy": onnx_accuracy(fp32, test, threads=settings.threads), "size_bytes": shipped_bytes(fp32)}
+        teacher_probe: LatencyProbe = OrtProbe(fp32, threads=settings.threads)
+    else:
+        example = {k: v[:2] for k, v in dev[0].items() if k != "labels"}
+        fp32 = export_onnx(model, workdir / "teacher" / "model.onnx", example=example)
+        size = estimated_size_bytes(model, layer_plan(model, Policy()))
+        teacher = {"dev_accuracy": accuracy(model, dev), "test_accuracy": accuracy(model, test), "size_bytes": size, "size_is_estimate": True}
+        teacher_probe = TorchProbe(model, threads=settings.threads)
+    int8_path = dynamic_int8(fp32, workdir / "int8" / "model.onnx")
+    int8 = {
+        "dev_accuracy": onnx_accuracy(int8_path, dev, threads=settings.threads),
+        "test_accuracy": onnx_accuracy(int8_path, test, threads=settings.threads),
+        "size_bytes": shipped_bytes(int8_path),
+        "artifact": str(int8_path),
+    }
+    probes = {"teacher": teacher_probe, "int8": OrtProbe(int8_path, threads=settings.threads)}
+    paired = measure_paired(probes, timing_inputs, candidate="teacher", warmup=settings.warmup, repeats=settings.repeats, rounds=settings.rounds)
+    teacher["latency_ms"] = paired.results["teacher"].median_ms
+    int8["latency_ms"] = paired.results["int8"].median_ms
+    int8["speedup"] = paired.ratios["int8"]  # the teacher's latency over int8's: int8's speed-up
+    return probes, {**teacher, "int8": int8, "artifact": str(fp32)}
+
+
+def reference_probes(model: PreTrainedModel, config: SearchConfig, baseline: dict[str, Any]) -> dict[str, LatencyProbe]:
+    """Probes of the references ``measure_references`` deployed, for a worker that times trials beside them."""
+    threads = config.latency.threads
+    teacher = OrtProbe(baseline["artifact"], threads=threads) if config.latency.backend == "onnxruntime" else TorchProbe(model, threads=threads)
+    return {"teacher": teacher, "int8": OrtProbe(baseline["int8"]["artifact"], threads=threads)}
+
+
+def distillation_setup(config: SearchConfig, model: PreTrainedModel, teacher: Teacher, tokenizer: Any) -> Distillation:
+    """Training batches for recovery, the teacher's logits on them (cached on disk) and dev scoring batches."""
+    settings, length = config.recovery, config.task.max_length
+    train = batches(load_split(config, "train").sample(settings.train_subset, seed=config.search.seed), tokenizer, batch_size=settings.batch_size, max_length=length)
+    scoring = batches(by_length(load_split(config, "dev").head(settings.eval_subset)), tokenizer, batch_size=64, max_length=length)
+    logits = cached_teacher_logits(model, train, teacher_key=teacher.key)
+    return Distillation(teacher=model, train_batches=train, teacher_logits=logits, eval_batches=scoring, settings=settings)
+
+
+def by_length(examples: Examples) -> Examples:
+    """Sort by length so batches carry little padding (accuracy is order-free)."""
+    return examples.subset(sorted(range(len(examples)), key=lambda i: len(examples.texts[i])))
+
+
+def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, name: str) -> Measurement:
+    """Dev and test accuracy, shipped size and paired latency of the deployed ``model``."""
+    settings = context.config.latency
+    deployed = deploy_and_measure(
+        model,
+        dev=context.dev,
+        test=context.test,
+        latency_inputs=context.latency_inputs,
+        references=context.references,
+        backend=settings.backend,
+        threads=settings.threads,
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+        rounds=settings.rounds,
+        workdir=context.workdir / name,
+    )
+    timing = deployed.latency
+    own = timing.results["candidate"]
+    low, high = timing.ratio_ci["teacher"]
+    plan = layer_plan(model, policy)
+    estimate = deployed.artifact_bytes is None
+    return Measurement(
+        dev_accuracy=deployed.dev_accuracy,
+        test_accuracy=deployed.test_accuracy,
+        simulated_dev_accuracy=deployed.simulated_dev_accuracy,
+        latency_ms=own.median_ms,
+        latency_p90_ms=own.p90_ms,
+        latency_ci_low_ms=own.ci_low_ms,
+        latency_ci_high_ms=own.ci_high_ms,
+        reference_latency_ms=timing.results["teacher"].median_ms,
+        int8_latency_ms=timing.results["int8"].median_ms,
+        relative_latency=timing.ratios["teacher"],
+        relative_latency_ci_low=low,
+        relative_latency_ci_high=high,
+        speedup=1 / timing.ratios["teacher"],
+        speedup_vs_int8=1 / timing.ratios["int8"],
+        size_bytes=estimated_size_bytes(model, plan, scheme=policy.scheme) if estimate else deployed.artifact_bytes,
+        size_is_estimate=estimate,
+        sparsity=sparsity(model, list(plan)),
+        timed_from=min(result.started for result in timing.results.values()),
+        timed_until=max(result.finished for result in timing.results.values()),
+        artifact=str(deployed.artifact) if deployed.artifact is not None else None,
+    )
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch, numpy and ``random`` for one trial, restoring torch's RNG afterwards."""
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
+
+
+def evaluate(
+    policy: Policy, context: SearchContext, *, name: str = "trial", recovery: Recovery | None = None, seed: int = 0
+) -> Measurement:
+    """One trial: compress the teacher under ``policy`` (recovering with ``recovery``) with ``seed``, and measure it.
+
+    The same policy and seed rebuild the same model.
+    """
+    techniques = (StructuredPruning(), MagnitudePruning(), *([recovery] if recovery else []), Quantization())
+    with seeded(seed):
+        compressed = compress(context.model, policy, techniques=techniques, calibration=context.calibration)
+    return measure(compressed, policy, context, name=name)
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """What a worker needs to run one trial: the sampled policy, its name and seed, and its fidelity twin."""
+
+    policy: dict[str, Any]
+    name: str
+    seed: int
+    twin: tuple[str, int] | None = None
+    """(companion study name, trial id) that recovery reports its accuracy to, in the search's storage."""
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What came back: the measurement, or the recovery that the pruner stopped; and which worker ran it."""
+
+    measurement: Measurement | None
+    recovery: RecoveryResult | None
+    stopped: str | None
+    worker: str
+
+
+def run_trial(context: SearchContext, request: TrialRequest) -> TrialOutcome:
+    """Compress, deploy and measure one policy (see ``evaluate``); a pruned recovery returns its curves instead of raising."""
+    policy = Policy.from_dict(request.policy)
+    twin = Fidelity.attach(context.config, *request.twin) if request.twin else None
+    recovery = Recovery(context.distillation, report=Fidelity.reporter(twin) if twin else None) if context.distillation else None
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        measurement = evaluate(policy, context, name=request.name, recovery=recovery, seed=request.seed)
+    except RecoveryStopped as stop:
+        return TrialOutcome(None, stop.result, str(stop), worker)
+    return TrialOutcome(measurement, recovery.result if recovery else None, None, worker)

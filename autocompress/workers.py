@@ -1,0 +1,218 @@
+"""Where trials run: in the search's own process, or each on a Ray actor (a local Ray, or a cluster by address).
+
+Optuna stays the sampler: ``study.optimize(n_jobs=workers)`` asks for trials in
+threads of the search process, and each thread hands its ``TrialRequest`` to
+a free worker. A worker builds its ``SearchContext`` once (teacher, splits and
+the search's own reference files) and then runs trial after trial. Latency is
+timed under each machine's exclusive lock (see ``measure``), so trials running
+at once never time at once; on a cluster every machine has its own lock.
+
+A worker that dies fails its trial (Ray restarts it); Ctrl-C or ``stop --now``
+kills the busy workers and their trials are failed as interrupted, to be
+retried on resume. On a cluster, ``$AUTOCOMPRESS_CACHE`` must be a folder every
+node sees (teacher, references and trial files live there), and the storage a
+database every node reaches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from autocompress.config import DATA_ROOT_ENV, SearchConfig, parse_config
+from autocompress.paths import CACHE_ENV
+from autocompress.trial import SearchContext, TrialOutcome, TrialRequest, run_trial
+
+log = logging.getLogger("autocompress")
+FORWARDED_ENV = (CACHE_ENV, DATA_ROOT_ENV, "HF_HUB_OFFLINE", "HF_HOME", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM")
+"""Environment the workers need to find the same cache, data and models as the search process."""
+RESTART_WAIT_SECONDS = 600
+"""How long a trial waits for a restarted worker to rebuild its context before failing."""
+RAY_DEFAULTS = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+"""Ray 2.60 turns token auth on for new clusters; we say so explicitly, so head, workers and clients agree."""
+
+
+class Interrupted(RuntimeError):
+    """A running trial stopped by Ctrl-C, ``kill`` or ``autocompress stop --now``: failed as interrupted, retried on resume."""
+
+
+class WorkerDied(RuntimeError):
+    """The worker running a trial died (killed, out of memory): the trial fails, Ray restarts the worker."""
+
+
+class Workers(Protocol):
+    """Runs trials; ``size`` of them at once."""
+
+    size: int
+
+    def run(self, request: TrialRequest) -> TrialOutcome: ...
+
+    def cancel(self) -> None:
+        """Stop the running trials now (they raise ``Interrupted``)."""
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """One trial at a time in this process, on the search's own context (no Ray)."""
+
+    size = 1
+
+    def __init__(self, context: SearchContext) -> None:
+        self.context = context
+
+    def run(self, request: TrialRequest) -> TrialOutcome:
+        return run_trial(self.context, request)
+
+    def cancel(self) -> None:
+        """Nothing to do: Ctrl-C reaches the running trial directly, as KeyboardInterrupt."""
+
+    def close(self) -> None:
+        pass
+
+
+class TrialWorker:
+    """A Ray actor: one ``SearchContext`` built at start, then one trial per ``run`` call."""
+
+    def __init__(self, config: dict[str, Any], source: str, workdir: str, references: dict[str, Any], threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.context = SearchContext.build(parse_config(config, source=source), Path(workdir), references=references)
+
+    def ready(self) -> str:
+        return f"{os.uname().nodename}:{os.getpid()}"
+
+    def run(self, request: TrialRequest) -> TrialOutcome:
+        return run_trial(self.context, request)
+
+
+def ray_environment() -> None:
+    """Ray's auth mode and usage stats, set the same way for this process and everything it starts.
+
+    Ray caches its settings when imported, so this runs when this module is imported (below), and, if Ray
+    was imported first, refreshes Ray's cache as Ray itself does when it turns token auth on.
+    """
+    for key, value in RAY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if "ray._raylet" in sys.modules:
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+ray_environment()
+
+
+class RayWorkers:
+    """``workers`` actors of ``threads`` CPUs each, on a local Ray (started here) or the cluster at ``address``."""
+
+    def __init__(
+        self,
+        config: SearchConfig,
+        *,
+        references: dict[str, Any],
+        workdir: Path,
+        workers: int,
+        threads: int,
+        address: str | None,
+        worker_class: type = TrialWorker,
+    ) -> None:
+        import ray
+
+        ray_environment()
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:
+            env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+            local = {} if address else {"num_cpus": max(os.cpu_count() or 1, workers * threads), "object_store_memory": 256 * 2**20}
+            ray.init(
+                address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env={"env_vars": env}, **local
+            )
+        self.actor_class = ray.remote(num_cpus=threads, max_restarts=3, max_task_retries=0)(worker_class)
+        self.arguments = (config.model_dump(mode="json"), str(Path(config.source).resolve()) if config.source else "<dict>", str(workdir), references, threads)
+        self.actors = [self.actor_class.remote(*self.arguments) for _ in range(workers)]
+        names = ray.get([a.ready.remote() for a in self.actors])  # a worker that cannot build its context fails here, before any trial
+        log.info("%d Ray workers ready: %s", len(names), ", ".join(names))
+        self.size = workers
+        self.idle: queue.Queue = queue.Queue()
+        for a in self.actors:
+            self.idle.put((a, False))
+        self.busy: dict[int, Any] = {}
+        self.cancelled = threading.Event()
+
+    def _alive(self, actor: Any) -> Any:
+        """``actor`` once Ray has restarted it (it rebuilds its context), or a fresh one if it is dead for good."""
+        import ray
+
+        deadline = time.time() + RESTART_WAIT_SECONDS
+        while True:
+            try:
+                ray.get(actor.ready.remote())
+                return actor
+            except ray.exceptions.ActorUnavailableError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+            except ray.exceptions.RayActorError:
+                fresh = self.actor_class.remote(*self.arguments)
+                self.actors.append(fresh)
+                return fresh
+
+    def run(self, request: TrialRequest) -> TrialOutcome:
+        import ray
+
+        if self.cancelled.is_set():
+            raise Interrupted("the search is stopping")
+        actor, suspect = self.idle.get()
+        died = False
+        try:
+            if suspect:
+                actor = self._alive(actor)
+            self.busy[threading.get_ident()] = actor
+            return ray.get(actor.run.remote(request))
+        except ray.exceptions.RayTaskError as error:
+            cause = error.cause
+            raise (cause if isinstance(cause, Exception) else RuntimeError(str(cause))) from None
+        except ray.exceptions.RayActorError as error:
+            died = True
+            if self.cancelled.is_set():
+                raise Interrupted("stopped while running (Ctrl-C or stop --now)") from None
+            first = str(error).strip().splitlines()
+            raise WorkerDied(f"the worker running this trial died: {first[0] if first else type(error).__name__}") from None
+        finally:
+            self.busy.pop(threading.get_ident(), None)
+            self.idle.put((actor, died))
+
+    def cancel(self) -> None:
+        import ray
+
+        self.cancelled.set()
+        for actor in list(self.busy.values()):
+            ray.kill(actor, no_restart=True)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        if self.started_ray:
+            ray.shutdown()
+
+
+def make_workers(config: SearchConfig, context: SearchContext, references: dict[str, Any]) -> Workers:
+    """In this process for one local worker; Ray actors for more, or for any worker count on a cluster."""
+    settings = config.execution
+    if settings.workers == 1 and settings.ray_address is None:
+        if settings.threads_per_worker:
+            import torch
+
+            torch.set_num_threads(settings.threads_per_worker)
+        return InProcess(context)
+    threads = settings.threads_per_worker or max(1, (os.cpu_count() or 1) // settings.workers)
+    return RayWorkers(config, references=references, workdir=context.workdir, workers=settings.workers, threads=threads, address=settings.ray_address)

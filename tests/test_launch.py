@@ -1,0 +1,238 @@
+"""Launch and forget, on the real model: Ray workers, detached jobs, kill -9 and resume, stop, Ctrl-C, MLflow down."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import mlflow
+import optuna
+import pytest
+import ray
+import yaml
+from optuna.trial import TrialState
+
+from autocompress.cli import main
+from autocompress.trial import TrialOutcome, TrialRequest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def tiny(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+
+    def write(name="tiny", **search):
+        config = {
+            "task": {"data_root": str(data_root), "train_subset": 256, "dev_size": 96, "test_subset": 96, "max_length": 48},
+            "teacher": {"steps": 6, "batch_size": 16, "learning_rate": 1e-4},
+            "space": {"weight_bits": [4, 8, 32], "group_size": [None, 32], "prune_ratios": [0.0, 0.5], "embedding_bits": [4, 8, 32]},
+            "search": {"n_trials": 4, "study_name": name, "storage": "sqlite:///study.db", "population_size": 2,
+                       "constraints": {"max_accuracy_drop": None}, **search},
+            "latency": {"sentences": 4, "warmup": 2, "repeats": 8, "rounds": 4},
+            "tracking": {"uri": "sqlite:///mlflow.db", "experiment": name},
+            "output": f"out-{name}",
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+def cli(*args, timeout=120):
+    done = subprocess.run([sys.executable, "-m", "autocompress", *args], capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
+def study(name):
+    return optuna.load_study(study_name=name, storage="sqlite:///study.db")
+
+
+def wait_for(condition, timeout=300, every=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if condition():
+                return
+        except (KeyError, OSError):  # the study or the server is not there yet
+            pass
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {condition.__doc__ or condition}")
+
+
+def job_record(job_id):
+    with open(os.path.join(os.environ["AUTOCOMPRESS_CACHE"], "jobs", f"{job_id}.json")) as handle:
+        return json.load(handle)
+
+
+def mlflow_runs(name):
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    return mlflow.search_runs(experiment_names=[name], output_format="list")
+
+
+def states(name):
+    return [t.state for t in study(name).trials]
+
+
+def test_two_ray_workers_run_trials_at_once_but_never_time_at_once(tiny):
+    config = tiny("parallel", n_trials=4)
+    assert main(["search", str(config), "--workers", "2", "--threads-per-worker", "1"]) == 0
+    trials = study("parallel").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # two actors, two processes
+    spans = [(t.datetime_start.timestamp(), t.datetime_complete.timestamp()) for t in trials]
+    assert any(a[0] < b[1] and b[0] < a[1] for a, b in itertools.combinations(spans, 2))  # trials ran at the same time
+    windows = sorted((t.user_attrs["timed_from"], t.user_attrs["timed_until"]) for t in trials)
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(windows))  # their timings did not
+    runs = [r for r in mlflow_runs("parallel") if r.info.run_name.startswith("trial-")]
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
+
+
+class Fragile:
+    """A stand-in worker: dies, sleeps or answers, so the pool's fault handling is seen on a real Ray."""
+
+    def __init__(self, *args):
+        pass
+
+    def ready(self):
+        return f"fragile:{os.getpid()}"
+
+    def run(self, request):
+        if request.name == "die":
+            os._exit(1)
+        if request.name == "sleep":
+            time.sleep(60)
+        return TrialOutcome(None, None, "answered", str(os.getpid()))
+
+
+def test_a_worker_that_dies_fails_its_trial_and_is_restarted_and_cancel_interrupts(tmp_path):
+    from autocompress.config import parse_config
+    from autocompress.workers import Interrupted, RayWorkers, WorkerDied
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers get this test's class by value
+    workers = RayWorkers(parse_config({}), references={}, workdir=tmp_path, workers=1, threads=1, address=None, worker_class=Fragile)
+    try:
+        first = workers.run(TrialRequest({}, "fine", 0)).worker
+        with pytest.raises(WorkerDied, match="died"):
+            workers.run(TrialRequest({}, "die", 0))
+        assert workers.run(TrialRequest({}, "fine", 0)).worker != first  # Ray restarted it; the pool goes on
+        errors = []
+        thread = threading.Thread(target=lambda: errors.append(pytest.raises(Interrupted, workers.run, TrialRequest({}, "sleep", 0))))
+        thread.start()
+        time.sleep(3)
+        started = time.time()
+        workers.cancel()
+        thread.join(timeout=30)
+        assert errors and time.time() - started < 30
+    finally:
+        workers.close()
+
+
+def test_kill_9_then_resume_keeps_everything_and_honours_the_budget(tiny):
+    config = tiny("crash", n_trials=4)
+    code, out, err = cli("search", str(config), "--detach")
+    assert code == 0, err
+    job = out.split()[0]
+    record = job_record(job)
+
+    def one_done_one_running():
+        trials = study("crash").trials
+        return sum(t.state == TrialState.COMPLETE for t in trials) >= 1 and any(t.state == TrialState.RUNNING for t in trials)
+
+    wait_for(one_done_one_running)
+    os.kill(record["pid"], signal.SIGKILL)
+    wait_for(lambda: cli("status", job)[1].startswith(f"job {job}: killed"), timeout=60, every=1)
+    before = {t.number: t.values for t in study("crash").trials if t.state == TrialState.COMPLETE}
+    killed = [t.number for t in study("crash").trials if t.state == TrialState.RUNNING]
+
+    code, out, err = cli("resume", job)
+    assert code == 0 and "until its study holds 4 finished trials" in out, err
+    wait_for(lambda: cli("status", job)[1].startswith(f"job {job}: exited 0"), timeout=400, every=2)
+
+    trials = study("crash").trials
+    assert {t.number: t.values for t in trials if t.number in before} == before  # nothing lost
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+    interrupted = trials[killed[0]]
+    assert interrupted.state == TrialState.FAIL and "is gone" in interrupted.user_attrs["fail_reason"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == killed[0]]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == interrupted.params
+    assert retry[0].user_attrs["seed"] == interrupted.user_attrs["seed"]  # the retry rebuilds the same model
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4 and len(trials) == 5  # the budget, not 4 more
+
+    runs = mlflow_runs("crash")
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    children = {r.info.run_name: r for r in runs if r.info.run_name.startswith("trial-")}
+    assert len(children) == 5 and children[f"trial-{killed[0]}"].info.status == "FAILED"
+    assert "trials 4/4 | 0 running" in cli("status", job)[1]
+    code, out, _ = cli("logs", job)
+    assert code == 0 and "trial 0 complete" in out and "Trial 0 finished with values" not in out  # optuna's dumps: the log file
+    assert job in cli("jobs")[1]
+
+
+def test_stop_lets_running_trials_finish_and_ctrl_c_marks_them(tiny):
+    config = tiny("stoppable", n_trials=30)
+    code, out, err = cli("search", str(config), "--detach")
+    job = out.split()[0]
+    wait_for(lambda: sum(s == TrialState.COMPLETE for s in states("stoppable")) >= 1)
+    assert cli("stop", job)[0] == 0
+    wait_for(lambda: cli("status", job)[1].startswith(f"job {job}: exited 0"), timeout=120, every=1)
+    assert study("stoppable").user_attrs["autocompress.state"] == "stopped"
+    assert TrialState.RUNNING not in states("stoppable") and TrialState.FAIL not in states("stoppable")  # it finished, not failed
+    assert json.loads(open("out-stoppable/pareto.json").read())
+
+    assert cli("resume", job)[0] == 0
+    done = sum(s == TrialState.COMPLETE for s in states("stoppable"))
+    wait_for(lambda: sum(s == TrialState.COMPLETE for s in states("stoppable")) > done and TrialState.RUNNING in states("stoppable"))
+    os.kill(job_record(job)["pid"], signal.SIGINT)  # Ctrl-C
+    wait_for(lambda: cli("status", job)[1].startswith(f"job {job}: exited 130"), timeout=120, every=1)
+    trials = study("stoppable").trials
+    assert study("stoppable").user_attrs["autocompress.state"] == "interrupted"
+    assert TrialState.RUNNING not in [t.state for t in trials]
+    marked = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(marked) == 1 and marked[0].user_attrs["interrupted"] and marked[0].user_attrs["fail_reason"].startswith("interrupted")
+    runs = mlflow_runs("stoppable")
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.run_name: r.info.status for r in runs}[f"trial-{marked[0].number}"] == "FAILED"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_tracking_server_that_is_down_loses_nothing_and_sync_catches_up(tiny, tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    config = tiny("offline", n_trials=2)
+    assert main(["search", str(config), "--tracking-uri", uri]) == 0  # the server is down: the search still completes
+    assert [t.state for t in study("offline").trials] == [TrialState.COMPLETE] * 2
+
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200, timeout=120, every=1)
+        assert main(["sync", "--storage", "sqlite:///study.db", "--study-name", "offline"]) == 0
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        runs = client.search_runs([client.get_experiment_by_name("offline").experiment_id])
+        children = [r for r in runs if r.info.run_name.startswith("trial-")]
+        assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
+        assert {r.data.tags.get("pareto") for r in children} <= {"true", "false"} and "dev_accuracy" in children[0].data.metrics
+        assert [r.info.status for r in runs if r.info.run_name == "search-offline"] == ["FINISHED"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

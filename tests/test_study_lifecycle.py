@@ -1,0 +1,161 @@
+"""The study as the source of truth: its budget, interrupted trials and their retries, its summary, MLflow catching up."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autocompress.config import parse_config
+from autocompress.progress import summarize
+from autocompress.study import (
+    BUDGET_ATTR,
+    OWNER_ATTR,
+    RETRY_OF_ATTR,
+    fail_orphans,
+    make_storage,
+    planned_total,
+    retry_all_interrupted,
+    trial_owner,
+    trials_done,
+)
+from autocompress.tracking import METRICS_ATTR, PARAMS_ATTR, Tracker
+
+
+def config_for(tmp_path, **search):
+    return parse_config({"search": {"storage": f"sqlite:///{tmp_path}/study.db", "study_name": "life", **search},
+                         "execution": {"heartbeat_seconds": 1}})
+
+
+def new_study(config):
+    return optuna.create_study(study_name="life", storage=make_storage(config), directions=["maximize", "minimize", "minimize"])
+
+
+def complete(study, accuracy=0.9, speedup=2.0):
+    trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    for key, value in {"dev_accuracy": accuracy, "speedup": speedup, PARAMS_ATTR: {"x": trial.params["x"]},
+                       METRICS_ATTR: {"dev_accuracy": accuracy}, "policy": {"layers": {}}}.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, [accuracy, 1 / speedup, 10.0])
+    return trial
+
+
+def dead_owner():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return {"host": socket.gethostname(), "pid": process.pid, "started": time.time() - 60}
+
+
+def test_a_trial_whose_process_died_is_failed_as_interrupted_and_retried_once(tmp_path):
+    config = config_for(tmp_path)
+    study = new_study(config)
+    complete(study)
+    orphan = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    orphan.set_user_attr(OWNER_ATTR, dead_owner())
+    alive = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    alive.set_user_attr(OWNER_ATTR, trial_owner())  # this very process: still running
+    elsewhere = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    elsewhere.set_user_attr(OWNER_ATTR, {**dead_owner(), "host": "another-host"})  # the heartbeat's to judge
+
+    assert fail_orphans(study) == [orphan.number]
+    failed = study.trials[orphan.number]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["interrupted"]
+    assert failed.user_attrs["fail_reason"].startswith("interrupted: its process") and "is gone" in failed.user_attrs["fail_reason"]
+    assert [study.trials[n].state for n in (alive.number, elsewhere.number)] == [TrialState.RUNNING] * 2
+
+    assert retry_all_interrupted(study) == [orphan.number]
+    assert retry_all_interrupted(study) == []  # once only
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs[RETRY_OF_ATTR] == orphan.number
+    assert study.trials[-1].system_attrs["fixed_params"] == failed.params
+    assert trials_done(study.trials) == 1  # the interrupted trial does not use up the budget: its retry will
+
+
+def test_optunas_heartbeat_fails_a_silent_trial_and_retries_it(tmp_path):
+    config = config_for(tmp_path)
+    study = new_study(config)
+    trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)  # grace period: 3 beats of 1 s
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.FAIL
+    assert [t.user_attrs.get(RETRY_OF_ATTR) for t in study.trials] == [None, 0]
+
+
+def test_a_retry_that_is_interrupted_again_counts(tmp_path):
+    study = new_study(config_for(tmp_path))
+    first = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    first.set_user_attr("interrupted", True)
+    first.set_user_attr("fail_reason", "interrupted: Ctrl-C")
+    study.tell(first, state=TrialState.FAIL)
+    retry_all_interrupted(study)
+    retry = study.ask()
+    retry.set_user_attr("interrupted", True)
+    retry.set_user_attr("fail_reason", "interrupted: Ctrl-C")
+    study.tell(retry, state=TrialState.FAIL)
+    assert retry_all_interrupted(study) == [] and trials_done(study.trials) == 1
+    failure = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    failure.set_user_attr("fail_reason", "RuntimeError: boom")  # a fault, not an interruption: counts, never retried
+    study.tell(failure, state=TrialState.FAIL)
+    assert retry_all_interrupted(study) == [] and trials_done(study.trials) == 2
+
+
+def test_the_budget_is_the_studys_total(tmp_path):
+    config = config_for(tmp_path, n_trials=6)
+    study = new_study(config)
+    for _ in range(2):
+        complete(study)
+    assert planned_total(study, config) == 6  # a re-run completes the config's total
+    assert planned_total(study, config, added=3) == 5  # --n-trials adds to what is done
+    assert planned_total(study, config, total=9) == 9  # resume completes the job's last total
+
+
+def test_summary_counts_best_feasible_and_eta(tmp_path):
+    study = new_study(config_for(tmp_path))
+    study.set_user_attr(BUDGET_ATTR, 5)
+    complete(study, accuracy=0.90, speedup=1.5)
+    complete(study, accuracy=0.88, speedup=2.5)
+    pruned = study.ask()
+    study.tell(pruned, state=TrialState.PRUNED)
+    study.ask()
+    summary = summarize(study, workers=2)
+    assert (summary.done, summary.budget, summary.running, summary.complete, summary.pruned) == (3, 5, 1, 2, 1)
+    assert summary.best_accuracy == 0.90 and summary.fastest_speedup == 2.5 and summary.front == 2
+    assert summary.eta_seconds is not None and summary.eta_seconds >= 0
+    assert summary.line().startswith("trials 3/5 | 1 running") and "front 2" in summary.line()
+
+
+def test_mlflow_down_loses_nothing_and_sync_catches_up(tmp_path, caplog):
+    study = new_study(config_for(tmp_path))
+    complete(study)
+    failed = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    failed.set_user_attr("fail_reason", "RuntimeError: boom")
+    study.tell(failed, state=TrialState.FAIL)
+
+    down = Tracker(study=study, experiment="life", tracking_uri="http://127.0.0.1:9")  # nothing listens on the discard port
+    started = time.perf_counter()
+    assert down.sync() is None
+    assert time.perf_counter() - started < 30 and "autocompress sync" in caplog.text
+
+    up = Tracker(study=study, experiment="life", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert up.sync() == 2 and up.sync() == 0  # idempotent
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["life"], output_format="list")}
+    assert runs["trial-0"].info.status == "FINISHED" and runs["trial-0"].data.params["x"] == str(study.trials[0].params["x"])
+    assert runs["trial-1"].info.status == "FAILED" and runs["trial-1"].data.tags["fail_reason"] == "RuntimeError: boom"
+    complete(study)
+    assert Tracker(study=study, experiment="life", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").sync() == 1  # a later process too
+
+
+@pytest.mark.parametrize("bad", ["0", "-1"])
+def test_heartbeat_must_be_positive(bad):
+    from autocompress.config import ConfigError
+
+    with pytest.raises(ConfigError, match="execution.heartbeat_seconds"):
+        parse_config({"execution": {"heartbeat_seconds": int(bad)}})
