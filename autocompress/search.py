@@ -120,6 +120,7 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
             interrupted = isinstance(error, (Interrupted, KeyboardInterrupt))
             reason = f"interrupted: {failure_reason(error)}" if interrupted else failure_reason(error)
             log.warning("trial %d failed: %s", trial.number, reason)
+            log.info("trial %d failed here:", trial.number, exc_info=error)
             trial.set_user_attr(FAIL_REASON_ATTR, reason)
             trial.set_user_attr(INTERRUPTED_ATTR, interrupted)
             trial.set_user_attr(METRICS_ATTR, {"trial_seconds": time.perf_counter() - started})
@@ -209,6 +210,22 @@ def resolved(config: SearchConfig) -> SearchConfig:
     return parse_config(data, source=str(Path(config.source).resolve()) if config.source and Path(config.source).exists() else config.source or "<dict>")
 
 
+def one_ask_at_a_time(study: optuna.Study) -> None:
+    """Serialize ``study.ask`` across the optimize threads of this process.
+
+    SQLite cannot lock a row, so two threads asking at once could both pop the
+    same enqueued trial (seen: one policy built twice into one folder, one
+    copy failing on the other's deleted file). Asking takes milliseconds.
+    """
+    lock, ask = threading.Lock(), study.ask
+
+    def locked_ask(*args: Any, **kwargs: Any) -> optuna.Trial:
+        with lock:
+            return ask(*args, **kwargs)
+
+    study.ask = locked_ask
+
+
 def stop_when_asked(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Optuna callback: ``autocompress stop`` set the study's stop flag; start no new trial."""
     if study.user_attrs.get(STOP_ATTR):
@@ -280,6 +297,7 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
     try:
         workers = make_workers(config, context, references)
         progress = LiveLine(study, workers=workers.size)
+        one_ask_at_a_time(study)
         try:
             with interruptible(workers):
                 if remaining != 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -34,8 +35,9 @@ FORWARDED_ENV = (CACHE_ENV, DATA_ROOT_ENV, "HF_HUB_OFFLINE", "HF_HOME", "HF_DATA
 """Environment the workers need to find the same cache, data and models as the search process."""
 RESTART_WAIT_SECONDS = 600
 """How long a trial waits for a restarted worker to rebuild its context before failing."""
-RAY_DEFAULTS = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-"""Ray 2.60 turns token auth on for new clusters; we say so explicitly, so head, workers and clients agree."""
+RAY_DEFAULTS = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
+"""Ray 2.60 turns token auth on for new clusters; we say so explicitly, so head, workers and clients agree.
+A search submitted as a Ray job merges its workers' environment with the job's (Ray refuses otherwise)."""
 
 
 class Interrupted(RuntimeError):
@@ -87,7 +89,9 @@ class TrialWorker:
         self.context = SearchContext.build(parse_config(config, source=source), Path(workdir), references=references)
 
     def ready(self) -> str:
-        return f"{os.uname().nodename}:{os.getpid()}"
+        import ray
+
+        return f"{socket.gethostname()}:{os.getpid()} (node {ray.get_runtime_context().get_node_id()[:8]})"
 
     def run(self, request: TrialRequest) -> TrialOutcome:
         return run_trial(self.context, request)
@@ -177,8 +181,9 @@ class RayWorkers:
             self.busy[threading.get_ident()] = actor
             return ray.get(actor.run.remote(request))
         except ray.exceptions.RayTaskError as error:
-            cause = error.cause
-            raise (cause if isinstance(cause, Exception) else RuntimeError(str(cause))) from None
+            cause = error.cause if isinstance(error.cause, Exception) else RuntimeError(str(error.cause))
+            cause.add_note(str(error))  # the worker's traceback
+            raise cause from None
         except ray.exceptions.RayActorError as error:
             died = True
             if self.cancelled.is_set():

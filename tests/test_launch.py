@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 
 import mlflow
 import optuna
@@ -236,3 +238,27 @@ def test_a_tracking_server_that_is_down_loses_nothing_and_sync_catches_up(tiny, 
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_same_config_runs_unchanged_on_a_two_node_ray_cluster_as_a_ray_job(tiny, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # as the README says: the same mode for head, workers and clients
+    monkeypatch.setenv("RAY_AUTH_TOKEN", uuid.uuid4().hex + uuid.uuid4().hex)
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    gcs, dashboard = free_port(), free_port()
+    head = ["start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", "1",
+            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)]
+    try:
+        subprocess.run([ray_cli, *head], check=True, capture_output=True, timeout=180)
+        subprocess.run([ray_cli, "start", "--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1"],
+                       check=True, capture_output=True, timeout=180)
+        config = tiny("cluster", n_trials=3)
+        code, out, err = cli("search", str(config), "--workers", "2", "--ray-address", f"http://127.0.0.1:{dashboard}", "--detach")
+        assert code == 0, err
+        job = out.split()[0]
+        wait_for(lambda: not cli("status", job)[1].startswith((f"job {job}: pending", f"job {job}: running")), timeout=400, every=3)
+        assert cli("status", job)[1].startswith(f"job {job}: succeeded"), cli("logs", job)[1][-3000:]
+        assert [t.state for t in study("cluster").trials] == [TrialState.COMPLETE] * 3
+        nodes = re.findall(r"\(node ([0-9a-f]+)\)", cli("logs", job)[1])
+        assert len(set(nodes)) == 2  # one worker on each node
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
