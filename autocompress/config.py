@@ -351,7 +351,10 @@ class ExecutionConfig(Strict):
         1, ge=1, description="trials run at once; 1 runs them in this process, more run each on its own Ray actor; --workers overrides"
     )
     threads_per_worker: int | None = Field(
-        None, ge=1, description="torch threads of each worker for compression and recovery; null: the machine's cores / workers"
+        None,
+        ge=1,
+        description="threads of each worker for compression, recovery, verification and scoring (latency is timed with "
+        "latency.threads); null: the machine's cores / workers",
     )
     ray_address: str | None = Field(
         None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import TextIO
@@ -108,12 +107,12 @@ class LiveLine:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty()
         self.lock = threading.Lock()
-        self.started = time.time()
 
-    def refresh(self) -> None:
-        summary = summarize(self.study, workers=self.workers)
+    def refresh(self, summary: Summary | None = None) -> None:
+        """Redraw the line (a terminal only)."""
         if not self.enabled:
             return
+        summary = summary or summarize(self.study, workers=self.workers)
         with self.lock:
             self.stream.write("\r\x1b[K" + summary.line())
             self.stream.flush()
@@ -123,10 +122,7 @@ class LiveLine:
         summary = summarize(self.study, workers=self.workers)
         reason = trial.user_attrs.get("fail_reason")
         log.info("trial %d %s%s | %s", trial.number, trial.state.name.lower(), f" ({reason})" if reason else "", summary.line())
-        if self.enabled:
-            with self.lock:
-                self.stream.write("\r\x1b[K" + summary.line())
-                self.stream.flush()
+        self.refresh(summary)
 
     def close(self) -> None:
         if self.enabled:

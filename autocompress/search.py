@@ -145,7 +145,7 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
             trial.set_user_attr(key, value)
         for key, value in _constraints(measurement, baseline, context.config).items():
             trial.set_constraint(key, value)
-        metrics = {**trial_metrics(measurement, baseline), "trial_seconds": time.perf_counter() - started}
+        metrics = {**trial_metrics(measurement, baseline), "trial_seconds": time.perf_counter() - started, "worker_seconds": outcome.seconds}
         if predicted is not None:
             metrics["predicted_latency_ms"] = predicted
             metrics["latency_prediction_error_pct"] = 100 * abs(predicted - measurement.latency_ms) / measurement.latency_ms

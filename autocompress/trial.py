@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ class SearchContext:
     baseline: dict[str, Any]
     distillation: Distillation | None = None
     fidelity: Fidelity | None = None
+    scoring_threads: int | None = None
+    """Threads for verifying and scoring a trial's artifact (a worker's share); timing always uses ``latency.threads``."""
 
     @property
     def seq_len(self) -> float:
@@ -219,6 +222,7 @@ def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, n
         repeats=settings.repeats,
         rounds=settings.rounds,
         workdir=context.workdir / name,
+        scoring_threads=context.scoring_threads,
     )
     timing = deployed.latency
     own = timing.results["candidate"]
@@ -294,6 +298,8 @@ class TrialOutcome:
     recovery: RecoveryResult | None
     stopped: str | None
     worker: str
+    seconds: float = 0.0
+    """Wall time of the trial on its worker: what the search's own overhead (sampling, storage, Ray, MLflow) is compared with."""
 
 
 def run_trial(context: SearchContext, request: TrialRequest) -> TrialOutcome:
@@ -301,9 +307,9 @@ def run_trial(context: SearchContext, request: TrialRequest) -> TrialOutcome:
     policy = Policy.from_dict(request.policy)
     twin = Fidelity.attach(context.config, *request.twin) if request.twin else None
     recovery = Recovery(context.distillation, report=Fidelity.reporter(twin) if twin else None) if context.distillation else None
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    worker, started = f"{socket.gethostname()}:{os.getpid()}", time.perf_counter()
     try:
         measurement = evaluate(policy, context, name=request.name, recovery=recovery, seed=request.seed)
     except RecoveryStopped as stop:
-        return TrialOutcome(None, stop.result, str(stop), worker)
-    return TrialOutcome(measurement, recovery.result if recovery else None, None, worker)
+        return TrialOutcome(None, stop.result, str(stop), worker, time.perf_counter() - started)
+    return TrialOutcome(measurement, recovery.result if recovery else None, None, worker, time.perf_counter() - started)

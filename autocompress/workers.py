@@ -87,6 +87,7 @@ class TrialWorker:
 
         torch.set_num_threads(threads)
         self.context = SearchContext.build(parse_config(config, source=source), Path(workdir), references=references)
+        self.context.scoring_threads = threads
 
     def ready(self) -> str:
         import ray
@@ -218,6 +219,7 @@ def make_workers(config: SearchConfig, context: SearchContext, references: dict[
             import torch
 
             torch.set_num_threads(settings.threads_per_worker)
+            context.scoring_threads = settings.threads_per_worker
         return InProcess(context)
     threads = settings.threads_per_worker or max(1, (os.cpu_count() or 1) // settings.workers)
     return RayWorkers(config, references=references, workdir=context.workdir, workers=settings.workers, threads=threads, address=settings.ray_address)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import sys
@@ -183,3 +184,24 @@ def test_two_optimize_threads_never_pop_the_same_enqueued_trial(tmp_path):
     finally:
         for process in busy:
             process.kill()
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_live_line_redraws_in_a_terminal_and_stays_silent_elsewhere(tmp_path):
+    from autocompress.progress import LiveLine
+
+    study = new_study(config_for(tmp_path))
+    study.set_user_attr(BUDGET_ATTR, 4)
+    frozen = complete(study)
+    screen, pipe = Terminal(), io.StringIO()
+    for stream in (screen, pipe):
+        line = LiveLine(study, workers=1, stream=stream)
+        line.refresh()
+        line.callback(study, study.trials[frozen.number])
+        line.close()
+    assert screen.getvalue().count("\r\x1b[K") == 2 and "trials 1/4 | 0 running" in screen.getvalue()
+    assert pipe.getvalue() == ""  # not a terminal: no redraws (the log gets one line per trial)

@@ -80,8 +80,13 @@ def deploy_and_measure(
     repeats: int = 100,
     rounds: int = 10,
     workdir: Path,
+    scoring_threads: int | None = None,
 ) -> Deployment:
     """Lower (for ``onnxruntime``), verify on ``dev``, score on ``test``, then time ``model`` beside ``references``.
+
+    ``threads`` is the deployment target's, used for timing; verification and
+    scoring run with ``scoring_threads`` (default: the same), a parallel
+    worker's share of the machine.
 
     ``references`` are probes of the models every ratio is taken against
     (e.g. ``{"teacher": ..., "int8": ...}``); the candidate and they share
@@ -95,13 +100,14 @@ def deploy_and_measure(
         paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, warmup=warmup, repeats=repeats, rounds=rounds)
         simulated = accuracy(model, list(dev))
         return Deployment(latency=paired, dev_accuracy=simulated, test_accuracy=accuracy(model, list(test)), simulated_dev_accuracy=simulated)
-    report, check = deploy(model, dev=dev, threads=threads, workdir=workdir)
+    scoring = scoring_threads or threads
+    report, check = deploy(model, dev=dev, threads=scoring, workdir=workdir)
     timing[CANDIDATE] = OrtProbe(report.path, threads=threads)
     paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, warmup=warmup, repeats=repeats, rounds=rounds)
     return Deployment(
         latency=paired,
         dev_accuracy=check.onnx_accuracy,
-        test_accuracy=onnx_accuracy(report.path, test, threads=threads),
+        test_accuracy=onnx_accuracy(report.path, test, threads=scoring),
         simulated_dev_accuracy=check.torch_accuracy,
         artifact=Path(report.path),
         artifact_bytes=shipped_bytes(report.path),
