@@ -27,6 +27,7 @@ import psutil
 
 from autocompress.config import ConfigError
 from autocompress.paths import cache_root
+from autocompress.study import process_is_running
 
 RAY_JOB_PREFIX = ("http://", "https://")
 """A ``--ray-address`` naming the dashboard submits the search as a Ray job."""
@@ -71,12 +72,7 @@ class Job:
     def alive(self) -> bool:
         if self.kind == "ray":
             return self._ray_status() in {"PENDING", "RUNNING"}
-        if self.pid is None:
-            return False
-        try:
-            return psutil.Process(self.pid).create_time() == self.pid_started
-        except psutil.NoSuchProcess:
-            return False
+        return self.pid is not None and process_is_running(self.pid, self.pid_started)
 
     def state(self) -> str:
         """running; else how it ended: exited N, or killed (no exit recorded: kill -9, machine lost)."""

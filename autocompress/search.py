@@ -204,9 +204,11 @@ class SearchResult:
 
 
 def resolved(config: SearchConfig) -> SearchConfig:
-    """``config`` with its file and SQLite storage as absolute paths, so workers and jobs started elsewhere find them."""
+    """``config`` with its file and SQLite stores as absolute paths, so workers and jobs started elsewhere find them."""
     data = config.model_dump(mode="json")
     data["search"]["storage"] = absolute_storage(config.search.storage)
+    if config.tracking.uri:
+        data["tracking"]["uri"] = absolute_storage(config.tracking.uri)
     return parse_config(data, source=str(Path(config.source).resolve()) if config.source and Path(config.source).exists() else config.source or "<dict>")
 
 
@@ -226,23 +228,32 @@ def one_ask_at_a_time(study: optuna.Study) -> None:
     study.ask = locked_ask
 
 
-def stop_when_asked(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna callback: ``autocompress stop`` set the study's stop flag; start no new trial."""
-    if study.user_attrs.get(STOP_ATTR):
-        study.stop()
+def stop_when_asked(workers: Workers):
+    """Optuna callback: start no new trial once ``autocompress stop`` set the study's flag or a signal cancelled the workers."""
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if workers.cancelled.is_set() or study.user_attrs.get(STOP_ATTR):
+            study.stop()
+
+    return callback
 
 
 @contextmanager
 def interruptible(workers: Workers) -> Iterator[None]:
-    """Ctrl-C and SIGTERM (``kill``, ``stop --now``, Ray's job stop) stop the running trials now, as interrupted."""
+    """Ctrl-C and SIGTERM (``kill``, ``stop --now``, Ray's job stop) stop the running trials now, as interrupted.
+
+    The first signal cancels the workers and, if a trial is at work, interrupts
+    it; a second one interrupts whatever runs.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C is not intercepted
+        again = workers.cancelled.is_set()
         workers.cancel()
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        if again or workers.interrupts_now():
+            raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -308,8 +319,10 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
                         n_jobs=workers.size,
                         gc_after_trial=True,
                         catch=(Exception,),
-                        callbacks=[tracker.callback, progress.callback, stop_when_asked],
+                        callbacks=[tracker.callback, progress.callback, stop_when_asked(workers)],
                     )
+            if workers.cancelled.is_set():
+                raise KeyboardInterrupt("a signal cancelled the search between trials")
         finally:
             progress.close()
             workers.close()

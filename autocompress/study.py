@@ -85,7 +85,7 @@ def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any
 
 
 def absolute_storage(url: str) -> str:
-    """``url`` with a relative SQLite path made absolute, so workers and detached jobs elsewhere open the same file."""
+    """``url`` (an Optuna or MLflow store) with a relative SQLite path made absolute, so other processes open the same file."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
         return prefix + str(Path(url[len(prefix):]).resolve())
@@ -162,14 +162,20 @@ def trial_owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
 
 
+def process_is_running(pid: int, started: float | None) -> bool:
+    """Whether process ``pid``, started at ``started`` (pids get reused), still runs; a zombie (killed, not reaped) does not."""
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _owner_is_gone(owner: Mapping[str, Any] | None) -> bool:
-    """True only when ``owner`` ran on this host and that process no longer exists; other hosts are the heartbeat's."""
+    """True only when ``owner`` ran on this host and that process no longer runs; other hosts are the heartbeat's."""
     if not owner or owner.get("host") != socket.gethostname():
         return False
-    try:
-        return psutil.Process(owner["pid"]).create_time() != owner["started"]
-    except psutil.NoSuchProcess:
-        return True
+    return not process_is_running(owner["pid"], owner["started"])
 
 
 def is_interrupted(trial: FrozenTrial) -> bool:

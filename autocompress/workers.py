@@ -52,28 +52,48 @@ class Workers(Protocol):
     """Runs trials; ``size`` of them at once."""
 
     size: int
+    cancelled: threading.Event
+    """Set by ``cancel``: no trial starts any more."""
 
     def run(self, request: TrialRequest) -> TrialOutcome: ...
 
     def cancel(self) -> None:
-        """Stop the running trials now (they raise ``Interrupted``)."""
+        """Stop the running trials now (they raise ``Interrupted``); later ``run`` calls raise it at once."""
+
+    def interrupts_now(self) -> bool:
+        """Whether a signal may raise KeyboardInterrupt in the main thread now, without cutting Optuna's bookkeeping."""
 
     def close(self) -> None: ...
 
 
 class InProcess:
-    """One trial at a time in this process, on the search's own context (no Ray)."""
+    """One trial at a time in this process, on the search's own context (no Ray).
+
+    Ctrl-C during a trial's work interrupts it (KeyboardInterrupt); between
+    trials it only cancels, so the trial being recorded is recorded whole.
+    """
 
     size = 1
 
     def __init__(self, context: SearchContext) -> None:
         self.context = context
+        self.cancelled = threading.Event()
+        self.working = False
 
     def run(self, request: TrialRequest) -> TrialOutcome:
-        return run_trial(self.context, request)
+        if self.cancelled.is_set():
+            raise Interrupted("the search is stopping")
+        self.working = True
+        try:
+            return run_trial(self.context, request)
+        finally:
+            self.working = False
 
     def cancel(self) -> None:
-        """Nothing to do: Ctrl-C reaches the running trial directly, as KeyboardInterrupt."""
+        self.cancelled.set()
+
+    def interrupts_now(self) -> bool:
+        return self.working
 
     def close(self) -> None:
         pass
@@ -201,6 +221,10 @@ class RayWorkers:
         self.cancelled.set()
         for actor in list(self.busy.values()):
             ray.kill(actor, no_restart=True)
+
+    def interrupts_now(self) -> bool:
+        """Always: this process's main thread only waits for Optuna's trial threads."""
+        return True
 
     def close(self) -> None:
         import ray

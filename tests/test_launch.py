@@ -79,7 +79,7 @@ def job_record(job_id):
 
 
 def mlflow_runs(name):
-    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{os.getcwd()}/mlflow.db")  # absolute: MLflow caches stores by URI across tests
     return mlflow.search_runs(experiment_names=[name], output_format="list")
 
 
