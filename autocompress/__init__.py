@@ -8,13 +8,37 @@ The public verbs, in the order data flows::
     deployment = autocompress.measure(model, ...)        # lower to ONNX Runtime, verify, time
 
 The verbs shadow the submodules of the same name on this package: import
-internals with ``from autocompress.search import ...``.
+internals with ``from autocompress.search import ...``. They load torch on
+first use, so ``autocompress status`` and the other job commands start fast.
 """
 
-from autocompress.compress import compress
+import importlib
+import sys
+import types
+
 from autocompress.config import ConfigError, SearchConfig, load_config
-from autocompress.measure import deploy_and_measure as measure
 from autocompress.policy import Policy
-from autocompress.search import run_search as search
 
 __all__ = ["ConfigError", "Policy", "SearchConfig", "compress", "load_config", "measure", "search"]
+
+
+class _Verb:
+    """A package attribute imported on first use; the import system binding the same-named submodule is ignored."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __get__(self, package: object, owner: type | None = None) -> object:
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __set__(self, package: object, submodule: object) -> None:
+        """``import autocompress.search`` sets the submodule here; the verb stays (internals use ``from ... import``)."""
+
+
+class _Package(types.ModuleType):
+    search = _Verb("autocompress.search", "run_search")
+    compress = _Verb("autocompress.compress", "compress")
+    measure = _Verb("autocompress.measure", "deploy_and_measure")
+
+
+sys.modules[__name__].__class__ = _Package

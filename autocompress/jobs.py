@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,11 +23,13 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 
 from autocompress.config import ConfigError
 from autocompress.paths import cache_root
+from autocompress.ray_env import FORWARDED_ENV, ray_environment
 from autocompress.study import process_is_running
 
 RAY_JOB_PREFIX = ("http://", "https://")
@@ -84,7 +87,12 @@ class Job:
         return f"exited {current.exit_code}" if current.exit_code is not None else "killed"
 
     def _ray_status(self) -> str:
-        return str(_ray_client(self.dashboard).get_job_status(self.id).value)
+        address = urlsplit(self.dashboard or "")
+        try:
+            socket.create_connection((address.hostname, address.port or 8265), timeout=2).close()
+            return str(_ray_client(self.dashboard).get_job_status(self.id).value)
+        except (OSError, RuntimeError) as error:  # the cluster is gone: its jobs with it
+            return f"UNREACHABLE ({type(error).__name__} at {self.dashboard})"
 
     def log_lines(self) -> Iterator[str]:
         if self.kind == "ray":
@@ -125,8 +133,6 @@ class Job:
 def _ray_client(dashboard: str | None):
     from ray.job_submission import JobSubmissionClient
 
-    from autocompress.workers import ray_environment
-
     ray_environment()
     return JobSubmissionClient(dashboard)
 
@@ -165,8 +171,6 @@ def launch(job: Job, env: dict[str, str] | None = None) -> Job:
     job.started = time.time()
     job.exit_code = None
     if job.kind == "ray":
-        from autocompress.workers import FORWARDED_ENV
-
         forwarded = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
         entrypoint = f"cd {_quote(job.cwd)} && " + " ".join(_quote(part) for part in command)
         client = _ray_client(job.dashboard)

@@ -20,24 +20,18 @@ import logging
 import os
 import queue
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from autocompress.config import DATA_ROOT_ENV, SearchConfig, parse_config
-from autocompress.paths import CACHE_ENV
+from autocompress.config import SearchConfig, parse_config
+from autocompress.ray_env import FORWARDED_ENV, ray_environment
 from autocompress.trial import SearchContext, TrialOutcome, TrialRequest, run_trial
 
 log = logging.getLogger("autocompress")
-FORWARDED_ENV = (CACHE_ENV, DATA_ROOT_ENV, "HF_HUB_OFFLINE", "HF_HOME", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM")
-"""Environment the workers need to find the same cache, data and models as the search process."""
 RESTART_WAIT_SECONDS = 600
 """How long a trial waits for a restarted worker to rebuild its context before failing."""
-RAY_DEFAULTS = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
-"""Ray 2.60 turns token auth on for new clusters; we say so explicitly, so head, workers and clients agree.
-A search submitted as a Ray job merges its workers' environment with the job's (Ray refuses otherwise)."""
 
 
 class Interrupted(RuntimeError):
@@ -118,21 +112,6 @@ class TrialWorker:
         return run_trial(self.context, request)
 
 
-def ray_environment() -> None:
-    """Ray's auth mode and usage stats, set the same way for this process and everything it starts.
-
-    Ray caches its settings when imported, so this runs when this module is imported (below), and, if Ray
-    was imported first, refreshes Ray's cache as Ray itself does when it turns token auth on.
-    """
-    for key, value in RAY_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    if "ray._raylet" in sys.modules:
-        from ray._raylet import Config
-
-        Config.initialize("")
-
-
-ray_environment()
 
 
 class RayWorkers:

@@ -78,6 +78,13 @@ def job_record(job_id):
         return json.load(handle)
 
 
+def job_state(job_id):
+    """What `autocompress status` prints first, read in this process (a CLI call per poll would steal the job's CPU)."""
+    from autocompress.jobs import load
+
+    return load(job_id).state()
+
+
 def mlflow_runs(name):
     mlflow.set_tracking_uri(f"sqlite:///{os.getcwd()}/mlflow.db")  # absolute: MLflow caches stores by URI across tests
     return mlflow.search_runs(experiment_names=[name], output_format="list")
@@ -154,13 +161,14 @@ def test_kill_9_then_resume_keeps_everything_and_honours_the_budget(tiny):
 
     wait_for(one_done_one_running)
     os.kill(record["pid"], signal.SIGKILL)
-    wait_for(lambda: cli("status", job)[1].startswith(f"job {job}: killed"), timeout=60, every=1)
+    wait_for(lambda: job_state(job) == "killed", timeout=60)
+    assert cli("status", job)[1].startswith(f"job {job}: killed")
     before = {t.number: t.values for t in study("crash").trials if t.state == TrialState.COMPLETE}
     killed = [t.number for t in study("crash").trials if t.state == TrialState.RUNNING]
 
     code, out, err = cli("resume", job)
     assert code == 0 and "until its study holds 4 finished trials" in out, err
-    wait_for(lambda: cli("status", job)[1].startswith(f"job {job}: exited 0"), timeout=400, every=2)
+    wait_for(lambda: job_state(job) == "exited 0", timeout=400, every=1)
 
     trials = study("crash").trials
     assert {t.number: t.values for t in trials if t.number in before} == before  # nothing lost
@@ -188,7 +196,7 @@ def test_stop_lets_running_trials_finish_and_ctrl_c_marks_them(tiny):
     job = out.split()[0]
     wait_for(lambda: sum(s == TrialState.COMPLETE for s in states("stoppable")) >= 1)
     assert cli("stop", job)[0] == 0
-    wait_for(lambda: cli("status", job)[1].startswith(f"job {job}: exited 0"), timeout=120, every=1)
+    wait_for(lambda: job_state(job) == "exited 0", timeout=120)
     assert study("stoppable").user_attrs["autocompress.state"] == "stopped"
     assert TrialState.RUNNING not in states("stoppable") and TrialState.FAIL not in states("stoppable")  # it finished, not failed
     assert json.loads(open("out-stoppable/pareto.json").read())
@@ -197,7 +205,7 @@ def test_stop_lets_running_trials_finish_and_ctrl_c_marks_them(tiny):
     done = sum(s == TrialState.COMPLETE for s in states("stoppable"))
     wait_for(lambda: sum(s == TrialState.COMPLETE for s in states("stoppable")) > done and TrialState.RUNNING in states("stoppable"))
     os.kill(job_record(job)["pid"], signal.SIGINT)  # Ctrl-C
-    wait_for(lambda: cli("status", job)[1].startswith(f"job {job}: exited 130"), timeout=120, every=1)
+    wait_for(lambda: job_state(job) == "exited 130", timeout=120)
     trials = study("stoppable").trials
     assert study("stoppable").user_attrs["autocompress.state"] == "interrupted"
     assert TrialState.RUNNING not in [t.state for t in trials]
@@ -255,6 +263,7 @@ def test_the_same_config_runs_unchanged_on_a_two_node_ray_cluster_as_a_ray_job(t
         code, out, err = cli("search", str(config), "--workers", "2", "--ray-address", f"http://127.0.0.1:{dashboard}", "--detach")
         assert code == 0, err
         job = out.split()[0]
+        # polled by the CLI: this process holds Ray's token of an earlier test
         wait_for(lambda: not cli("status", job)[1].startswith((f"job {job}: pending", f"job {job}: running")), timeout=400, every=3)
         assert cli("status", job)[1].startswith(f"job {job}: succeeded"), cli("logs", job)[1][-3000:]
         assert [t.state for t in study("cluster").trials] == [TrialState.COMPLETE] * 3
