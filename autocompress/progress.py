@@ -47,9 +47,7 @@ class Summary:
     def line(self) -> str:
         """One line: trials done/budget, running, failures, best within budget, fastest feasible, front size, ETA."""
         budget = f"/{self.budget}" if self.budget is not None else ""
-        parts = [f"trials {self.done}{budget}", f"{self.running} running"]
-        if self.failed or self.pruned:
-            parts.append(f"{self.failed} failed, {self.pruned} pruned")
+        parts = [f"trials {self.done}{budget}", f"{self.running} running", f"{self.failed} failed, {self.pruned} pruned"]
         parts.append(f"best acc {self.best_accuracy:.4f}" if self.best_accuracy is not None else "best acc -")
         parts.append(f"fastest {self.fastest_speedup:.2f}x" if self.fastest_speedup is not None else "fastest -")
         parts.append(f"front {self.front}")
