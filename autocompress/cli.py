@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="run or resume a search described by a YAML file")
     search.add_argument("config", help="search-space YAML file (see search_spaces/)")
-    search.add_argument("--n-trials", type=int, help="trials to add in this run (overrides search.n_trials)")
+    search.add_argument("--n-trials", type=int, help="add N trials to those the study has done (search.n_trials is the study total)")
     search.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     search.add_argument("--study-name", help="Optuna study name (overrides search.study_name)")
     search.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///autocompress.db")
