@@ -248,16 +248,21 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sync(args: argparse.Namespace) -> int:
+def _load_study(storage: str, name: str):
+    """The study ``name`` in ``storage``, or a one-line error naming both."""
     import optuna
 
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ConfigError(f"{storage}: no study named {name!r}") from None
+
+
+def _sync(args: argparse.Namespace) -> int:
     from autocompress.pareto import front_rows
     from autocompress.tracking import TRACKING_ATTR, Tracker
 
-    try:
-        study = optuna.load_study(study_name=args.study_name, storage=args.storage)
-    except KeyError:
-        raise ConfigError(f"{args.storage}: no study named {args.study_name!r}") from None
+    study = _load_study(args.storage, args.study_name)
     where = study.user_attrs.get(TRACKING_ATTR, {})
     tracker = Tracker(study=study, experiment=args.experiment or where.get("experiment") or "autocompress",
                       tracking_uri=args.tracking_uri or where.get("uri"))
@@ -273,14 +278,9 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _pareto(args: argparse.Namespace) -> int:
-    import optuna
-
     from autocompress.pareto import BASELINE_ATTR, format_table, front_rows
 
-    try:
-        study = optuna.load_study(study_name=args.study_name, storage=args.storage)
-    except KeyError:
-        raise ConfigError(f"{args.storage}: no study named {args.study_name!r}") from None
+    study = _load_study(args.storage, args.study_name)
     rows = front_rows(study)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows, study.user_attrs.get(BASELINE_ATTR)))
     return 0
