@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--study-name", help="Optuna study name (overrides search.study_name)")
     search.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///autocompress.db")
     search.add_argument("--tracking-uri", help="MLflow tracking URI (default: the local store)")
-    search.add_argument("--output", help="folder for pareto.json, models/, best_policy.json, best_model/ and the plot")
+    search.add_argument("--register", choices=["chosen", "front", "none"], help="register in MLflow's model registry: the chosen "
+                        "trial (alias champion; the default), every front trial, or none (overrides tracking.registry)")
+    search.add_argument("--output", help="folder for pareto.json, models/, best_policy.json, best_model/ and the reports")
     search.add_argument("--seed", type=int, help="sampler seed (each trial seeds itself from it and its number)")
     search.add_argument("--workers", type=int, help="trials at once; more than 1 runs them on Ray actors (overrides execution.workers)")
     search.add_argument("--threads-per-worker", type=int, help="torch threads per worker (overrides execution.threads_per_worker)")
@@ -69,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the search used)")
     sync.add_argument("--experiment", help="MLflow experiment (default: the one the search used)")
 
+    register = commands.add_parser("register", help="register a trial run's model in MLflow's model registry (ONNX flavor)")
+    register.add_argument("run_id", help="the MLflow run id of a completed trial (its child run under the search's run)")
+    register.add_argument("--name", help="registered model name (default: the search's, autocompress-<study name>)")
+    register.add_argument("--alias", help="alias to point at this version, e.g. champion")
+    register.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
+
     pareto = commands.add_parser("pareto", help="print the Pareto front of an existing study")
     pareto.add_argument("--storage", required=True, help="Optuna storage URL of the study")
     pareto.add_argument("--study-name", required=True)
@@ -93,6 +101,8 @@ def _search_config(args: argparse.Namespace) -> SearchConfig:
         data["search"]["n_trials"] = args.n_trials  # validated like the file's; run_search adds it to the trials done
     if args.tracking_uri:
         data["tracking"]["uri"] = args.tracking_uri
+    if args.register:
+        data["tracking"]["registry"] = args.register
     if args.output:
         data["output"] = args.output
     return parse_config(data, source=args.config)
@@ -271,9 +281,17 @@ def _sync(args: argparse.Namespace) -> int:
         print(f"autocompress: error: MLflow at {tracker.uri} is unreachable; nothing synced", file=sys.stderr)
         return 1
     rows = front_rows(study) if any(t.state.name == "COMPLETE" for t in study.trials) else []
-    tracker.log_front({r["trial"] for r in rows}, rows, None)
+    tracker.log_front({r["trial"] for r in rows}, rows, [])
     tracker.finish()
     print(f"synced {written} trial run(s) of study {study.study_name!r} to {tracker.uri} (experiment {tracker.experiment!r})")
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    from autocompress.registry import register_run
+
+    registered = register_run(args.run_id, name=args.name, alias=args.alias, tracking_uri=args.tracking_uri)
+    print(f"registered {registered.name} version {registered.version}: {registered.uri}")
     return 0
 
 
@@ -332,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     commands = {"search": _search, "pareto": _pareto, "config": _config, "status": _status, "logs": _logs, "stop": _stop,
-                "resume": _resume, "jobs": _jobs, "sync": _sync}
+                "resume": _resume, "jobs": _jobs, "sync": _sync,
+                "register": _register}
     code = 1
     try:
         code = commands[args.command](args)

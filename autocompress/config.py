@@ -407,6 +407,12 @@ class LatencyConfig(Strict):
         return self
 
 
+class Registration(StrEnum):
+    CHOSEN = "chosen"
+    FRONT = "front"
+    NONE = "none"
+
+
 class TrackingConfig(Strict):
     """MLflow: a parent run per study, a nested child run per trial."""
 
@@ -416,6 +422,12 @@ class TrackingConfig(Strict):
         "(sqlite:///mlflow.db in the working folder)",
     )
     experiment: str = Field("autocompress", description="MLflow experiment the runs are logged under (created if missing)")
+    registry: Registration = Field(
+        Registration.CHOSEN,
+        description="models registered when the search ends: chosen (the chosen trial, alias champion), front (every front "
+        "trial, the chosen one aliased champion) or none; --register overrides",
+    )
+    registered_model: str | None = Field(None, description="registered model name; null: autocompress-<study name>")
 
 
 class SearchConfig(Strict):

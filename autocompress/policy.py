@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,19 +120,34 @@ class Policy:
     def load(cls, path: str | Path) -> "Policy":
         return cls.from_json(Path(path).read_text())
 
-    def flat_params(self) -> dict[str, Any]:
-        """One scalar per key, for MLflow params and tables."""
+    def params(self, blocks: Sequence[Iterable[str]], *, heads: int, ffn: int) -> dict[str, Any]:
+        """One scalar per key, the same keys for every policy of one model, for MLflow params and reports.
+
+        ``blocks`` holds each encoder block's Linear names; ``heads`` and
+        ``ffn`` are the uncompressed block's. Per block: the effective weight
+        bits ("mixed" when its Linears differ), unstructured pruning ratio
+        (likewise), kept heads, kept FFN width, and whether the block is kept,
+        so MLflow's compare view and parallel coordinates line trials up.
+        """
         params: dict[str, Any] = {
             "scheme": self.scheme,
             "group_size": self.group_size,
             "global_prune_ratio": self.global_prune_ratio,
             "embedding_bits": self.embedding_bits,
-            "kept_blocks": ",".join(map(str, self.kept_blocks)) if self.kept_blocks is not None else "all",
             "recovery_steps": self.recovery_steps,
+            "num_blocks": len(blocks),
+            "kept_blocks": len(self.kept_blocks) if self.kept_blocks is not None else len(blocks),
         }
-        for name, spec in self.layers.items():
-            params[f"{name}.bits"] = spec.bits
-            params[f"{name}.prune_ratio"] = spec.prune_ratio
-        params.update({f"block{k}.heads": v for k, v in self.heads.items()})
-        params.update({f"block{k}.ffn": v for k, v in self.ffn.items()})
+        for index, names in enumerate(blocks):
+            specs = [self.spec_for(name) for name in names]
+            params[f"block{index}.bits"] = _one_or_mixed(spec.bits for spec in specs)
+            params[f"block{index}.prune_ratio"] = _one_or_mixed(spec.prune_ratio for spec in specs)
+            params[f"block{index}.heads"] = self.heads.get(index, heads)
+            params[f"block{index}.ffn"] = self.ffn.get(index, ffn)
+            params[f"block{index}.kept"] = self.kept_blocks is None or index in self.kept_blocks
         return params
+
+
+def _one_or_mixed(values: Iterable[Any]) -> Any:
+    distinct = set(values)
+    return distinct.pop() if len(distinct) == 1 else "mixed"

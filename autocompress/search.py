@@ -26,21 +26,24 @@ from typing import Any
 
 import optuna
 
-from autocompress.config import SearchConfig, parse_config
+from autocompress.config import Registration, SearchConfig, parse_config
 from autocompress.cost import is_clearly_infeasible, policy_features
 from autocompress.distill import RecoveryResult
 from autocompress.fidelity import Fidelity
 from autocompress.models import block_linears, encoder_list_name
-from autocompress.pareto import BASELINE_ATTR, MB, format_table, front_rows, plot_front, select
+from autocompress.pareto import BASELINE_ATTR, MB, format_table, front_rows, select
 from autocompress.paths import study_work_dir
 from autocompress.preflight import preflight
 from autocompress.progress import LiveLine
+from autocompress.registry import MODEL_NAME_TAG, TOKENIZER_TAG, default_model_name
+from autocompress.reports import progress_series, write_reports
 from autocompress.space import sample_policy, uniform_starts
 from autocompress.study import (
     BUDGET_ATTR,
     FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
     OWNER_ATTR,
+    PRUNE_REASON_ATTR,
     RETRY_OF_ATTR,
     STATE_ATTR,
     STOP_ATTR,
@@ -91,8 +94,9 @@ def trial_metrics(measurement: Measurement, baseline: dict[str, Any]) -> dict[st
 
 def make_objective(context: SearchContext, workers: Workers, progress: LiveLine | None = None):
     prefix = encoder_list_name(context.model)
-    num_blocks = len(block_linears(context.model))
-    names = [name for block in block_linears(context.model) for name in block]
+    blocks = [list(block) for block in block_linears(context.model)]
+    num_blocks = len(blocks)
+    shape = {"heads": context.model.config.num_attention_heads, "ffn": context.model.config.intermediate_size}
     baseline = context.baseline
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
@@ -101,8 +105,7 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
         trial.set_user_attr("policy", policy.to_dict())
         trial.set_user_attr("seed", seed)
         trial.set_user_attr(OWNER_ATTR, trial_owner())
-        params = {**policy.flat_params(), **{f"{n}.{k}": v for n, s in policy.resolve(names).items() for k, v in asdict(s).items()}, "seed": seed}
-        trial.set_user_attr(PARAMS_ATTR, {k: v for k, v in params.items() if not k.startswith("re:")})
+        trial.set_user_attr(PARAMS_ATTR, {**policy.params(blocks, **shape), "seed": seed})
         features = policy_features(policy, context.model, seq_len=context.seq_len)
         trial.set_user_attr("features", features)
         predicted = predict_latency(context, features, trial)
@@ -134,6 +137,7 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
             if twin is not None:
                 Fidelity.finish(twin, None)
             trial.set_user_attr("pruned_at_step", outcome.recovery.steps)
+            trial.set_user_attr(PRUNE_REASON_ATTR, outcome.stopped)
             trial.set_user_attr(METRICS_ATTR, {"trial_seconds": time.perf_counter() - started})
             raise optuna.TrialPruned(outcome.stopped)
         measurement = outcome.measurement
@@ -186,7 +190,9 @@ def predict_latency(context: SearchContext, features: dict[str, float], trial: o
     if reject:
         trial.set_user_attr("rejected_by_cost_model", True)
         trial.set_user_attr(METRICS_ATTR, {"predicted_latency_ms": predicted})
-        raise optuna.TrialPruned(f"cost model predicts {predicted:.2f} ms, confidently above max_latency_ms={limit}")
+        reason = f"cost model predicts {predicted:.2f} ms, confidently above max_latency_ms={limit}"
+        trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+        raise optuna.TrialPruned(reason)
     return predicted
 
 
@@ -292,7 +298,8 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
         "params": {"model": config.model, "teacher_key": context.teacher.key, "sampler": config.search.sampler.value,
                    "storage": config.search.storage, "workers": config.execution.workers},
         "metrics": _baseline_metrics(context.baseline),
-        "tags": {f"hardware.{k}": str(v) for k, v in context.fingerprint.items()} | {"python": sys.version.split()[0], "platform": platform.platform()},
+        "tags": {f"hardware.{k}": str(v) for k, v in context.fingerprint.items()} | {"python": sys.version.split()[0], "platform": platform.platform(),
+                 TOKENIZER_TAG: str(context.teacher.path), MODEL_NAME_TAG: config.tracking.registered_model or default_model_name(study.study_name)},
         "config": config.model_dump(mode="json"),
     })
     tracker = Tracker(study=study, experiment=config.tracking.experiment, tracking_uri=config.tracking.uri)
@@ -345,21 +352,31 @@ def _baseline_metrics(baseline: dict[str, Any]) -> dict[str, float]:
 
 
 def finish_search(study: optuna.Study, config: SearchConfig, tracker: Tracker | None = None, *, tokenizer_dir: Path | None = None) -> SearchResult:
-    """Write pareto.json, the front's ONNX files, the chosen model and policy, and the plot; tag the front in MLflow.
+    """Write pareto.json, the front's ONNX files, the chosen model and policy, and the reports; tag the front in MLflow.
 
     The chosen trial is picked among feasible front trials only; with none
     feasible nothing is chosen and no ``best_policy.json`` is left behind.
+    The chosen model (or every feasible front model, ``tracking.registry``)
+    is registered in MLflow's model registry, the chosen one as ``champion``.
     """
     from autocompress.export import write_front
 
     output = Path(config.output)
     rows = front_rows(study) if any(t.state.is_finished() for t in study.trials) else []
     chosen = select([r for r in rows if r["feasible"]], config.search.selection, config.search.constraints.max_accuracy_drop)
-    plot = plot_front(study, rows, output / "pareto.png") if rows else None
     rows, chosen = write_front(output, rows, chosen, tokenizer_dir=tokenizer_dir)
-    if tracker is not None:
-        tracker.log_front({row["trial"] for row in rows}, rows, plot)
+    reports = write_reports(study, rows, output) if rows else []
     print(format_table(rows, study.user_attrs.get(BASELINE_ATTR)))
+    if tracker is not None:
+        tracker.log_front({row["trial"] for row in rows}, rows, reports, progress_series(study) if rows else [])
+        register = config.tracking.registry
+        numbers = [] if chosen is None or register is Registration.NONE else [chosen["trial"]]
+        if register is Registration.FRONT:
+            numbers = [row["trial"] for row in rows if row["feasible"]]
+        name = config.tracking.registered_model or default_model_name(study.study_name)
+        for registered in tracker.register(numbers, champion=chosen["trial"] if chosen else None, name=name):
+            print(f"registered {registered.uri} (version {registered.version})")
+        print(tracker.where())
     result = SearchResult(study.study_name, rows, chosen, output)
     if not result.feasible:
         limits = config.search.constraints.model_dump(exclude_none=True)

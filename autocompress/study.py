@@ -49,6 +49,7 @@ OWNER_ATTR = "owner"
 INTERRUPTED_ATTR = "interrupted"
 RETRY_OF_ATTR = "retry_of"
 FAIL_REASON_ATTR = "fail_reason"
+PRUNE_REASON_ATTR = "prune_reason"
 
 
 def make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:

@@ -29,7 +29,9 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, RETRY_OF_ATTR, STATE_ATTR
+from autocompress.config import ConfigError
+from autocompress.registry import ARTIFACT_TAG, CHAMPION, Registered, register_run
+from autocompress.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, PRUNE_REASON_ATTR, RETRY_OF_ATTR, STATE_ATTR
 
 if TYPE_CHECKING:
     from autocompress.teacher import Teacher
@@ -45,6 +47,9 @@ PARETO_TAG = "pareto"
 TRIAL_TAG = "optuna.trial_number"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 """MLflow 3 opens an experiment on its GenAI page unless tagged as model training."""
+NOTE_TAG = "mlflow.note.content"
+TRIAL_STATUS = {TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED"}
+"""MLflow run status of a finished trial; a pruned trial was stopped early, which MLflow calls KILLED."""
 RUN_STATUS = {"finished": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 """A server that is down costs seconds, not MLflow's default minutes of retries: the study keeps everything anyway."""
@@ -143,13 +148,18 @@ class Tracker:
         tags = {"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: str(trial.number), "optuna.state": trial.state.name}
         if trial.state == TrialState.PRUNED:
             tags["pruned"] = "true"
-        for key in (FAIL_REASON_ATTR, RETRY_OF_ATTR, "worker", "rejected_by_cost_model"):
+        for key in (FAIL_REASON_ATTR, PRUNE_REASON_ATTR, RETRY_OF_ATTR, "worker", "rejected_by_cost_model", "pruned_at_step"):
             if key in attrs:
                 tags[key] = str(attrs[key]).lower() if isinstance(attrs[key], bool) else str(attrs[key])
         if trial.state == TrialState.FAIL and FAIL_REASON_ATTR not in attrs:
             tags[FAIL_REASON_ATTR] = "interrupted: its process stopped beating (Optuna heartbeat)"
         if attrs.get(INTERRUPTED_ATTR):
             tags[INTERRUPTED_ATTR] = "true"
+        if attrs.get("artifact") and trial.state == TrialState.COMPLETE:
+            tags[ARTIFACT_TAG] = attrs["artifact"]
+        reason = tags.get(FAIL_REASON_ATTR) or tags.get(PRUNE_REASON_ATTR)
+        if reason:
+            tags[NOTE_TAG] = f"{trial.state.name.lower()}: {reason}"  # the run's description in the UI
         start = int(trial.datetime_start.timestamp() * 1000) if trial.datetime_start else None
         client = self.client
         run_id = client.create_run(self.experiment_id, run_name=f"trial-{trial.number}", start_time=start, tags=tags).info.run_id
@@ -162,7 +172,7 @@ class Tracker:
             _log_series(client, run_id, key, series)
         if "policy" in attrs:
             client.log_dict(run_id, attrs["policy"], "policy.json")
-        client.set_terminated(run_id, status="FAILED" if trial.state == TrialState.FAIL else "FINISHED", end_time=end)
+        client.set_terminated(run_id, status=TRIAL_STATUS.get(trial.state, "FINISHED"), end_time=end)
 
     def _trial_runs(self, client: MlflowClient) -> dict[int, str]:
         """Child runs of this parent, by trial number (the latest run wins)."""
@@ -173,19 +183,45 @@ class Tracker:
                 found[int(run.data.tags[TRIAL_TAG])] = run.info.run_id
         return found
 
-    def log_front(self, front_numbers: set[int], table: list[dict[str, Any]], plot: Path | None) -> None:
-        """Tag every child ``pareto=true|false`` and attach the table and plot to the parent."""
+    def log_front(
+        self, front_numbers: set[int], table: list[dict[str, Any]], reports: list[Path], progress: list[dict[str, Any]] = ()
+    ) -> None:
+        """Tag every child ``pareto=true|false``; attach the table and the reports to the parent, progress as step metrics.
+
+        ``progress`` (``reports.progress_series``) becomes the parent's
+        ``search_*`` metrics with the trial number as step, so the UI charts it.
+        """
 
         def write() -> None:
+            now = int(time.time() * 1000)
+            steps = [mlflow.entities.Metric(f"search_{k}", float(v), now, int(step["trial"]))
+                     for step in progress for k, v in step.items() if k != "trial" and v is not None]
+            for start in range(0, len(steps), 1000):
+                self.client.log_batch(self.parent_run_id, metrics=steps[start : start + 1000])
             for number, run_id in self._trial_runs(self.client).items():
                 self.client.set_tag(run_id, PARETO_TAG, str(number in front_numbers).lower())
             self.client.log_dict(self.parent_run_id, table, "pareto.json")
             if table:
                 self.client.log_table(self.parent_run_id, _columns(table), "pareto_table.json")
-            if plot is not None:
-                self.client.log_artifact(self.parent_run_id, str(plot))
+            for path in reports:
+                self.client.log_artifact(self.parent_run_id, str(path), "reports")
 
         self._guarded("tag the Pareto front", write)
+
+    def register(self, numbers: list[int], *, champion: int | None, name: str) -> list[Registered]:
+        """Register the models of these trials under ``name``; the ``champion`` alias goes to the chosen trial."""
+
+        def write() -> list[Registered]:
+            runs, registered = self._trial_runs(self.client), []
+            for number in numbers:
+                try:
+                    alias = CHAMPION if number == champion else None
+                    registered.append(register_run(runs[number], name=name, alias=alias, tracking_uri=self.uri))
+                except ConfigError as error:  # e.g. its file is gone: the others still register
+                    log.warning("trial %d not registered: %s", number, error)
+            return registered
+
+        return self._guarded("register the chosen model", write) or []
 
     def log_teacher(self, teacher: Teacher) -> None:
         """A nested run for a freshly fine-tuned teacher: its loss curve and its model folder."""
@@ -199,6 +235,15 @@ class Tracker:
             self.client.set_terminated(run.info.run_id)
 
         self._guarded("log the teacher", write)
+
+    def where(self) -> str:
+        """Where to look: the experiment page in the MLflow UI (its model-training view), for a server or a local store."""
+        if not self.experiment_id:
+            return f"MLflow at {self.uri} was not reached; `autocompress sync` catches up"
+        page = f"#/experiments/{self.experiment_id}/runs/{self.parent_run_id}?workflowType=machine_learning"
+        if self.uri.startswith(("http://", "https://")):
+            return f"MLflow: {self.uri.rstrip('/')}/{page}"
+        return f"MLflow: `mlflow ui --backend-store-uri {self.uri}`, then open http://127.0.0.1:5000/{page}"
 
     def finish(self) -> None:
         """End the parent run with the status of how the search ended (the study's ``autocompress.state``)."""

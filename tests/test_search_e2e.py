@@ -15,22 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def tiny_config(tmp_path, data_root, monkeypatch):
-    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    config = {
-        "task": {"data_root": str(data_root), "train_subset": 256, "dev_size": 96, "test_subset": 96, "max_length": 48},
-        "teacher": {"steps": 6, "batch_size": 16, "learning_rate": 1e-4},
-        "space": {"weight_bits": [4, 8, 32], "group_size": [None, 32], "prune_ratios": [0.0, 0.5], "embedding_bits": [4, 8, 32]},
-        "search": {"n_trials": 3, "study_name": "tiny", "storage": f"sqlite:///{tmp_path}/study.db", "population_size": 2,
-                   "constraints": {"max_accuracy_drop": None}},
-        "latency": {"sentences": 4, "warmup": 2, "repeats": 8, "rounds": 4},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tiny"},
-        "output": str(tmp_path / "out"),
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+def tiny_config(tiny, tmp_path):
+    return tiny(n_trials=3, storage=f"sqlite:///{tmp_path}/study.db", output=str(tmp_path / "out"),
+                tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tiny"})
 
 
 def child_runs(tracking_uri):
@@ -65,7 +52,10 @@ def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_p
     parents, children, teachers = child_runs(uri)
     assert len(parents) == 1 and len(children) == 3 and len(teachers) == 1
     params = children[0].data.params
-    assert params["bert.encoder.layer.5.output.dense.bits"] in {"4", "8", "32"} and int(params["seed"]) >= 0
+    assert params["block5.bits"] in {"4", "8", "32"} and int(params["seed"]) >= 0
+    assert {"block0.prune_ratio", "block0.heads", "block0.ffn", "block0.kept", "kept_blocks", "embedding_bits"} <= set(params)
+    assert params["block0.heads"] == "12" and params["block0.ffn"] == "1536" and params["block0.kept"] == "True"
+    assert len({frozenset(r.data.params) for r in children}) == 1  # one set of keys: MLflow's compare view lines trials up
     assert {"dev_accuracy", "test_accuracy", "latency_ms", "size_bytes", "speedup", "speedup_vs_int8", "sparsity"} <= set(children[0].data.metrics)
     tags = {r.data.tags["optuna.trial_number"]: r.data.tags.get("pareto") for r in children}
     assert {int(n) for n, t in tags.items() if t == "true"} == {r["trial"] for r in front}
@@ -73,6 +63,12 @@ def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_p
     assert parents[0].data.metrics["int8_speedup"] > 1  # ORT's int8 one-liner runs faster than the fp32 teacher
     experiment = mlflow.MlflowClient().get_experiment_by_name("tiny")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the training-runs view
+    reports = {a.path for a in mlflow.MlflowClient().list_artifacts(parents[0].info.run_id, "reports")}
+    assert {f"reports/{n}" for n in ("pareto.html", "pareto.png", "front_layers.png", "progress.png", "front.html")} <= reports
+    assert "plotly" in (out / "pareto.html").read_text()[:20000].lower()
+    history = mlflow.MlflowClient().get_metric_history(parents[0].info.run_id, "search_hypervolume")
+    assert [m.step for m in history] == [0, 1, 2] and history[-1].value >= history[0].value  # progress, charted per trial
+    assert_champion_is_the_chosen_model(uri, "autocompress-tiny", out, children)
 
     storage = f"sqlite:///{tmp_path}/study.db"
     study = optuna.load_study(study_name="tiny", storage=storage)
@@ -112,6 +108,29 @@ def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_p
     other = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/other.db").trials[0].user_attrs["artifact"]
     assert os.path.dirname(os.path.dirname(other)) != os.path.dirname(os.path.dirname(first_artifact))
     assert open(first_artifact, "rb").read() == first_bytes
+
+
+def assert_champion_is_the_chosen_model(uri, name, out, children):
+    """The registered champion is the chosen trial's file: downloadable as a folder that runs, same logits."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
+    chosen = json.loads((out / "best_policy.json").read_text())
+    by_run = {r.info.run_id: r for r in children}
+    assert json.loads(mlflow.artifacts.load_text(f"runs:/{version.run_id}/policy.json")) == chosen
+    assert by_run[version.run_id].data.tags["pareto"] == "true"
+    folder = mlflow.artifacts.download_artifacts(f"models:/{name}@champion")
+    assert {"MLmodel", "model.onnx"} <= set(os.listdir(folder)) and "CPUExecutionProvider" in open(f"{folder}/MLmodel").read()
+    assert {"policy.json", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(f"{folder}/extra_files"))  # MLflow keeps extra files there
+    assert json.load(open(f"{folder}/extra_files/policy.json")) == chosen
+    encoded = AutoTokenizer.from_pretrained(f"{folder}/extra_files")(["a gripping, funny film", "dull"], padding=True, return_tensors="np")
+    shipped = ort.InferenceSession(str(out / "best_model" / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = {i.name: encoded[i.name].astype(np.int64) for i in shipped.get_inputs()}
+    served = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(feed)
+    np.testing.assert_allclose(next(iter(served.values())), shipped.run(None, feed)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_a_changed_space_or_a_bad_one_fails_before_training(tiny_config, tmp_path, capsys):

@@ -1,0 +1,96 @@
+"""The team set-up for real: PostgreSQL holds the Optuna study and MLflow's runs, mlflow_server/ serves them.
+
+A tiny search on the real model runs against both; then the registry, the
+``register`` command and the MLflow UI, opened in headless Chromium, are
+checked. Screenshots are kept in ``test-artifacts/ui/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import mlflow
+import optuna
+import psycopg
+import pytest
+from browser import find_chromium, page_text
+from services import REPO, mlflow_server, postgres, require
+
+from autocompress.cli import main
+
+pytestmark = pytest.mark.slow
+SHOTS = REPO / "test-artifacts" / "ui"
+ML = "workflowType=machine_learning"  # MLflow 3.17's UI opens experiments on its GenAI pages unless told
+
+
+def tables(url: str) -> set[str]:
+    with psycopg.connect(url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {row[0] for row in cursor.fetchall()}
+
+
+def test_a_search_on_postgresql_behind_mlflow_server_registers_its_champion_and_shows_in_the_ui(tiny, tmp_path, capsys):
+    def chromium() -> str | None:
+        try:
+            return find_chromium()
+        except FileNotFoundError:
+            return None
+
+    require("chromium", chromium())
+    store = tmp_path / "object-store"  # what a bucket is to a team: the server proxies it, clients need no credentials
+    with postgres(["mlflow", "optuna"]) as database, mlflow_server(
+        tmp_path / "server", MLFLOW_BACKEND_STORE_URI=f"{database}/mlflow", MLFLOW_ARTIFACTS_DESTINATION=str(store)
+    ) as url:
+        config = tiny("team", n_trials=3, storage=f"{database}/optuna", tracking={"uri": url, "experiment": "team"})
+        assert main(["search", str(config)]) == 0
+        printed = capsys.readouterr().out
+        assert "registered models:/autocompress-team@champion" in printed and f"MLflow: {url}/#/experiments/" in printed
+
+        study = optuna.load_study(study_name="team", storage=f"{database}/optuna")
+        assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+        assert {"studies", "trials", "trial_heartbeats"} <= tables(f"{database}/optuna")
+        assert {"experiments", "runs", "registered_models", "model_versions"} <= tables(f"{database}/mlflow")
+
+        client = mlflow.MlflowClient(tracking_uri=url)
+        experiment = client.get_experiment_by_name("team")
+        runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+        parent = runs["search-team"]
+        trials = [runs[f"trial-{i}"] for i in range(3)]
+        assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+        assert {p.name for p in store.rglob("*")} >= {"pareto.html", "progress.png", "front_layers.png", "model.onnx"}  # via the server
+
+        champion = client.get_model_version_by_alias("autocompress-team", "champion")
+        chosen = json.loads((tmp_path / "out-team" / "best_policy.json").read_text())
+        download = tmp_path / "champion"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": url}
+        fetched = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "mlflow") if (REPO / ".venv" / "bin" / "mlflow").exists() else "mlflow", "artifacts", "download",
+             "--artifact-uri", "models:/autocompress-team@champion", "--dst-path", str(download)],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert fetched.returncode == 0, fetched.stderr
+        assert json.loads((download / "extra_files" / "policy.json").read_text()) == chosen
+        assert (download / "model.onnx").stat().st_size > 1e6
+
+        # Any front trial can be registered by run id; registering the champion's run again reuses its version.
+        front = [r for r in trials if r.data.tags.get("pareto") == "true"]
+        for run in front:
+            assert main(["register", run.info.run_id, "--tracking-uri", url]) == 0
+        versions = client.search_model_versions("name = 'autocompress-team'")
+        assert sorted(v.run_id for v in versions) == sorted(r.info.run_id for r in front)
+        assert main(["register", parent.info.run_id, "--tracking-uri", url]) == 2  # the search's own run holds no model
+        assert "has no model" in capsys.readouterr().err
+
+        eid, shots = experiment.experiment_id, SHOTS
+        page_text(f"{url}/#/experiments/{eid}?{ML}", click=['[role=gridcell]:has-text("search-team") button'],
+                  expect=["team", "search-team", "trial-0", "trial-1", "trial-2"], screenshot=shots / "experiment.png")
+        page_text(f"{url}/#/experiments/{eid}/runs/{parent.info.run_id}?{ML}",
+                  expect=["search-team", "Child runs", "trial-0", "trial-2", "teacher_dev_accuracy"], screenshot=shots / "search_run.png")
+        page_text(f"{url}/#/experiments/{eid}/runs/{champion.run_id}?{ML}",
+                  expect=["Parent run", "search-team", "block0.bits", "block5.heads", "dev_accuracy", "speedup_vs_int8", "pareto"],
+                  screenshot=shots / "champion_run.png")
+        page_text(f"{url}/#/models/autocompress-team", expect=["autocompress-team", "champion", f"Version {champion.version}"],
+                  screenshot=shots / "registered_model.png")
+    assert all((shots / f"{n}.png").stat().st_size > 10_000 for n in ("experiment", "search_run", "champion_run", "registered_model"))
