@@ -51,6 +51,7 @@ from autocompress.study import (
     fail_orphans,
     open_study,
     planned_total,
+    redacted,
     retry_all_interrupted,
     study_uid,
     trial_owner,
@@ -296,11 +297,11 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
     study.set_user_attr(TRACKING_ATTR, {"uri": config.tracking.uri, "experiment": config.tracking.experiment})
     study.set_user_attr(SEARCH_RUN_ATTR, {
         "params": {"model": config.model, "teacher_key": context.teacher.key, "sampler": config.search.sampler.value,
-                   "storage": config.search.storage, "workers": config.execution.workers},
+                   "storage": redacted(config.search.storage), "workers": config.execution.workers},
         "metrics": _baseline_metrics(context.baseline),
         "tags": {f"hardware.{k}": str(v) for k, v in context.fingerprint.items()} | {"python": sys.version.split()[0], "platform": platform.platform(),
                  TOKENIZER_TAG: str(context.teacher.path), MODEL_NAME_TAG: config.tracking.registered_model or default_model_name(study.study_name)},
-        "config": config.model_dump(mode="json"),
+        "config": _without_passwords(config.model_dump(mode="json")),
     })
     tracker = Tracker(study=study, experiment=config.tracking.experiment, tracking_uri=config.tracking.uri)
     tracker.sync()
@@ -343,6 +344,14 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
         result = finish_search(study, config, tracker, tokenizer_dir=context.teacher.path)
         tracker.finish()
     return result
+
+
+def _without_passwords(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as logged to MLflow: database passwords in the storage and tracking URIs masked."""
+    config["search"]["storage"] = redacted(config["search"]["storage"])
+    if config["tracking"]["uri"]:
+        config["tracking"]["uri"] = redacted(config["tracking"]["uri"])
+    return config
 
 
 def _baseline_metrics(baseline: dict[str, Any]) -> dict[str, float]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import optuna
 import psutil
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.config import ConfigError, SamplerName, SearchConfig
@@ -91,6 +92,16 @@ def absolute_storage(url: str) -> str:
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
         return prefix + str(Path(url[len(prefix):]).resolve())
     return url
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password masked (``postgresql://user:***@host/db``), for logs and MLflow params."""
+    if "@" not in url or "://" not in url:
+        return url
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
 
 
 def make_storage(config: SearchConfig) -> str | optuna.storages.BaseStorage:

@@ -43,7 +43,8 @@ def test_a_search_on_postgresql_behind_mlflow_server_registers_its_champion_and_
     with postgres(["mlflow", "optuna"]) as database, mlflow_server(
         tmp_path / "server", MLFLOW_BACKEND_STORE_URI=f"{database}/mlflow", MLFLOW_ARTIFACTS_DESTINATION=str(store)
     ) as url:
-        config = tiny("team", n_trials=3, storage=f"{database}/optuna", tracking={"uri": url, "experiment": "team"})
+        storage = f"{database}/optuna".replace("postgres@", "postgres:s3cret@")  # trust auth ignores it; MLflow must not show it
+        config = tiny("team", n_trials=3, storage=storage, tracking={"uri": url, "experiment": "team"})
         assert main(["search", str(config)]) == 0
         printed = capsys.readouterr().out
         assert "registered models:/autocompress-team@champion" in printed and f"MLflow: {url}/#/experiments/" in printed
@@ -53,12 +54,15 @@ def test_a_search_on_postgresql_behind_mlflow_server_registers_its_champion_and_
         assert {"studies", "trials", "trial_heartbeats"} <= tables(f"{database}/optuna")
         assert {"experiments", "runs", "registered_models", "model_versions"} <= tables(f"{database}/mlflow")
 
-        client = mlflow.MlflowClient(tracking_uri=url)
+        mlflow.set_tracking_uri(url)
+        client = mlflow.MlflowClient()
         experiment = client.get_experiment_by_name("team")
         runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
         parent = runs["search-team"]
         trials = [runs[f"trial-{i}"] for i in range(3)]
         assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+        logged_config = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/config.json")
+        assert parent.data.params["storage"] == storage.replace("s3cret", "***") and "s3cret" not in logged_config
         assert {p.name for p in store.rglob("*")} >= {"pareto.html", "progress.png", "front_layers.png", "model.onnx"}  # via the server
 
         champion = client.get_model_version_by_alias("autocompress-team", "champion")
