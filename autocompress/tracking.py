@@ -51,8 +51,10 @@ NOTE_TAG = "mlflow.note.content"
 TRIAL_STATUS = {TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED"}
 """MLflow run status of a finished trial; a pruned trial was stopped early, which MLflow calls KILLED."""
 RUN_STATUS = {"finished": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-"""A server that is down costs seconds, not MLflow's default minutes of retries: the study keeps everything anyway."""
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+"""A server that is down costs seconds, not MLflow's default minutes of retries: the study keeps everything anyway.
+MLflow's two lines per finished run and its download bars are dropped: the search prints its run's page once, at the end."""
 
 
 class Tracker:

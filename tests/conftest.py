@@ -76,3 +76,66 @@ def tiny(tmp_path, data_root, monkeypatch):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def export_dev(data_root, tokenizer):
+    """128 labelled SST-2 dev rows, the batches exporters verify on."""
+    from autocompress.data import batches, read_file
+
+    return batches(read_file(data_root / "sst2" / "validation.tsv", "sentence", "label").head(128), tokenizer, batch_size=32, max_length=64)
+
+
+@pytest.fixture(scope="session")
+def probe_head(data_root, tokenizer):
+    """A real classification head for the packaged MiniLM: logistic regression on 512 SST-2 training rows' pooled outputs.
+
+    Seconds instead of a fine-tuning run, and logits of a real classifier's scale.
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from autocompress.data import batches, read_file
+    from autocompress.models import load_classifier
+
+    torch.manual_seed(0)
+    model = load_classifier("default").eval()
+    train = batches(read_file(data_root / "sst2" / "train.tsv", "sentence", "label").head(512), tokenizer, batch_size=64, max_length=64)
+    with torch.no_grad():
+        pooled = torch.cat([model.bert(**{k: v for k, v in b.items() if k != "labels"}).pooler_output for b in train]).numpy()
+    labels = torch.cat([b["labels"] for b in train]).numpy()
+    fit = LogisticRegression(C=10.0, max_iter=2000).fit(pooled, labels)
+    weight = torch.zeros(2, pooled.shape[1])
+    weight[1] = torch.from_numpy(fit.coef_[0]).float()
+    return {"classifier.weight": weight, "classifier.bias": torch.tensor([0.0, float(fit.intercept_[0])])}
+
+
+@pytest.fixture()
+def probe_model(probe_head):
+    """The packaged MiniLM with ``probe_head``: a real (if simple) SST-2 classifier."""
+    import torch
+
+    from autocompress.models import load_classifier
+
+    torch.manual_seed(0)
+    model = load_classifier("default")
+    model.load_state_dict(probe_head, strict=False)
+    return model.eval()
+
+
+@pytest.fixture()
+def export_source(probe_model, export_dev, sentence_batches):
+    """Builds an exporter's ``Source``: a policy applied to the packaged MiniLM (seeded head), checked on 128 dev rows."""
+    import torch
+
+    from autocompress.exporters import Source
+    from autocompress.models import resolve_model_path
+    from autocompress.policy import Policy
+
+    def build(policy: dict | Policy) -> Source:
+        policy = policy if isinstance(policy, Policy) else Policy.from_dict(policy)
+        torch.manual_seed(0)
+        tokenizer_dir = Path(resolve_model_path("default"))
+        return Source.build(probe_model, policy, dev=export_dev, tokenizer_dir=tokenizer_dir, calibration=sentence_batches[0])
+
+    return build

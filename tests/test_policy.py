@@ -54,3 +54,18 @@ def test_layer_spec_rejects_unknown_bits():
 def test_unknown_field_in_json_is_rejected():
     with pytest.raises(ValueError, match="unknown policy field"):
         Policy.from_dict({"layers": {}, "bitz": 3})
+
+
+def test_params_have_one_key_set_per_model_whatever_the_policy():
+    blocks = [[f"layer.{i}.query", f"layer.{i}.dense"] for i in range(3)]
+    plain = Policy().params(blocks, heads=12, ffn=1536)
+    student = Policy(
+        layers={"re:layer\\.0\\..*": LayerSpec(bits=4), "layer.1.query": LayerSpec(bits=8, prune_ratio=0.5)},
+        heads={0: 6}, ffn={2: 768}, kept_blocks=(0, 2),
+    ).params(blocks, heads=12, ffn=1536)
+    assert set(plain) == set(student)  # MLflow's compare view needs the same keys on every run
+    assert (student["block0.bits"], student["block1.bits"], student["block2.bits"]) == (4, "mixed", 32)
+    assert (student["block1.prune_ratio"], student["block0.prune_ratio"]) == ("mixed", 0.0)
+    assert (student["block0.heads"], student["block1.heads"], student["block2.ffn"], student["block0.ffn"]) == (6, 12, 768, 1536)
+    assert [student[f"block{i}.kept"] for i in range(3)] == [True, False, True] and student["kept_blocks"] == 2
+    assert plain["kept_blocks"] == 3 and all(plain[f"block{i}.kept"] for i in range(3))

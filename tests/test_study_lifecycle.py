@@ -138,6 +138,9 @@ def test_mlflow_down_loses_nothing_and_sync_catches_up(tmp_path, caplog):
     failed = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
     failed.set_user_attr("fail_reason", "RuntimeError: boom")
     study.tell(failed, state=TrialState.FAIL)
+    pruned = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    pruned.set_user_attr("prune_reason", "cost model predicts 9.00 ms, confidently above max_latency_ms=2")
+    study.tell(pruned, state=TrialState.PRUNED)
 
     down = Tracker(study=study, experiment="life", tracking_uri="http://127.0.0.1:9")  # nothing listens on the discard port
     started = time.perf_counter()
@@ -145,11 +148,14 @@ def test_mlflow_down_loses_nothing_and_sync_catches_up(tmp_path, caplog):
     assert time.perf_counter() - started < 30 and "autocompress sync" in caplog.text
 
     up = Tracker(study=study, experiment="life", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    assert up.sync() == 2 and up.sync() == 0  # idempotent
+    assert up.sync() == 3 and up.sync() == 0  # idempotent
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["life"], output_format="list")}
     assert runs["trial-0"].info.status == "FINISHED" and runs["trial-0"].data.params["x"] == str(study.trials[0].params["x"])
     assert runs["trial-1"].info.status == "FAILED" and runs["trial-1"].data.tags["fail_reason"] == "RuntimeError: boom"
+    assert runs["trial-1"].data.tags["mlflow.note.content"] == "fail: RuntimeError: boom"  # the run's description in the UI
+    assert runs["trial-2"].info.status == "KILLED" and runs["trial-2"].data.tags["pruned"] == "true"
+    assert runs["trial-2"].data.tags["mlflow.note.content"].startswith("pruned: cost model predicts 9.00 ms")
     complete(study)
     assert Tracker(study=study, experiment="life", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").sync() == 1  # a later process too
 

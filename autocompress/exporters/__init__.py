@@ -1,0 +1,33 @@
+"""Export formats: each one an ``Exporter`` in its own module, registered here by its ``--format`` name.
+
+``onnx`` (the lowered ONNX Runtime model), ``hf`` (a Hugging Face folder),
+``ort-recipe`` (ONNX Runtime's own quantization tools rebuild the model),
+``torchao`` (a per-module torchao config) and ``llm-compressor`` (a recipe
+that compressed-tensors applies). Each verifies its output in the target tool.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from autocompress.exporters._base import Exporter, ExportMismatch, ExportReport, NotExpressible, Source
+
+FORMATS = {
+    "onnx": "autocompress.exporters._onnx:OnnxExporter",
+    "hf": "autocompress.exporters._hf:HuggingFaceExporter",
+    "ort-recipe": "autocompress.exporters._ort_recipe:OrtRecipeExporter",
+    "torchao": "autocompress.exporters._torchao:TorchaoExporter",
+    "llm-compressor": "autocompress.exporters._llm_compressor:LlmCompressorExporter",
+}
+"""Imported on use: a format's own tool (torchao, compressed-tensors) is only needed by that format."""
+
+
+def exporter(name: str) -> Exporter:
+    """The exporter registered as ``name``."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown export format {name!r}; allowed: {', '.join(FORMATS)}")
+    module, _, attribute = FORMATS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)()
+
+
+__all__ = ["FORMATS", "ExportMismatch", "ExportReport", "Exporter", "NotExpressible", "Source", "exporter"]

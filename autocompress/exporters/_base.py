@@ -1,0 +1,189 @@
+"""The plug-in interface of every export format, and the check each one runs on its own output.
+
+An exporter starts from a ``Source``: the policy and the models it builds,
+rebuilt as the trial built them. It writes its files, reloads them in the
+target tool, and compares that tool's predictions on labelled dev batches
+with the source's; only then does it report success. A policy the format
+cannot express raises ``NotExpressible`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from autocompress.compress import compress
+from autocompress.policy import Policy
+from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning, Technique
+
+Batches = Sequence[Mapping[str, torch.Tensor]]
+MAX_ACCURACY_DROP = 0.005
+"""An export may lose at most half a point of dev accuracy against its source."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+class NotExpressible(ValueError):
+    """The policy uses something the target format cannot express; the message names it."""
+
+
+class ExportMismatch(RuntimeError):
+    """The exported output, reloaded in its tool, disagrees with the source beyond the format's tolerance."""
+
+
+@dataclass
+class Source:
+    """What every exporter starts from.
+
+    ``float_model`` has the policy's structure, pruning and recovery, in
+    float: what other tools quantize themselves. ``model`` is it with the
+    policy's quantization simulated: what autocompress measured.
+    """
+
+    policy: Policy
+    float_model: PreTrainedModel
+    model: PreTrainedModel
+    tokenizer_dir: Path
+    dev: Batches
+
+    @classmethod
+    def build(
+        cls,
+        teacher: PreTrainedModel,
+        policy: Policy,
+        *,
+        dev: Batches,
+        tokenizer_dir: Path,
+        calibration: Mapping[str, torch.Tensor] | None = None,
+        recovery: Technique | None = None,
+    ) -> Source:
+        """Apply ``policy`` to ``teacher`` with the search's techniques, in its order (seed the caller's RNG as the trial did)."""
+        techniques = (StructuredPruning(), MagnitudePruning(), *([recovery] if recovery else []))
+        float_model = compress(teacher, policy, techniques=techniques, calibration=calibration)
+        model = compress(float_model, policy, techniques=(Quantization(),))
+        return cls(policy, float_model, model, Path(tokenizer_dir), dev)
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return torch.cat([batch["labels"] for batch in self.dev]).numpy()
+
+    @cached_property
+    def logits(self) -> np.ndarray:
+        """The source model's logits on ``dev`` (the simulation autocompress measured)."""
+        return torch_logits(self.model, self.dev)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.logits.argmax(-1) == self.labels).mean())
+
+    def float_copy(self) -> PreTrainedModel:
+        """A fresh copy of ``float_model`` that a tool may quantize in place."""
+        return copy.deepcopy(self.float_model)
+
+    def write_common(self, folder: Path) -> list[str]:
+        """``policy.json`` and the tokenizer files, which every format ships beside its model."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.policy.save(folder / "policy.json")
+        written = ["policy.json"]
+        for name in TOKENIZER_FILES:
+            if (self.tokenizer_dir / name).is_file():
+                (folder / name).write_bytes((self.tokenizer_dir / name).read_bytes())
+                written.append(name)
+        return written
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an exporter wrote and how its reloaded output compared with the source on the dev batches."""
+
+    format: str
+    folder: str
+    files: list[str]
+    rows: int
+    accuracy: float
+    source_accuracy: float
+    agreement: float
+    """Share of dev rows where the reloaded output predicts the source's label."""
+    max_abs_logit_diff: float
+    tolerance: float
+    notes: list[str] = field(default_factory=list)
+
+    def save(self) -> Path:
+        path = Path(self.folder) / "export_report.json"
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    def line(self) -> str:
+        return (f"{self.format}: {self.folder} | accuracy {self.accuracy:.4f} vs source {self.source_accuracy:.4f} on {self.rows} dev rows | "
+                f"same prediction on {100 * self.agreement:.1f} % | max |Δlogit| {self.max_abs_logit_diff:.2e} (tolerance {self.tolerance:g})")
+
+
+class Exporter(ABC):
+    """One export format: ``check`` refuses what it cannot express, ``export`` writes and verifies.
+
+    ``tolerance`` is the largest absolute logit difference from the source
+    the format accepts: tiny where it reproduces the source's arithmetic,
+    larger where the target tool rounds weights or activations its own way.
+    """
+
+    name: ClassVar[str]
+    tolerance: ClassVar[float]
+
+    def check(self, policy: Policy) -> None:  # noqa: B027 - formats that express every policy keep this
+        """Raise ``NotExpressible`` naming what ``policy`` uses that this format cannot hold."""
+
+    @abstractmethod
+    def write(self, source: Source, folder: Path) -> tuple[list[str], np.ndarray, list[str]]:
+        """Write the format into ``folder``; return its files, the reloaded output's logits on ``source.dev``, and notes."""
+
+    def export(self, source: Source, folder: Path) -> ExportReport:
+        self.check(source.policy)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files, logits, notes = self.write(source, folder)
+        report = compare(self.name, folder, source, logits, tolerance=self.tolerance, files=[*source.write_common(folder), *files], notes=notes)
+        report.save()
+        return report
+
+
+def compare(
+    name: str, folder: Path, source: Source, logits: np.ndarray, *, tolerance: float, files: list[str], notes: list[str]
+) -> ExportReport:
+    """The report of ``logits`` against the source's; raises ``ExportMismatch`` beyond the tolerance or half a point of accuracy."""
+    if logits.shape != source.logits.shape:
+        raise ExportMismatch(f"{name}: the reloaded output gives logits of shape {logits.shape}, the source {source.logits.shape}")
+    predictions = logits.argmax(-1)
+    report = ExportReport(
+        format=name, folder=str(folder), files=sorted(set(files)), rows=len(source.labels),
+        accuracy=float((predictions == source.labels).mean()), source_accuracy=source.accuracy,
+        agreement=float((predictions == source.logits.argmax(-1)).mean()),
+        max_abs_logit_diff=float(np.abs(logits - source.logits).max()), tolerance=tolerance, notes=notes,
+    )  # fmt: skip
+    if report.max_abs_logit_diff > tolerance:
+        raise ExportMismatch(f"{name}: reloaded logits differ from the source's by up to {report.max_abs_logit_diff:.3g} (tolerance {tolerance:g})")
+    if report.accuracy < report.source_accuracy - MAX_ACCURACY_DROP:
+        raise ExportMismatch(f"{name}: accuracy {report.accuracy:.4f} is more than 0.5 pt below the source's {report.source_accuracy:.4f}")
+    return report
+
+
+@torch.no_grad()
+def torch_logits(model: PreTrainedModel, batches: Batches) -> np.ndarray:
+    """Logits of a torch classifier on labelled batches (labels dropped)."""
+    model.eval()
+    return torch.cat([model(**{k: v for k, v in b.items() if k != "labels"}).logits for b in batches]).float().numpy()
+
+
+def quantized_layers(source: Source) -> dict[str, Any]:
+    """The Linear layers the policy quantizes, by name in ``source.model``, with their ``QuantizedWeight``."""
+    from autocompress.quantizer import QUANT_ATTR
+
+    return {name: getattr(m, QUANT_ATTR) for name, m in source.model.named_modules() if isinstance(m, torch.nn.Linear) and hasattr(m, QUANT_ATTR)}
