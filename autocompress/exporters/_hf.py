@@ -1,0 +1,62 @@
+"""The ``hf`` format: a Hugging Face folder that ``AutoModelForSequenceClassification.from_pretrained`` loads.
+
+The weights are the compressed model's: blocks, heads and FFN neurons
+removed, pruned weights zero, recovery training kept, and quantized layers
+rounded to the policy's grid (stored as float32, so the folder is not smaller
+for its bits: the ``onnx``, ``torchao`` and ``llm-compressor`` formats carry
+those). A model whose blocks all keep every head and one FFN width loads in
+stock transformers (``num_hidden_layers`` and ``intermediate_size`` say it
+all); uneven heads or widths need the project's model class, shipped beside
+the weights as remote code (``trust_remote_code=True``), since transformers 5
+can neither prune heads nor take one FFN width per block.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from autocompress.exporters._base import Exporter, Source, torch_logits
+from autocompress.quantizer import QUANT_ATTR, runs_as_matmul_integer
+from autocompress.shrunk_bert import BLOCKS_ATTR, MODELING_FILE, save_shrunk
+
+EXACT = 1e-4
+"""Reloaded weights run the same float math as the source (without run-time activation rounding)."""
+
+
+class HuggingFaceExporter(Exporter):
+    name = "hf"
+    tolerance = EXACT
+
+    def reference(self, source: Source) -> np.ndarray:
+        """The simulation without the 8-bit layers' run-time activation rounding, which a float runtime does not do."""
+        return source.float_activation_logits
+
+    def write(self, source: Source, folder: Path) -> tuple[list[str], np.ndarray, list[str]]:
+        save_shrunk(source.model, folder)
+        config_path = folder / "config.json"
+        config = json.loads(config_path.read_text())
+        shapes = config.get(BLOCKS_ATTR, [])
+        stock = all(s["heads"] == config["num_attention_heads"] for s in shapes) and len({s["intermediate_size"] for s in shapes}) <= 1
+        if stock:  # transformers alone rebuilds it: no remote code to trust
+            config.pop("auto_map", None)
+            config.pop(BLOCKS_ATTR, None)
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (folder / MODELING_FILE).unlink(missing_ok=True)
+        loaded = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=not stock, dtype=torch.float32)
+        files = sorted(p.name for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".py") and p.name != "policy.json")
+        notes = ["loads in stock transformers" if stock else f"uneven heads or FFN widths: loads with trust_remote_code=True ({MODELING_FILE})"]
+        rounded = [n for n, m in source.model.named_modules() if isinstance(m, torch.nn.Linear) and _rounds_activations(m)]
+        if rounded:
+            notes.append(f"{len(rounded)} 8-bit per-channel layers: weights on the int8 grid, but activations stay float here "
+                         "(ONNX Runtime's MatMulInteger rounds them; see the onnx format)")
+        return files, torch_logits(loaded, source.dev), notes
+
+
+def _rounds_activations(linear: torch.nn.Linear) -> bool:
+    quantized = getattr(linear, QUANT_ATTR, None)
+    return quantized is not None and runs_as_matmul_integer(quantized.bits, quantized.group_size, linear.in_features)

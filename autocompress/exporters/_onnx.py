@@ -1,0 +1,39 @@
+"""The ``onnx`` format: the mixed-precision model on ONNX Runtime's integer kernels, as the search measured it.
+
+The same path as a trial (``measure.deploy``: export, lower, verify against
+the torch simulation), then the written file is reloaded in a fresh ONNX
+Runtime session and its logits compared with the source's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from autocompress.exporters._base import Exporter, Source
+from autocompress.measure._deployed import deploy
+from autocompress.runtime import ort_feed, ort_session
+from autocompress.runtime._verify import MATMUL_INTEGER_RTOL, rounds_activations
+
+EXACT = 1e-4
+"""Without run-time activation rounding the file does the simulation's float math on the same codes (seen: 7e-6)."""
+
+
+class OnnxExporter(Exporter):
+    """``model.onnx`` (+ tokenizer, ``policy.json``) for ``onnxruntime.InferenceSession``."""
+
+    name = "onnx"
+    tolerance = EXACT
+
+    def tolerance_for(self, source: Source, files: Path) -> float:
+        """Exact to 1e-4, unless 8-bit per-channel layers round activations at run time (see ``runtime.verify``)."""
+        rounding = rounds_activations(files / "model.onnx")
+        return EXACT + (MATMUL_INTEGER_RTOL * float(np.abs(source.logits).max()) if rounding else 0.0)
+
+    def write(self, source: Source, folder: Path) -> tuple[list[str], np.ndarray, list[str]]:
+        lowering, check = deploy(source.model, dev=source.dev, threads=2, workdir=folder)
+        session = ort_session(folder / "model.onnx", threads=2)
+        logits = np.concatenate([session.run(["logits"], ort_feed(session, batch))[0] for batch in source.dev])
+        ops = sorted({layer.op for layer in lowering.layers.values()})
+        return ["model.onnx"], logits, [f"kernels: {', '.join(ops) or 'float only'}; file {lowering.file_bytes} bytes"]
