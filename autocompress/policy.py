@@ -13,14 +13,40 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import jsonschema
 
 POLICY_VERSION = 1
 PATTERN_PREFIX = "re:"
 QUANT_SCHEMES = ("linear", "kmeans")
 EMBEDDING_BITS = (4, 8, 32)
 """Word-embedding precision; quantized tables have one scale per row (per token)."""
+
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / f"policy-v{POLICY_VERSION}.schema.json"
+"""The policy format as JSON Schema, shipped in the package: what other tools and editors validate against."""
+
+
+class PolicyError(ValueError):
+    """A policy file or dict breaks the schema; the message names the source, the field and what is allowed."""
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate(data: Any, *, source: str = "policy") -> None:
+    """Raise ``PolicyError`` for the first schema violation, naming the field (``layers.re:...\.0\..*.bits``)."""
+    if isinstance(data, Mapping) and data.get("version", POLICY_VERSION) != POLICY_VERSION:
+        raise PolicyError(f"{source}: policy version {data['version']!r} is not supported; this release reads version {POLICY_VERSION}")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema()).iter_errors(data))
+    if error is not None:
+        where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise PolicyError(f"{source}: {where}: {error.message}")
 
 
 @dataclass(frozen=True)
@@ -92,11 +118,10 @@ class Policy:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "policy") -> "Policy":
+        """Validate ``data`` against the shipped JSON Schema (errors name ``source`` and the field), then build."""
+        validate(data, source=source)
         data = dict(data)
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown policy field(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
         data["layers"] = {name: LayerSpec(**spec) for name, spec in data.get("layers", {}).items()}
         data["heads"] = {int(k): int(v) for k, v in data.get("heads", {}).items()}
         data["ffn"] = {int(k): int(v) for k, v in data.get("ffn", {}).items()}
@@ -108,8 +133,12 @@ class Policy:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Policy":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, *, source: str = "policy") -> "Policy":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PolicyError(f"{source}: not JSON ({error})") from None
+        return cls.from_dict(data, source=source)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -118,7 +147,7 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
-        return cls.from_json(Path(path).read_text())
+        return cls.from_json(Path(path).read_text(), source=str(path))
 
     def params(self, blocks: Sequence[Iterable[str]], *, heads: int, ffn: int) -> dict[str, Any]:
         """One scalar per key, the same keys for every policy of one model, for MLflow params and reports.

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from autocompress.policy import LayerSpec, Policy
@@ -52,7 +54,7 @@ def test_layer_spec_rejects_unknown_bits():
 
 
 def test_unknown_field_in_json_is_rejected():
-    with pytest.raises(ValueError, match="unknown policy field"):
+    with pytest.raises(ValueError, match="policy: \(top level\): Additional properties are not allowed \(.bitz. was unexpected\)"):
         Policy.from_dict({"layers": {}, "bitz": 3})
 
 
@@ -69,3 +71,30 @@ def test_params_have_one_key_set_per_model_whatever_the_policy():
     assert (student["block0.heads"], student["block1.heads"], student["block2.ffn"], student["block0.ffn"]) == (6, 12, 768, 1536)
     assert [student[f"block{i}.kept"] for i in range(3)] == [True, False, True] and student["kept_blocks"] == 2
     assert plain["kept_blocks"] == 3 and all(plain[f"block{i}.kept"] for i in range(3))
+
+
+def test_the_shipped_schema_describes_every_field_and_names_the_one_at_fault(tmp_path):
+    import json
+
+    from autocompress.policy import SCHEMA_PATH, PolicyError
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert set(schema["properties"]) == set(Policy.__dataclass_fields__)  # the file and the class cannot drift apart
+    full = Policy(layers={"re:.*\\.0\\..*": LayerSpec(bits=4, prune_ratio=0.25)}, scheme="linear", group_size=32, embedding_bits=8,
+                  heads={0: 6}, ffn={1: 768}, kept_blocks=(0, 2), recovery_steps=100)
+    import jsonschema
+
+    jsonschema.validate(full.to_dict(), schema)  # what we write, the schema accepts
+    assert Policy.load(full.save(tmp_path / "p.json")) == full
+    for bad, message in [
+        ({"layers": {"re:.*": {"bits": 9}}}, "p.json: layers.re:.*.bits: 9 is not one of"),
+        ({"version": 2}, "p.json: policy version 2 is not supported"),
+        ({"ffn": {"1": -4}}, "p.json: ffn.1: -4 is less than the minimum of 0"),
+        ({"group": 32}, "'group' was unexpected"),
+    ]:
+        (tmp_path / "p.json").write_text(json.dumps(bad))
+        with pytest.raises(PolicyError, match=re.escape(message)):
+            Policy.load(tmp_path / "p.json")
+    (tmp_path / "p.json").write_text("{not json")
+    with pytest.raises(PolicyError, match="p.json: not JSON"):
+        Policy.load(tmp_path / "p.json")
