@@ -13,11 +13,14 @@ first use, so ``autocompress status`` and the other job commands start fast.
 """
 
 import importlib
+import logging
 import sys
 import types
 
 from autocompress.config import ConfigError, SearchConfig, load_config
 from autocompress.policy import Policy
+
+logging.getLogger("torchao").setLevel(logging.ERROR)  # transformers imports torchao if installed; its CUDA kernels fail to load on CPU, loudly
 
 __all__ = ["ConfigError", "Policy", "SearchConfig", "compress", "load_config", "measure", "search"]
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from autocompress.config import ConfigError, SearchConfig, load_config
+from autocompress.config import ConfigError, SearchConfig, Selection, load_config
 
 NO_FEASIBLE_TRIAL = 3
 """Exit status of a search in which no trial met the constraints."""
@@ -77,6 +77,26 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("--alias", help="alias to point at this version, e.g. champion")
     register.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
 
+    export = commands.add_parser("export", help="write a model in other tools' formats, each reloaded in its tool and checked")
+    export.add_argument("policy", nargs="?", help="a policy JSON file (applied under --config), instead of a study's trial or a run")
+    export.add_argument("--config", help="with POLICY: the search config it applies under (model, task, teacher)")
+    export.add_argument("--storage", help="Optuna storage URL of a study")
+    export.add_argument("--study-name")
+    export.add_argument("--trial", type=int, help="trial number (default: the trial the search chose)")
+    export.add_argument("--run", help="an MLflow trial run id (child run of a search)")
+    export.add_argument("--tracking-uri", help="MLflow tracking URI for --run (default: $MLFLOW_TRACKING_URI, else the local store)")
+    _export_options(export, required=True)
+
+    pick = commands.add_parser("pick", help="choose a trial of an existing study under your own limits, without searching again")
+    pick.add_argument("--storage", required=True, help="Optuna storage URL of the study")
+    pick.add_argument("--study-name", required=True)
+    pick.add_argument("--max-accuracy-drop", type=float, help="at most this dev-accuracy drop from the teacher (0.01 = 1 point)")
+    pick.add_argument("--max-latency-ms", type=float, help="at most this latency (the trial's median, batch 1)")
+    pick.add_argument("--max-size-mb", type=float, help="at most this file size (MB)")
+    pick.add_argument("--rule", choices=[s.value for s in Selection], default=Selection.FASTEST.value, help="which one of those within")
+    pick.add_argument("--json", action="store_true", help="print the pick as JSON")
+    _export_options(pick, required=False)
+
     pareto = commands.add_parser("pareto", help="print the Pareto front of an existing study")
     pareto.add_argument("--storage", required=True, help="Optuna storage URL of the study")
     pareto.add_argument("--study-name", required=True)
@@ -86,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("--schema", action="store_true", required=True, help="list every field: type, default, allowed values, meaning")
     config.add_argument("--json", action="store_true", help="print the fields as JSON")
     return parser
+
+
+def _export_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    from autocompress.exporters import FORMATS
+
+    parser.add_argument("--format", nargs="+", choices=list(FORMATS), required=required, help="one or more formats, each into OUTPUT/FORMAT")
+    parser.add_argument("--output", "-o", required=required, help="folder to export into")
 
 
 def _search_config(args: argparse.Namespace) -> SearchConfig:
@@ -295,6 +322,72 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from autocompress import rebuild
+
+    sources = [bool(args.policy), bool(args.study_name), bool(args.run)]
+    if sum(sources) != 1:
+        raise ConfigError("export: give exactly one of POLICY (with --config), --storage/--study-name [--trial N], or --run RUN_ID")
+    if args.policy:
+        if not args.config:
+            raise ConfigError(f"export {args.policy}: a policy file needs --config, the search config naming its model and task")
+        origin = rebuild.from_policy(args.policy, config=args.config)
+    elif args.run:
+        origin = rebuild.from_run(args.run, tracking_uri=args.tracking_uri)
+    else:
+        from autocompress.picking import chosen_trial
+
+        if not args.storage:
+            raise ConfigError("export: --study-name needs --storage")
+        study = _load_study(args.storage, args.study_name)
+        origin = rebuild.from_trial(study, chosen_trial(study) if args.trial is None else args.trial)
+    return _write_exports(origin, args.format, Path(args.output))
+
+
+def _write_exports(origin, formats: list[str], output: Path) -> int:
+    from autocompress.exporters import ExportMismatch, NotExpressible, exporter
+    from autocompress.rebuild import rebuild
+
+    chosen = [exporter(name) for name in formats]
+    for target in chosen:  # a format that cannot hold the policy fails before anything is built
+        try:
+            target.check(origin.policy)
+        except NotExpressible as error:
+            raise ConfigError(f"{origin.label}: --format {target.name}: {error}") from None
+    print(f"rebuilding {origin.label}")
+    source = rebuild(origin)
+    failed = 0
+    for target in chosen:
+        try:
+            print(target.export(source, output / target.name).line())
+        except ExportMismatch as error:
+            print(f"autocompress: error: {error}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _pick(args: argparse.Namespace) -> int:
+    from autocompress.pareto import BASELINE_ATTR, format_table
+    from autocompress.picking import pick
+
+    if bool(args.format) != bool(args.output):
+        raise ConfigError("pick: --format and --output go together")
+    study = _load_study(args.storage, args.study_name)
+    row, within = pick(study, max_accuracy_drop=args.max_accuracy_drop, max_latency_ms=args.max_latency_ms,
+                       max_size_mb=args.max_size_mb, rule=Selection(args.rule))
+    if row is None:
+        print(f"autocompress: no completed trial of study {study.study_name!r} is within those limits", file=sys.stderr)
+        return 3
+    print(json.dumps(row, indent=2) if args.json else format_table([row], study.user_attrs.get(BASELINE_ATTR)))
+    if not args.json:
+        print(f"\npicked trial {row['trial']} ({args.rule}) of {within} within the limits")
+    if not args.format:
+        return 0
+    from autocompress.rebuild import from_trial
+
+    return _write_exports(from_trial(study, row["trial"]), args.format, Path(args.output))
+
+
 def _pareto(args: argparse.Namespace) -> int:
     from autocompress.pareto import BASELINE_ATTR, format_table, front_rows
 
@@ -351,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     commands = {"search": _search, "pareto": _pareto, "config": _config, "status": _status, "logs": _logs, "stop": _stop,
                 "resume": _resume, "jobs": _jobs, "sync": _sync,
-                "register": _register}
+                "register": _register, "export": _export, "pick": _pick}
     code = 1
     try:
         code = commands[args.command](args)

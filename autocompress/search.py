@@ -211,8 +211,9 @@ class SearchResult:
 
 
 def resolved(config: SearchConfig) -> SearchConfig:
-    """``config`` with its file and SQLite stores as absolute paths, so workers and jobs started elsewhere find them."""
+    """``config`` with its data root, file and SQLite stores as absolute paths, so workers, jobs and exports find them."""
     data = config.model_dump(mode="json")
+    data["task"]["data_root"] = str(config.data_path("."))  # kept in the study: export rebuilds trials from it
     data["search"]["storage"] = absolute_storage(config.search.storage)
     if config.tracking.uri:
         data["tracking"]["uri"] = absolute_storage(config.tracking.uri)

@@ -126,13 +126,10 @@ class SearchContext:
         torch.manual_seed(config.search.seed)
         teacher = get_teacher(config)
         tokenizer = load_tokenizer(str(teacher.path))
-        length = config.task.max_length
-        dev_examples, test_examples = load_split(config, "dev"), load_split(config, "test")
-        dev = batches(by_length(dev_examples), tokenizer, batch_size=64, max_length=length)
-        test = batches(by_length(test_examples), tokenizer, batch_size=64, max_length=length)
+        dev_examples = load_split(config, "dev")
+        dev, test, calibration = task_batches(config, tokenizer, dev_examples)
         sentences = pick_sentences(dev_examples.texts, n=min(config.latency.sentences, len(dev_examples)))
-        timing_inputs = latency_inputs(tokenizer, sentences, max_length=length)
-        calibration = batches(load_split(config, "train").sample(32, seed=config.search.seed), tokenizer, batch_size=32, max_length=length)[0]
+        timing_inputs = latency_inputs(tokenizer, sentences, max_length=config.task.max_length)
         model = teacher.load()
         if references is None:
             probes, baseline = measure_references(model, config, dev=dev, test=test, timing_inputs=timing_inputs, workdir=workdir / "references")
@@ -144,6 +141,15 @@ class SearchContext:
             context.distillation = distillation_setup(config, model, teacher, tokenizer)
             context.fidelity = Fidelity(config)
         return context
+
+
+def task_batches(config: SearchConfig, tokenizer: Any, dev: Examples | None = None) -> tuple[list, list, dict[str, torch.Tensor]]:
+    """Dev and test batches (sorted by length) and the calibration batch, exactly as every trial of ``config`` sees them."""
+    length = config.task.max_length
+    dev = load_split(config, "dev") if dev is None else dev
+    scored = [batches(by_length(split), tokenizer, batch_size=64, max_length=length) for split in (dev, load_split(config, "test"))]
+    calibration = batches(load_split(config, "train").sample(32, seed=config.search.seed), tokenizer, batch_size=32, max_length=length)[0]
+    return scored[0], scored[1], calibration
 
 
 def cost_target(model: PreTrainedModel, backend: str) -> str:

@@ -9,8 +9,10 @@ that compressed-tensors applies). Each verifies its output in the target tool.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
-from autocompress.exporters._base import Exporter, ExportMismatch, ExportReport, NotExpressible, Source
+if TYPE_CHECKING:
+    from autocompress.exporters._base import Exporter
 
 FORMATS = {
     "onnx": "autocompress.exporters._onnx:OnnxExporter",
@@ -28,6 +30,16 @@ def exporter(name: str) -> Exporter:
         raise ValueError(f"unknown export format {name!r}; allowed: {', '.join(FORMATS)}")
     module, _, attribute = FORMATS[name].partition(":")
     return getattr(importlib.import_module(module), attribute)()
+
+
+_BASE = ("ExportMismatch", "ExportReport", "Exporter", "NotExpressible", "Source")
+
+
+def __getattr__(name: str) -> Any:
+    """The interface (``Source``, ``Exporter``, ...) loads torch on first use, so the CLI starts fast."""
+    if name in _BASE:
+        return getattr(importlib.import_module("autocompress.exporters._base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["FORMATS", "ExportMismatch", "ExportReport", "Exporter", "NotExpressible", "Source", "exporter"]

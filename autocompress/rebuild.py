@@ -1,0 +1,98 @@
+"""Rebuild what a trial built, from a study's trial, an MLflow run or a policy file, for export.
+
+A trial's model is a function of its search config (model, task, teacher
+recipe), its policy and its seed; all three are kept in the study and in its
+MLflow runs. Rebuilding reuses the cached teacher and the search's own dev
+rows and calibration batch, then checks that the rebuilt model scores what
+the trial recorded (within half a point) before anything is exported.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autocompress.config import ConfigError, SearchConfig, load_config, parse_config
+from autocompress.exporters import Source
+from autocompress.exporters._base import MAX_ACCURACY_DROP
+from autocompress.policy import Policy
+from autocompress.tracking import SEARCH_RUN_ATTR, TRIAL_TAG
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a model comes from: the config it was searched under, its policy and seed, and what its trial measured."""
+
+    config: SearchConfig
+    policy: Policy
+    seed: int
+    label: str
+    recorded: dict[str, Any] = field(default_factory=dict)
+    """The trial's own numbers (dev_accuracy, test_accuracy, latency_ms, ...); empty for a bare policy file."""
+
+
+def from_trial(study: Any, number: int) -> Origin:
+    """Trial ``number`` of a study made by ``autocompress search``."""
+    search = study.user_attrs.get(SEARCH_RUN_ATTR)
+    if search is None:
+        raise ConfigError(f"study {study.study_name!r} holds no search config; was it made by autocompress search?")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials or trials[number].state.name != "COMPLETE":
+        done = sorted(n for n, t in trials.items() if t.state.name == "COMPLETE")
+        raise ConfigError(f"study {study.study_name!r}: trial {number} is not a completed trial; completed: {done}")
+    attrs = trials[number].user_attrs
+    config = parse_config(search["config"], source=f"study {study.study_name!r}")
+    recorded = {k: attrs[k] for k in ("dev_accuracy", "test_accuracy", "latency_ms", "speedup", "size_bytes") if k in attrs}
+    return Origin(config, Policy.from_dict(attrs["policy"], source=f"trial {number}"), int(attrs["seed"]), f"trial {number} of study {study.study_name!r}", recorded)
+
+
+def from_run(run_id: str, *, tracking_uri: str | None = None) -> Origin:
+    """The trial behind an MLflow child run of a search (its policy, seed and its parent's config)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+        parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+        with tempfile.TemporaryDirectory() as folder:
+            policy = Policy.load(client.download_artifacts(run_id, "policy.json", folder))
+            config = json.loads(Path(client.download_artifacts(parent.info.run_id, "config.json", folder)).read_text())
+    except (MlflowException, KeyError, OSError) as error:
+        raise ConfigError(f"run {run_id}: not a trial run of an autocompress search at {client.tracking_uri} ({error})") from None
+    recorded = {k: run.data.metrics[k] for k in ("dev_accuracy", "test_accuracy", "latency_ms", "speedup", "size_bytes") if k in run.data.metrics}
+    label = f"run {run_id} (trial {run.data.tags.get(TRIAL_TAG)})"
+    return Origin(parse_config(config, source=f"run {parent.info.run_id} config.json"), policy, int(run.data.params.get("seed", 0)), label, recorded)
+
+
+def from_policy(path: str | Path, *, config: str | Path, seed: int = 0) -> Origin:
+    """A policy file, applied under a search config (its model, task and teacher)."""
+    return Origin(load_config(config), Policy.load(path), seed, f"policy {path}")
+
+
+def rebuild(origin: Origin) -> Source:
+    """The origin's model, built as its trial built it; refuses one that scores more than half a point off the record."""
+    from autocompress.models import load_tokenizer
+    from autocompress.teacher import get_teacher
+    from autocompress.techniques import Recovery
+    from autocompress.trial import distillation_setup, seeded, task_batches
+
+    config = origin.config
+    teacher = get_teacher(config)
+    tokenizer = load_tokenizer(str(teacher.path))
+    dev, _, calibration = task_batches(config, tokenizer)
+    model = teacher.load()
+    recovery = Recovery(distillation_setup(config, model, teacher, tokenizer)) if origin.policy.recovery_steps else None
+    try:
+        with seeded(origin.seed):
+            source = Source.build(model, origin.policy, dev=dev, tokenizer_dir=teacher.path, calibration=calibration, recovery=recovery)
+    except ValueError as error:  # a policy that does not fit this model (heads, widths, blocks)
+        raise ConfigError(f"{origin.label}: does not apply to {config.model}: {error}") from None
+    recorded = origin.recorded.get("dev_accuracy")
+    if recorded is not None and abs(source.accuracy - recorded) > MAX_ACCURACY_DROP:
+        raise ConfigError(f"{origin.label}: the rebuilt model scores {source.accuracy:.4f} on dev, the trial recorded {recorded:.4f}; "
+                          "the cached teacher or the data changed since the search")
+    return source
