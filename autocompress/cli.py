@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("--alias", help="alias to point at this version, e.g. champion")
     register.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
 
+    apply = commands.add_parser("apply", help="apply a policy to a model without searching, and measure it like a trial")
+    apply.add_argument("policy", help="a policy JSON file (best_policy.json, a trial's policy.json)")
+    apply.add_argument("--model", required=True, help="a fine-tuned classifier of the same architecture: local folder or hub id")
+    apply.add_argument("--config", help="search config for the task, data and latency settings (default: the built-in defaults)")
+    apply.add_argument("--seed", type=int, default=0, help="seed of pruning, recovery and the rest")
+    apply.add_argument("--output", "-o", required=True, help="folder for model.onnx, policy.json, tokenizer files and measurement.json")
+
     export = commands.add_parser("export", help="write a model in other tools' formats, each reloaded in its tool and checked")
     export.add_argument("policy", nargs="?", help="a policy JSON file (applied under --config), instead of a study's trial or a run")
     export.add_argument("--config", help="with POLICY: the search config it applies under (model, task, teacher)")
@@ -322,6 +329,20 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply(args: argparse.Namespace) -> int:
+    from autocompress.apply import apply_policy
+    from autocompress.config import parse_config
+    from autocompress.policy import Policy
+
+    config = load_config(args.config) if args.config else parse_config({}, source="<defaults>")
+    data = config.model_dump(mode="json", exclude={"source"})
+    data["model"], data["teacher"]["checkpoint"] = args.model, args.model  # the checkpoint is the teacher: nothing is fine-tuned
+    policy = Policy.load(args.policy)
+    apply_policy(parse_config(data, source=args.config or "<defaults>"), policy, output=Path(args.output), seed=args.seed)
+    print(f"\nwrote {args.output}/model.onnx, policy.json, measurement.json and the tokenizer files")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from autocompress import rebuild
 
@@ -444,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     commands = {"search": _search, "pareto": _pareto, "config": _config, "status": _status, "logs": _logs, "stop": _stop,
                 "resume": _resume, "jobs": _jobs, "sync": _sync,
-                "register": _register, "export": _export, "pick": _pick}
+                "register": _register, "export": _export, "pick": _pick, "apply": _apply}
     code = 1
     try:
         code = commands[args.command](args)

@@ -428,6 +428,11 @@ class TrackingConfig(Strict):
         "trial, the chosen one aliased champion) or none; --register overrides",
     )
     registered_model: str | None = Field(None, description="registered model name; null: autocompress-<study name>")
+    export_formats: list[Literal["onnx", "hf", "ort-recipe", "torchao", "llm-compressor"]] = Field(
+        ["onnx", "hf"],
+        description="formats the chosen trial is exported to when the search ends (OUTPUT/exports/FORMAT, and the exports/ "
+        "artifacts of its MLflow run); [] for none",
+    )
 
 
 class SearchConfig(Strict):

@@ -73,3 +73,30 @@ def write_front(
         if (Path(tokenizer_dir) / name).is_file():
             shutil.copy2(Path(tokenizer_dir) / name, best_model / name)
     return rows, chosen
+
+
+def export_chosen(study: Any, trial: int, formats: list[str], output: Path) -> list[Any]:
+    """Export the chosen trial in ``formats`` into ``output/exports``; a format that cannot hold it is skipped with its reason."""
+    import logging
+
+    from autocompress.exporters import ExportMismatch, NotExpressible, exporter
+    from autocompress.rebuild import from_trial, rebuild
+
+    log = logging.getLogger("autocompress")
+    origin = from_trial(study, trial)
+    targets = []
+    for name in formats:
+        try:
+            exporter(name).check(origin.policy)
+            targets.append(exporter(name))
+        except NotExpressible as error:
+            log.warning("chosen trial %d not exported as %s: %s", trial, name, error)
+    if not targets:
+        return []
+    source, reports = rebuild(origin), []
+    for target in targets:
+        try:
+            reports.append(target.export(source, output / "exports" / target.name))
+        except ExportMismatch as error:
+            log.warning("chosen trial %d: %s", trial, error)
+    return reports

@@ -9,6 +9,7 @@ beside the teacher and ORT's dynamic int8); sizes are the shipped file's bytes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,15 @@ MB = 1e6
 
 def trial_row(trial: FrozenTrial, baseline: dict[str, Any]) -> dict[str, Any]:
     """One trial's measurements, with ratios to the teacher and to ORT's dynamic int8."""
-    attrs = trial.user_attrs
+    return measured_row(trial.user_attrs, baseline, trial=trial.number, feasible=all(value <= 0 for value in trial.constraints.values()))
+
+
+def measured_row(attrs: Mapping[str, Any], baseline: dict[str, Any], *, trial: int | str, feasible: bool | str) -> dict[str, Any]:
+    """A measured model's row (a trial's attributes, or an applied policy's measurement with ``policy`` and ``seed``)."""
     size = attrs["size_bytes"]
     return {
-        "trial": trial.number,
-        "feasible": all(value <= 0 for value in trial.constraints.values()),
+        "trial": trial,
+        "feasible": feasible,
         "dev_accuracy": attrs["dev_accuracy"],
         "test_accuracy": attrs["test_accuracy"],
         "accuracy_drop": baseline["dev_accuracy"] - attrs["dev_accuracy"],

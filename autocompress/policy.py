@@ -19,6 +19,8 @@ from typing import Any
 
 import jsonschema
 
+from autocompress.config import ConfigError
+
 POLICY_VERSION = 1
 PATTERN_PREFIX = "re:"
 QUANT_SCHEMES = ("linear", "kmeans")
@@ -30,7 +32,7 @@ SCHEMA_PATH = Path(__file__).parent / "schemas" / f"policy-v{POLICY_VERSION}.sch
 """The policy format as JSON Schema, shipped in the package: what other tools and editors validate against."""
 
 
-class PolicyError(ValueError):
+class PolicyError(ConfigError):
     """A policy file or dict breaks the schema; the message names the source, the field and what is allowed."""
 
 
@@ -147,7 +149,11 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
-        return cls.from_json(Path(path).read_text(), source=str(path))
+        try:
+            text = Path(path).read_text()
+        except OSError as error:
+            raise PolicyError(f"{path}: cannot read policy ({error.strerror})") from None
+        return cls.from_json(text, source=str(path))
 
     def params(self, blocks: Sequence[Iterable[str]], *, heads: int, ffn: int) -> dict[str, Any]:
         """One scalar per key, the same keys for every policy of one model, for MLflow params and reports.

@@ -369,7 +369,7 @@ def finish_search(study: optuna.Study, config: SearchConfig, tracker: Tracker | 
     The chosen model (or every feasible front model, ``tracking.registry``)
     is registered in MLflow's model registry, the chosen one as ``champion``.
     """
-    from autocompress.export import write_front
+    from autocompress.export import export_chosen, write_front
 
     output = Path(config.output)
     rows = front_rows(study) if any(t.state.is_finished() for t in study.trials) else []
@@ -386,6 +386,11 @@ def finish_search(study: optuna.Study, config: SearchConfig, tracker: Tracker | 
         name = config.tracking.registered_model or default_model_name(study.study_name)
         for registered in tracker.register(numbers, champion=chosen["trial"] if chosen else None, name=name):
             print(f"registered {registered.uri} (version {registered.version})")
+    if chosen is not None and config.tracking.export_formats and study.user_attrs.get(STATE_ATTR) != "interrupted":
+        for report in export_chosen(study, chosen["trial"], config.tracking.export_formats, output):
+            print(report.line())
+            if tracker is not None:
+                tracker.log_export(chosen["trial"], Path(report.folder))
         print(tracker.where())
     result = SearchResult(study.study_name, rows, chosen, output)
     if not result.feasible:

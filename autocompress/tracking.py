@@ -210,6 +210,14 @@ class Tracker:
 
         self._guarded("tag the Pareto front", write)
 
+    def log_export(self, number: int, folder: Path) -> None:
+        """Attach an exported folder to trial ``number``'s run as ``exports/FORMAT``, for taking it from the UI."""
+
+        def write() -> None:
+            self.client.log_artifacts(self._trial_runs(self.client)[number], str(folder), f"exports/{folder.name}")
+
+        self._guarded("log the exports", write)
+
     def register(self, numbers: list[int], *, champion: int | None, name: str) -> list[Registered]:
         """Register the models of these trials under ``name``; the ``champion`` alias goes to the chosen trial."""
 

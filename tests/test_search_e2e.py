@@ -71,6 +71,7 @@ def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_p
     assert_champion_is_the_chosen_model(uri, "autocompress-tiny", out, children)
 
     storage = f"sqlite:///{tmp_path}/study.db"
+    assert_exports_and_picks(uri, storage, out, children, capsys)
     study = optuna.load_study(study_name="tiny", storage=storage)
     first_artifact = study.trials[0].user_attrs["artifact"]
     first_bytes = open(first_artifact, "rb").read()
@@ -108,6 +109,32 @@ def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_p
     other = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/other.db").trials[0].user_attrs["artifact"]
     assert os.path.dirname(os.path.dirname(other)) != os.path.dirname(os.path.dirname(first_artifact))
     assert open(first_artifact, "rb").read() == first_bytes
+
+
+def assert_exports_and_picks(uri, storage, out, children, capsys):
+    """The chosen trial is exported (onnx, hf) beside the front and on its MLflow run; pick and export work on the study."""
+    chosen = json.loads((out / "best_policy.json").read_text())
+    for name in ("onnx", "hf"):
+        report = json.loads((out / "exports" / name / "export_report.json").read_text())
+        assert report["format"] == name and report["max_abs_logit_diff"] <= report["tolerance"]
+        assert json.loads((out / "exports" / name / "policy.json").read_text()) == chosen
+    champion = next(r for r in children if json.loads(mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/policy.json")) == chosen)
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(champion.info.run_id, "exports/hf")}
+    assert {"exports/hf/config.json", "exports/hf/model.safetensors", "exports/hf/tokenizer.json"} <= logged
+
+    capsys.readouterr()
+    assert main(["pick", "--storage", storage, "--study-name", "tiny", "--rule", "smallest_within_budget", "--json"]) == 0
+    picked = json.loads(capsys.readouterr().out)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    sizes = {t.number: t.user_attrs["size_bytes"] for t in study.trials if t.state.name == "COMPLETE"}
+    assert picked["trial"] == min(sizes, key=sizes.get)
+    assert main(["pick", "--storage", storage, "--study-name", "tiny", "--max-size-mb", "0.5"]) == 3  # nothing that small
+
+    run = next(r for r in children if int(r.data.tags["optuna.trial_number"]) == picked["trial"])
+    assert main(["export", "--run", run.info.run_id, "--tracking-uri", uri, "--format", "hf", "-o", str(out / "picked")]) == 0
+    assert Policy.load(out / "picked" / "hf" / "policy.json") == Policy.from_dict(picked["policy"])
+    assert main(["export", "--storage", storage, "--study-name", "tiny", "--trial", "99", "--format", "hf", "-o", str(out / "x")]) == 2
+    assert "trial 99 is not a completed trial" in capsys.readouterr().err
 
 
 def assert_champion_is_the_chosen_model(uri, name, out, children):

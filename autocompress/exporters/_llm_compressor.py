@@ -19,13 +19,17 @@ compressed-tensors' ``QuantizationConfig`` from its groups and ``ignore``,
 llm-compressor's weight observer does (memoryless min-max per channel or
 group → ``calculate_qparams``) and freeze. The Linear and Embedding forwards
 compressed-tensors installs then fake-quantize weights (and activations).
+Each module's applied setting must equal the policy's exactly; the logits on
+the dev rows must then stay within the tolerance and half a point of accuracy.
 
 compressed-tensors' symmetric int grid differs from ours: codes in
 ``[-2^(b-1), 2^(b-1)-1]`` with ``scale = absmax / ((2^b - 1) / 2)``, where ours
-are ``[-(2^(b-1)-1), 2^(b-1)-1]`` with ``scale = absmax / (2^(b-1)-1)``. The
-largest weight of a channel or group is clipped to ``(2^b-2)/(2^b-1)`` of
-itself (7/7.5 at 4 bits), so logits differ from the simulation by more than
-rounding noise, most at low bits; the tolerance grows with the fewest bits used.
+are ``[-(2^(b-1)-1), 2^(b-1)-1]`` with ``scale = absmax / (2^(b-1)-1)`` (at 4
+bits: a channel's largest positive weight becomes 7/7.5 of itself, its most
+negative -8/7.5). Weights may land one step from ours, so logits differ from
+the simulation by more than rounding noise, the more the fewer the bits; 8-bit
+per-channel layers' run-time activation rounding amplifies that. At 2 bits
+the two are different quantizers (ours ternary), so 2 bits are refused.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import yaml
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from autocompress.compress import layer_plan
-from autocompress.exporters._base import Exporter, NotExpressible, Source, quantized_layers, torch_logits
+from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
 from autocompress.policy import Policy
 from autocompress.quantizer import QUANT_ATTR, runs_as_matmul_integer
 from autocompress.shrunk_bert import BLOCKS_ATTR, save_shrunk
@@ -49,18 +53,33 @@ from autocompress.shrunk_bert import BLOCKS_ATTR, save_shrunk
 RECIPE = "recipe.yaml"
 MODEL_DIR = "model"
 MODIFIER = "QuantizationModifier"
-DYNAMIC_UINT8_INPUTS = {"num_bits": 8, "type": "int", "symmetric": False, "strategy": "tensor", "dynamic": True}
-"""Per-tensor asymmetric 8-bit input rounding computed at run time, as ``simulate_dynamic_uint8`` does."""
+DYNAMIC_INPUTS = {"num_bits": 8, "type": "int", "symmetric": False, "strategy": "tensor", "dynamic": True}
+"""Per-tensor asymmetric 8-bit input rounding computed at run time: what ``simulate_dynamic_uint8`` does (uint8 = int8 + 128)."""
 
-TOLERANCE = {8: 0.05, 7: 0.1, 6: 0.15, 5: 0.3, 4: 0.6, 3: 1.2, 2: 3.0}
-"""Max |Δlogit| allowed by the fewest weight bits in the recipe (see ``tolerance_for``)."""
-FLOAT_TOLERANCE = 1e-3
-"""No quantized layer: the same float math (16-bit layers are saved already rounded to half precision)."""
+WEIGHT_STEP_TOLERANCE = 0.1
+"""Max |Δlogit| per 8-bit weight step, scaled by ``2**(8 - b)`` for the fewest weight bits ``b``.
+
+Measured on the probe MiniLM (128 SST-2 dev rows, logits within ±5.5),
+every block quantized, activations float: 0.056 at 8 bits (group 32), 0.24
+at 6 (×4), 1.04-1.10 at 4 (×16, per channel or group 32), 2.36 at 3 (×32):
+0.056-0.074 per step, so 0.1 leaves 1.35-1.8x headroom.
+"""
+ACTIVATION_FACTOR = 2.0
+"""Times the source's own activation-rounding effect, added when layers round activations.
+
+The export rounds activations on the same per-tensor grid, but from inputs
+that its slightly different weights moved, so different elements flip a step:
+|export - source| <= weight term + |export's rounding effect| + |source's|,
+and the two effects are of one size. Measured: all blocks 8-bit per channel,
+0.93 against 0.1 + 2 x 0.61.
+"""
+FLOAT_TOLERANCE = 1e-4
+"""No quantized weight: the same float math (16-bit layers are saved already rounded to half precision)."""
 RECIPE_HEADER = """\
 # llm-compressor recipe written by autocompress (QuantizationModifier, compressed-tensors schema).
 # Apply to model/ with llm-compressor's oneshot(model=..., recipe="recipe.yaml"), or without it with
 # compressed_tensors.quantization.apply_quantization_config(model, QuantizationConfig(config_groups=..., ignore=...))
-# and min-max weight scales (calculate_qparams); see autocompress.exporters._llm_compressor.load_quantized.
+# and min-max weight scales (calculate_qparams): autocompress.exporters._llm_compressor.load_quantized does that.
 """
 
 
@@ -68,29 +87,32 @@ class LlmCompressorExporter(Exporter):
     """A QuantizationModifier recipe plus the float model, checked by applying it with compressed-tensors."""
 
     name = "llm-compressor"
-    tolerance = TOLERANCE[4]
+    tolerance = WEIGHT_STEP_TOLERANCE
 
     def tolerance_for(self, source: Source, files: Path) -> float:
-        """Scaled to the coarsest grid in the written recipe: compressed-tensors' grid differs from ours by up to one step.
-
-        Measured on the probe MiniLM (128 SST-2 dev rows), max |Δlogit| against
-        the simulation: ≈0.01 for 8-bit per channel, 0.1-0.2 for 4-bit (group 32
-        or per channel) on a few blocks, 0.5 for 4-bit everywhere; 2-bit instead
-        of 4-bit on two blocks gives > 1. Each entry keeps ~2x headroom over
-        what we measured at that width.
-        """
-        recipe = read_recipe(files / RECIPE)
-        bits = [group["weights"]["num_bits"] for group in recipe["config_groups"].values()]
-        return TOLERANCE[min(bits)] if bits else FLOAT_TOLERANCE
+        """From the source's policy, never from the written recipe (a wrong recipe must not widen its own tolerance)."""
+        settings = expected_settings(source)
+        if not settings:
+            return FLOAT_TOLERANCE
+        tolerance = self.tolerance * 2 ** (8 - min(bits for bits, _, _ in settings.values()))
+        if any(activations for _, _, activations in settings.values()):
+            tolerance += ACTIVATION_FACTOR * float(np.abs(source.logits - source.float_activation_logits).max())
+        return tolerance
 
     def check(self, policy: Policy) -> None:
-        if policy.scheme == "kmeans":
-            quantized = sorted(name for name, spec in policy.layers.items() if 2 <= spec.bits <= 8)
-            if quantized:
-                raise NotExpressible(
-                    f"llm-compressor: scheme='kmeans' (layers {', '.join(quantized[:4])}{' …' if len(quantized) > 4 else ''}) "
-                    "has no compressed-tensors equivalent: its int/float schemes are uniform grids with scales, not per-layer codebooks"
-                )
+        quantized = sorted(name for name, spec in policy.layers.items() if 2 <= spec.bits <= 8)
+        if policy.scheme == "kmeans" and quantized:
+            raise NotExpressible(
+                f"llm-compressor: scheme='kmeans' (layers {_some(quantized)}) has no compressed-tensors equivalent: "
+                "its int/float schemes are uniform grids with scales, not per-layer codebooks"
+            )
+        ternary = sorted(name for name, spec in policy.layers.items() if spec.bits == 2)
+        if ternary:
+            raise NotExpressible(
+                f"llm-compressor: bits=2 (layers {_some(ternary)}): our 2-bit grid is ternary, {{-1, 0, 1}} x absmax, while "
+                "compressed-tensors' symmetric int2 has four levels, {-2, -1, 0, 1} x absmax/1.5 (a different quantizer, "
+                "on our probe classifier it agreed with ours on 15 % of predictions); use 3 bits or more"
+            )
 
     def write(self, source: Source, folder: Path) -> tuple[list[str], np.ndarray, list[str]]:
         recipe, notes = build_recipe(source)
@@ -103,43 +125,125 @@ class LlmCompressorExporter(Exporter):
         else:
             model.save_pretrained(model_dir)
         if half:
-            notes.append(f"{len(half)} 16-bit layers: a recipe has no half-precision scheme, so model/ stores their weights "
-                         "already rounded to float16 (as float32) and the recipe ignores them")
-        loaded = load_quantized(folder)
+            notes.append(
+                f"{len(half)} 16-bit layers: a recipe has no half-precision scheme, so model/ stores their weights "
+                "already rounded to float16 (as float32) and the recipe ignores them"
+            )
         files = [RECIPE, *(str(p.relative_to(folder)) for p in sorted(model_dir.rglob("*")) if p.is_file())]
-        return files, torch_logits(loaded, source.dev), notes
+        return files, self.verify(source, folder), notes
+
+    def verify(self, source: Source, folder: Path) -> np.ndarray:
+        """Apply the written recipe as a user would; check each module got the policy's setting; return the logits on ``source.dev``."""
+        model = load_quantized(folder)
+        expected, applied = expected_settings(source), applied_settings(model)
+        wrong = sorted(set(expected) | set(applied), key=str)
+        wrong = [name for name in wrong if expected.get(name) != applied.get(name)]
+        if wrong:
+            detail = "; ".join(
+                f"{name}: recipe gives {_describe(applied.get(name))}, policy {_describe(expected.get(name))}"
+                for name in wrong[:4]
+            )
+            raise ExportMismatch(
+                f"{self.name}: compressed-tensors applied the recipe to {len(wrong)} modules unlike the policy: {detail}"
+                f"{' …' if len(wrong) > 4 else ''}"
+            )
+        logits = torch_logits(model, source.dev)
+        if not np.isfinite(logits).all():
+            raise ExportMismatch(f"{self.name}: the recipe-quantized model gives non-finite logits")
+        return logits
+
+
+Setting = tuple[int, "int | None", bool]
+"""(weight bits, group size or None for per output channel, dynamic 8-bit input activations)."""
+
+
+def expected_settings(source: Source) -> dict[str, Setting]:
+    """What the policy quantized in ``source.model``, by module name: the recipe must reproduce exactly this."""
+    modules = dict(source.model.named_modules())
+    settings = {
+        name: (
+            q.bits,
+            _group(q.group_size, modules[name].in_features),
+            runs_as_matmul_integer(q.bits, q.group_size, modules[name].in_features),
+        )
+        for name, q in quantized_layers(source).items()
+    }
+    embedding = source.model.get_input_embeddings()
+    quantized = getattr(embedding, QUANT_ATTR, None)
+    if quantized is not None:
+        name = next(n for n, m in modules.items() if m is embedding)
+        settings[name] = (quantized.bits, _group(quantized.group_size, embedding.embedding_dim), False)
+    return settings
+
+
+def applied_settings(model: torch.nn.Module) -> dict[str, Setting | str]:
+    """What compressed-tensors set up on each module of ``model``; anything outside our settings as a description."""
+    settings: dict[str, Setting | str] = {}
+    for name, module in model.named_modules():
+        scheme = getattr(module, "quantization_scheme", None)
+        if scheme is None:
+            continue
+        weights, inputs = scheme.weights, scheme.input_activations
+        dynamic_inputs = inputs is not None and all(getattr(inputs, key) == value for key, value in DYNAMIC_INPUTS.items())
+        ours = (
+            weights is not None and weights.type == "int" and weights.symmetric and not weights.dynamic
+            and weights.strategy in ("channel", "group") and (inputs is None or dynamic_inputs) and scheme.output_activations is None
+        )  # fmt: skip
+        if ours:
+            settings[name] = (weights.num_bits, weights.group_size if weights.strategy == "group" else None, dynamic_inputs)
+        else:
+            settings[name] = f"weights {weights}, inputs {inputs}, outputs {scheme.output_activations}"
+    return settings
 
 
 def build_recipe(source: Source) -> tuple[dict[str, Any], list[str]]:
-    """The recipe dict for ``source`` and notes on what it holds; targets and ``ignore`` use the saved model's module names."""
-    model = source.float_model
-    quantized = quantized_layers(source)
-    groups: dict[tuple, list[str]] = {}
-    ignore = []
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        if name not in quantized:
-            ignore.append(name)
-            continue
-        q = quantized[name]
-        groups.setdefault((q.bits, _group(q.group_size, module.in_features), runs_as_matmul_integer(q.bits, q.group_size, module.in_features)), []).append(name)
-    embedding = getattr(source.model.get_input_embeddings(), QUANT_ATTR, None)
-    if embedding is not None:
-        name = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
-        groups.setdefault((embedding.bits, _group(embedding.group_size, model.get_input_embeddings().embedding_dim), False), []).append(name)
+    """The recipe dict for ``source`` and notes on it; targets and ``ignore`` are the saved model's exact module names."""
+    settings = expected_settings(source)
+    groups: dict[Setting, list[str]] = {}
+    for name, setting in settings.items():
+        groups.setdefault(setting, []).append(name)
+    ignore = [
+        name
+        for name, module in source.float_model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name not in settings
+    ]
     config_groups = {}
-    for index, ((bits, group_size, activations), targets) in enumerate(sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or 0, item[0][2]))):
-        weights = {"num_bits": bits, "type": "int", "symmetric": True, "strategy": "group" if group_size else "channel", "dynamic": False}
+    for index, ((bits, group_size, activations), targets) in enumerate(
+        sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or 0, item[0][2]))
+    ):
+        weights = {
+            "num_bits": bits,
+            "type": "int",
+            "symmetric": True,
+            "strategy": "group" if group_size else "channel",
+            "dynamic": False,
+        }
         if group_size:
             weights["group_size"] = group_size
-        config_groups[f"group_{index}"] = {"targets": targets, "weights": weights, **({"input_activations": dict(DYNAMIC_UINT8_INPUTS)} if activations else {})}
+        config_groups[f"group_{index}"] = {
+            "targets": targets,
+            "weights": weights,
+            **({"input_activations": dict(DYNAMIC_INPUTS)} if activations else {}),
+        }
     recipe = {"quant_stage": {"quant_modifiers": {MODIFIER: {"ignore": ignore, "config_groups": config_groups}}}}
-    notes = [f"{sum(map(len, groups.values()))} modules in {len(config_groups)} config groups, {len(ignore)} Linear layers ignored (float)",
-             "weights get compressed-tensors' own symmetric int grid ([-2^(b-1), 2^(b-1)-1], scale absmax/((2^b-1)/2), llm-compressor's "
-             "min-max observer), not ours ([-(2^(b-1)-1), 2^(b-1)-1], scale absmax/(2^(b-1)-1)): weights differ by up to one step"]
-    if embedding is not None:
-        notes.append(f"word embedding: int{embedding.bits}, one scale per row (compressed-tensors quantizes Embedding targets)")
+    notes = [
+        f"{len(settings)} modules in {len(config_groups)} config groups; {len(ignore)} Linear layers ignored (kept in float)"
+    ]
+    if settings:
+        notes.append(
+            "weights get compressed-tensors' symmetric int grid (codes [-2^(b-1), 2^(b-1)-1], scale absmax/((2^b-1)/2), as "
+            "llm-compressor's min-max observer computes it), not ours (codes [-(2^(b-1)-1), 2^(b-1)-1], scale absmax/(2^(b-1)-1)): "
+            "a weight may land one step away"
+        )
+    if any(activations for _, _, activations in settings.values()):
+        notes.append(
+            "8-bit per-channel layers: dynamic per-tensor asymmetric int8 input activations, our uint8 rounding shifted by 128"
+        )
+    embedding = source.model.get_input_embeddings()
+    if hasattr(embedding, QUANT_ATTR):
+        notes.append(
+            f"word embedding: int{getattr(embedding, QUANT_ATTR).bits}, one scale per row (compressed-tensors quantizes Embedding targets)"
+        )
     return recipe, notes
 
 
@@ -159,7 +263,9 @@ def load_quantized(folder: Path) -> PreTrainedModel:
 
     folder = Path(folder)
     config = json.loads((folder / MODEL_DIR / "config.json").read_text())
-    model = AutoModelForSequenceClassification.from_pretrained(folder / MODEL_DIR, trust_remote_code="auto_map" in config, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder / MODEL_DIR, trust_remote_code="auto_map" in config, dtype=torch.float32
+    )
     recipe = read_recipe(folder / RECIPE)
     quantization = QuantizationConfig(
         config_groups={name: QuantizationScheme.model_validate(group) for name, group in recipe["config_groups"].items()},
@@ -200,7 +306,9 @@ def calibrate_weights_(model: torch.nn.Module) -> int:
             raise ValueError(f"{name}: weight strategy {args.strategy!r} is not one this exporter calibrates")
         scale, zero_point = calculate_qparams(low, high, args)
         if module.weight_scale.shape != scale.shape:
-            raise ValueError(f"{name}: calibrated scale has shape {tuple(scale.shape)}, compressed-tensors expects {tuple(module.weight_scale.shape)}")
+            raise ValueError(
+                f"{name}: calibrated scale has shape {tuple(scale.shape)}, compressed-tensors expects {tuple(module.weight_scale.shape)}"
+            )
         update_offload_parameter(module, "weight_scale", scale.to(module.weight_scale.dtype))
         if hasattr(module, "weight_zero_point"):
             update_offload_parameter(module, "weight_zero_point", zero_point.to(module.weight_zero_point.dtype))
@@ -212,6 +320,19 @@ def calibrate_weights_(model: torch.nn.Module) -> int:
 def _group(group_size: int, in_features: int) -> int | None:
     """``None`` for one scale per output channel (a group spanning the whole row), else the group size."""
     return None if group_size == in_features else group_size
+
+
+def _describe(setting: Setting | str | None) -> str:
+    if setting is None:
+        return "float"
+    if isinstance(setting, str):
+        return setting
+    bits, group_size, activations = setting
+    return f"int{bits} {f'group {group_size}' if group_size else 'per channel'}{' + dynamic int8 inputs' if activations else ''}"
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (" …" if len(names) > 4 else "")
 
 
 def _copy_half_precision_layers(model: PreTrainedModel, source: Source) -> list[str]:
