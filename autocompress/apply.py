@@ -25,17 +25,13 @@ from autocompress.search import resolved
 
 def apply_policy(config: SearchConfig, policy: Policy, *, output: Path, seed: int = 0) -> dict[str, Any]:
     """Compress ``config``'s teacher under ``policy``, measure it like a trial and write it into ``output``; return its row."""
-    from autocompress.models import block_linears
     from autocompress.techniques import Recovery
     from autocompress.trial import SearchContext, distillation_setup, evaluate
 
     config = resolved(config)
+    check_fits(policy, config.teacher.checkpoint or config.model)
     digest = hashlib.sha256(json.dumps([config.model, config.teacher.model_dump(mode="json"), policy.to_dict()]).encode()).hexdigest()[:12]
     context = SearchContext.build(config, cache_root() / "work" / f"apply-{digest}")
-    blocks = len(block_linears(context.model))
-    bad = sorted(i for i in {*policy.heads, *policy.ffn, *(policy.kept_blocks or ())} if i >= blocks)
-    if bad:
-        raise ConfigError(f"{config.model}: the policy names blocks {bad}, the model has {blocks} (0..{blocks - 1})")
     recovery = Recovery(distillation_setup(config, context.model, context.teacher, context.tokenizer)) if policy.recovery_steps else None
     try:
         measurement = evaluate(policy, context, name="apply", recovery=recovery, seed=seed)
@@ -51,3 +47,18 @@ def apply_policy(config: SearchConfig, policy: Policy, *, output: Path, seed: in
     write_json(output / "measurement.json", {**row, "artifact": "model.onnx", "model": config.model, "baseline": context.baseline})
     print(format_table([row], context.baseline))
     return row
+
+
+def check_fits(policy: Policy, model: str) -> None:
+    """Refuse, from the model's config alone, a policy naming blocks, heads or FFN widths the model does not have."""
+    from transformers import AutoConfig
+
+    from autocompress.models import resolve_model_path
+
+    shape = AutoConfig.from_pretrained(resolve_model_path(model))
+    blocks, heads, width = shape.num_hidden_layers, shape.num_attention_heads, shape.intermediate_size
+    problems = [f"block {i} (the model has {blocks})" for i in sorted({*policy.heads, *policy.ffn, *(policy.kept_blocks or ())}) if i >= blocks]
+    problems += [f"heads.{i}: {n} (the model has {heads} per block)" for i, n in policy.heads.items() if n > heads]
+    problems += [f"ffn.{i}: {n} (the model's FFN width is {width})" for i, n in policy.ffn.items() if n > width]
+    if problems:
+        raise ConfigError(f"the policy does not fit {model}: {'; '.join(problems)}")

@@ -122,7 +122,7 @@ def test_grouped_policy_with_a_4bit_embedding_adds_a_gather_pass(exported):
 def corrupted(folder, tmp_path, change):
     """A copy of the export (the 90 MB fp32 model linked, not copied) with ``change`` applied to its recipe."""
     copy = tmp_path / "corrupted"
-    copy.mkdir()
+    copy.mkdir(parents=True)
     (copy / "model.fp32.onnx").symlink_to(folder / "model.fp32.onnx")
     shutil.copy(folder / "rebuild.py", copy)
     recipe = json.loads((folder / "recipe.json").read_text())

@@ -52,6 +52,7 @@ def reloaded(folder):
 def test_grouped_mixed_policy_exports_verifies_and_a_corrupted_config_fails(export_source, tmp_path):
     source = export_source({"layers": {**blocks("01", 8), **blocks("23", 4)}, "group_size": 32})
     report = exporter("torchao").export(source, tmp_path)
+    print(report.line())
 
     assert {CONFIG_FILE, f"{MODEL_DIR}/config.json", f"{MODEL_DIR}/model.safetensors", "policy.json"} <= set(report.files)
     assert (tmp_path / "export_report.json").is_file()
@@ -82,7 +83,10 @@ def test_grouped_mixed_policy_exports_verifies_and_a_corrupted_config_fails(expo
     assert torch.equal(model.get_submodule(untouched).weight, float_weights[f"{untouched}.weight"])
 
     # the check can fail: the 4-bit layers edited to 2 bits no longer match the source
-    rewrite(tmp_path, lambda m: {k: _with_dtype(v, "int2") if v["_data"]["weight_dtype"]["_data"] == "int4" else v for k, v in m.items()})
+    rewrite(
+        tmp_path,
+        lambda m: {k: _with_dtype(v, "int2") if v["_data"]["weight_dtype"]["_data"] == "int4" else v for k, v in m.items()},
+    )
     first = dataclasses.replace(source, dev=source.dev[:1])  # one batch of 32 rows is enough to see it
     logits, _ = TorchaoExporter().verify(first, tmp_path)
     with pytest.raises(ExportMismatch):
@@ -102,7 +106,9 @@ def _with_dtype(config: dict, dtype: str) -> dict:
 
 def test_per_channel_policy_with_removed_blocks_and_embedding(export_source, tmp_path):
     source = export_source({"layers": {**blocks("0", 8), **blocks("3", 4)}, "kept_blocks": [0, 3], "embedding_bits": 8})
+    source = dataclasses.replace(source, dev=source.dev[:2])  # 64 rows: eager int8 x int8 runs as a slow int32 matmul on CPU
     report = exporter("torchao").export(source, tmp_path)
+    print(report.line())
     assert report.max_abs_logit_diff <= TorchaoExporter.tolerance
     assert report.accuracy >= report.source_accuracy - 0.005
     assert "autocompress_blocks" in json.loads((tmp_path / MODEL_DIR / "config.json").read_text())

@@ -136,6 +136,17 @@ def assert_exports_and_picks(uri, storage, out, children, capsys):
     assert main(["export", "--storage", storage, "--study-name", "tiny", "--trial", "99", "--format", "hf", "-o", str(out / "x")]) == 2
     assert "trial 99 is not a completed trial" in capsys.readouterr().err
 
+    # apply: the chosen policy on the fine-tuned checkpoint (here the search's own teacher) measures what its trial did
+    teacher = next((out.parent / "cache" / "teachers").iterdir())
+    config = str(out.parent / "tiny.yaml")
+    assert main(["apply", str(out / "best_policy.json"), "--model", str(teacher), "--config", config, "-o", str(out / "applied")]) == 0
+    applied = json.loads((out / "applied" / "measurement.json").read_text())
+    trial = next(t for t in study.trials if t.user_attrs.get("policy") == chosen)
+    assert applied["dev_accuracy"] == trial.user_attrs["dev_accuracy"] and applied["size_bytes"] == trial.user_attrs["size_bytes"]
+    (out / "wide.json").write_text(json.dumps({**chosen, "heads": {"0": 16}}))
+    assert main(["apply", str(out / "wide.json"), "--model", str(teacher), "--config", config, "-o", str(out / "wide")]) == 2
+    assert "16" in capsys.readouterr().err and not (out / "wide").exists()
+
 
 def assert_champion_is_the_chosen_model(uri, name, out, children):
     """The registered champion is the chosen trial's file: downloadable as a folder that runs, same logits."""

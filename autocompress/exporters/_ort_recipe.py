@@ -6,29 +6,34 @@ policy's structure and pruning, no quantization), ``recipe.json`` and
 autocompress) runs ONNX Runtime 1.32's tools pass by pass and writes
 ``model.onnx``:
 
-1. ``onnxruntime.quantization.quantize_dynamic`` with ``nodes_to_quantize``
-   (its only nodes: an empty list would mean *every* node, so the pass is left
-   out when no layer needs it), ``op_types_to_quantize=["MatMul"]``,
+1. One ``MatMulNBitsQuantizer`` pass per (bits, block size) group of the
+   layers not quantized per channel at 8 bits (``is_symmetric=True``,
+   ``accuracy_level`` as recorded). Its ``nodes_to_include`` *adds* to the
+   nodes its op types already select, so a pass is limited to its nodes with
+   ``nodes_to_exclude``: every other MatMul of ``model.fp32.onnx``. The
+   tool's symmetric grid is not ours: codes in [-2**(bits-1), 2**(bits-1) - 1]
+   with scale (the block's value of largest magnitude) / -2**(bits-1), where
+   autocompress uses [-qmax, qmax] and max|w|/qmax; and it quantizes in
+   power-of-two blocks of 16..256 only (its MLAS quantizer raises on 384 and
+   512, measured), so a per-channel policy is rebuilt with one scale per block
+   of the largest such size that divides the row (128 of 384, 256 of 1536):
+   finer than the policy's, never coarser.
+2. The word embedding at 4 bits: one more ``MatMulNBitsQuantizer`` pass with
+   ``op_types_to_quantize=["Gather"]`` and ``quant_axes=[["Gather", 1]]``
+   (blocks along each row, as the policy's per-row scales), every other
+   Gather excluded (position and token-type tables included): ``GatherBlockQuantized``.
+3. Last, ``onnxruntime.quantization.quantize_dynamic`` with
+   ``nodes_to_quantize`` (an empty list would mean *every* node, so the pass
+   is left out when no layer needs it), ``op_types_to_quantize=["MatMul"]``,
    ``per_channel=True``, ``reduce_range=False``, int8 weights: the 8-bit
    per-channel layers become DynamicQuantizeLinear + MatMulInteger. Its weight
    grid is ours (symmetric, codes in [-127, 127], scale max|w|/127 per output
-   column), and activations are rounded per tensor to uint8 at run time as the
-   simulation does.
-2. One ``MatMulNBitsQuantizer`` pass per (bits, block size) group of the
-   other quantized layers (``is_symmetric=True``, ``accuracy_level``
-   as recorded). Its ``nodes_to_include`` *adds* to the nodes its op types
-   already select, so a pass is limited to its nodes with ``nodes_to_exclude``:
-   every other MatMul of ``model.fp32.onnx``. The tool's symmetric grid is not
-   ours: codes in [-2**(bits-1), 2**(bits-1) - 1] with scale
-   (the block's value of largest magnitude) / -2**(bits-1), where autocompress
-   uses [-qmax, qmax] and max|w|/qmax; and it quantizes in power-of-two blocks
-   of 16..256 only (its MLAS kernel refuses others, measured), so a per-channel
-   policy is rebuilt with one scale per block of the largest such size that
-   divides the row (128 of 384, 256 of 1536): finer than the policy's, never coarser.
-3. The word embedding at 4 bits: one more ``MatMulNBitsQuantizer`` pass with
-   ``op_types_to_quantize=["Gather"]`` and ``quant_axes=[["Gather", 1]]``
-   (blocks along each row, as the policy's per-row scales), the other Gathers
-   excluded: ``GatherBlockQuantized``.
+   column), and it rounds activations per tensor to uint8 at run time, as the
+   simulation does. It goes last because it rewrites every Gemm (pooler,
+   classifier) into MatMul + Add, new MatMuls that an earlier-written
+   ``nodes_to_exclude`` would not name; ``extra_options`` carries
+   ``DefaultTensorType=1`` (float) for the tensors its shape inference cannot
+   type behind the com.microsoft nodes of the earlier passes.
 
 Refused (``NotExpressible``, naming the field): ``scheme='kmeans'`` (no
 codebook in ORT's tools), bits other than 2, 4, 8 and 32 (16 included: ORT's
@@ -36,7 +41,8 @@ tools have no weight-only fp16 pass for chosen MatMuls), groups with no
 power-of-two block of 16..256 dividing them, 8-bit embeddings
 (``quantize_dynamic`` quantizes a Gather's table per tensor to uint8, not per
 row; the Gather path of ``MatMulNBitsQuantizer`` is 4-bit only), and a
-quantized layer that exports as Gemm (neither tool quantizes Gemm dynamically).
+quantized layer that exports as Gemm (``MatMulNBitsQuantizer`` takes MatMul
+only; the encoder blocks autocompress quantizes export as MatMul).
 
 The exporter runs the written ``rebuild.py`` itself, checks that each pass
 turned exactly its nodes into the expected kernel and that the result has,
@@ -59,7 +65,7 @@ import torch
 from autocompress.compress import layer_plan
 from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
 from autocompress.policy import Policy
-from autocompress.quantizer import QuantizedWeight, runs_as_matmul_integer
+from autocompress.quantizer import QUANT_ATTR, QuantizedWeight, runs_as_matmul_integer
 from autocompress.runtime import export_onnx, ort_feed, ort_session
 from autocompress.runtime._lower import _digest
 
@@ -179,12 +185,12 @@ class OrtRecipeExporter(Exporter):
             name, linear = candidates.pop(0)
             q = quantized.get(name)
             if q is None:
-                layers[name] = {"node": node.name, "bits": 32, "becomes": node.op_type}
+                layers[name] = {"node": node.name, "op": node.op_type, "bits": 32}  # stays float
                 continue
             if node.op_type != "MatMul":
                 raise NotExpressible(f"layer {name!r} ({q.bits} bits) exports as {node.op_type}; ONNX Runtime's tools quantize MatMul only")
             group = None if q.group_size == linear.in_features else q.group_size
-            entry = {"node": node.name, "bits": q.bits, "group_size": group}
+            entry = {"node": node.name, "op": "MatMul", "bits": q.bits, "group_size": group}
             if runs_as_matmul_integer(q.bits, q.group_size, linear.in_features):
                 dynamic.append(node.name)
                 layers[name] = entry | {"becomes": "MatMulInteger"}
@@ -211,8 +217,8 @@ class OrtRecipeExporter(Exporter):
         embedding = self._embedding_pass(source, graph, initializers)
         if embedding is not None:
             passes.append(embedding)
-            layers[embedding.pop("layer")] = {"node": embedding["nodes"][0], "bits": GATHER_BITS, "becomes": "GatherBlockQuantized",
-                                               "block_size": embedding["block_size"]}  # fmt: skip
+            layers[embedding.pop("layer")] = {"node": embedding["nodes"][0], "op": "Gather", "bits": GATHER_BITS,
+                                               "becomes": "GatherBlockQuantized", "block_size": embedding["block_size"]}  # fmt: skip
         if dynamic:  # last: it rewrites every Gemm into MatMul + Add, new MatMuls a later pass would not exclude;
             # DefaultTensorType: the type of tensors its shape inference cannot type behind com.microsoft nodes
             passes.append({  # never an empty nodes_to_quantize: quantize_dynamic reads it as "every node"
@@ -223,7 +229,7 @@ class OrtRecipeExporter(Exporter):
         for index, step in enumerate(passes):
             for node in step.get("nodes", step.get("nodes_to_quantize")):
                 next(entry for entry in layers.values() if entry["node"] == node)["pass"] = index
-        expected = Counter(entry["becomes"] for entry in layers.values())
+        expected = Counter(entry["becomes"] for entry in layers.values() if "becomes" in entry)
         return {
             "format": "autocompress ort-recipe",
             "version": RECIPE_VERSION,
@@ -236,8 +242,6 @@ class OrtRecipeExporter(Exporter):
         }
 
     def _embedding_pass(self, source: Source, graph: onnx.GraphProto, initializers: dict) -> dict[str, Any] | None:
-        from autocompress.quantizer import QUANT_ATTR
-
         embedding = source.model.get_input_embeddings()
         q: QuantizedWeight | None = getattr(embedding, QUANT_ATTR, None)
         if q is None:
@@ -260,7 +264,6 @@ class OrtRecipeExporter(Exporter):
         }  # fmt: skip
 
     def write(self, source: Source, folder: Path) -> tuple[list[str], np.ndarray, list[str]]:
-        self.check(source.policy)
         example = {k: v[:2] for k, v in source.dev[0].items() if k != "labels"}
         fp32 = export_onnx(source.float_model, folder / FP32_FILE, example=example)
         try:
@@ -306,8 +309,6 @@ class OrtRecipeExporter(Exporter):
 
 def _kernels_asked(source: Source) -> dict[str, int]:
     """Per ORT kernel, how many nodes the source's quantization needs (from the models, not from any recipe)."""
-    from autocompress.quantizer import QUANT_ATTR
-
     counts = Counter()
     for _, module in source.model.named_modules():
         q = getattr(module, QUANT_ATTR, None)

@@ -112,8 +112,10 @@ class TorchaoExporter(Exporter):
         model_dir = folder / MODEL_DIR
         if hasattr(source.float_model.config, BLOCKS_ATTR):
             save_shrunk(source.float_model, model_dir)
-            notes.append(f"reshaped blocks: load {MODEL_DIR}/ with autocompress.shrunk_bert.load_shrunk "
-                         "or from_pretrained(..., trust_remote_code=True)")
+            notes.append(
+                f"reshaped blocks: load {MODEL_DIR}/ with autocompress.shrunk_bert.load_shrunk "
+                "or from_pretrained(..., trust_remote_code=True)"
+            )
         else:
             source.float_model.save_pretrained(model_dir)
         (folder / CONFIG_FILE).write_text(json.dumps(config_to_dict(FqnToConfig(mapping)), indent=2) + "\n")
@@ -142,7 +144,9 @@ class TorchaoExporter(Exporter):
             if spec.bits in UNSUPPORTED_BITS:
                 raise NotExpressible(f"torchao cannot express bits={spec.bits} ({name}): {UNSUPPORTED_BITS[spec.bits]}")
             if spec.bits <= 8 and name not in quantized:
-                raise NotExpressible(f"{name}: {spec.bits}-bit with scheme={source.policy.scheme!r} has no codes and scales torchao can reproduce")
+                raise NotExpressible(
+                    f"{name}: {spec.bits}-bit with scheme={source.policy.scheme!r} has no codes and scales torchao can reproduce"
+                )
         modules = dict(source.float_model.named_modules())
         mapping: dict[str, object] = {}
         dynamic, weight_only = [], []
@@ -162,23 +166,31 @@ class TorchaoExporter(Exporter):
                 weight_only.append(name)
         notes = []
         if dynamic:
-            notes.append(f"{len(dynamic)} 8-bit per-channel layers: Int8DynamicActivationInt8WeightConfig, activations int8 "
-                         "per tensor, asymmetric (as the simulation's uint8 rounding); weight scale absmax/127.5 (ours absmax/127)")
+            notes.append(
+                f"{len(dynamic)} 8-bit per-channel layers: Int8DynamicActivationInt8WeightConfig, activations int8 "
+                "per tensor, asymmetric (as the simulation's uint8 rounding); weight scale absmax/127.5 (ours absmax/127)"
+            )
         if weight_only:
-            notes.append(f"{len(weight_only)} layers: IntxWeightOnlyConfig, SYMMETRIC_NO_CLIPPING_ERR (our scale and codes where "
-                         "the positive side sets the scale, a slightly finer grid elsewhere)")
+            notes.append(
+                f"{len(weight_only)} layers: IntxWeightOnlyConfig, SYMMETRIC_NO_CLIPPING_ERR (our scale and codes where "
+                "the positive side sets the scale, a slightly finer grid elsewhere)"
+            )
         if source.policy.embedding_bits < 32:
             embedding = source.float_model.get_input_embeddings()
             name = next(n for n, m in source.float_model.named_modules() if m is embedding)
             if not hasattr(source.model.get_submodule(name), QUANT_ATTR):
-                raise NotExpressible(f"embedding_bits={source.policy.embedding_bits}: the source's {name} carries no codes and scales")
+                raise NotExpressible(
+                    f"embedding_bits={source.policy.embedding_bits}: the source's {name} carries no codes and scales"
+                )
             mapping[name] = IntxWeightOnlyConfig(
                 weight_dtype=getattr(torch, f"int{source.policy.embedding_bits}"), granularity=PerAxis(0),
                 mapping_type=MappingType.SYMMETRIC_NO_CLIPPING_ERR,
             )  # fmt: skip
             notes.append(f"embedding_bits={source.policy.embedding_bits}: IntxWeightOnlyConfig per row on {name}")
         if mapping:
-            notes.append("eager CPU: dequantized or int32 matmuls, no faster than float; torchao's fast paths need torch.compile or a GPU")
+            notes.append(
+                "eager CPU: dequantized or int32 matmuls, no faster than float; torchao's fast paths need torch.compile or a GPU"
+            )
         else:
             notes.append("nothing quantized: the config is empty and the model stays float")
         return mapping, notes
