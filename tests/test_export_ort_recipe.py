@@ -24,7 +24,11 @@ LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value",
            "intermediate.dense", "output.dense")  # fmt: skip
 KERNELS = ("MatMulInteger", "MatMulNBits", "GatherBlockQuantized")
 PER_CHANNEL = {"layers": {BLOCKS.format("[0-1]"): {"bits": 8}, BLOCKS.format("[2-3]"): {"bits": 4}}, "group_size": None}
-GROUPED = {"layers": {BLOCKS.format("[0-1]"): {"bits": 8}, BLOCKS.format("[2-3]"): {"bits": 4}}, "group_size": 32, "embedding_bits": 4}
+GROUPED = {
+    "layers": {BLOCKS.format("[0-1]"): {"bits": 8}, BLOCKS.format("[2-3]"): {"bits": 4}},
+    "group_size": 32,
+    "embedding_bits": 4,
+}
 """group_size is one per policy: 8-bit per channel (MatMulInteger) and 4-bit in groups of 32 need two policies."""
 
 
@@ -81,16 +85,22 @@ def test_mixed_policy_rebuilds_with_matmulnbits_and_quantize_dynamic_passes(expo
     assert sorted(nbits[1]["nodes"]) == sorted(node_of[n] for n in ffn_out)
     assert sorted(nbits[0]["nodes"] + nbits[1]["nodes"]) == sorted(node_of[n] for n in names([2, 3]))
     for step in nbits:  # limited by exclusion: the 8-bit and float layers, and the other pass's nodes
-        assert set(step["nodes_to_exclude"]) >= {node_of[n] for n in names([0, 1, 4, 5])} and not set(step["nodes"]) & set(step["nodes_to_exclude"])
+        assert set(step["nodes_to_exclude"]) >= {node_of[n] for n in names([0, 1, 4, 5])} and not set(step["nodes"]) & set(
+            step["nodes_to_exclude"]
+        )
     assert all(recipe["layers"][n]["bits"] == 32 and "pass" not in recipe["layers"][n] for n in names([4, 5]))
 
     rebuilt = kernels(folder / "model.onnx")
     assert rebuilt == {"MatMulInteger": 12, "MatMulNBits": 12, "GatherBlockQuantized": 0} == our_kernels
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
-    assert {node_of[n] for n in names([4, 5])} <= {node.name for node in graph.node if node.op_type == "MatMul"}  # 32-bit stay fp32
+    assert {node_of[n] for n in names([4, 5])} <= {
+        node.name for node in graph.node if node.op_type == "MatMul"
+    }  # 32-bit stay fp32
     logits = logits_of(folder / "model.onnx", source.dev)
     vs_source, vs_ours = float(np.abs(logits - source.logits).max()), float(np.abs(logits - our_logits).max())
-    print(f"\nper-channel: tolerance {report.tolerance:.3f}, max|Δlogit| vs source {vs_source:.3f}, vs our lowering {vs_ours:.3f}")
+    print(
+        f"\nper-channel: tolerance {report.tolerance:.3f}, max|Δlogit| vs source {vs_source:.3f}, vs our lowering {vs_ours:.3f}"
+    )
     assert report.max_abs_logit_diff == pytest.approx(vs_source, abs=1e-5) and max(vs_source, vs_ours) <= report.tolerance
     assert report.tolerance < 0.5 * float(np.abs(source.logits).max())  # a bound, not a blank cheque
     assert report.accuracy >= report.source_accuracy - 0.005
@@ -102,7 +112,10 @@ def test_grouped_policy_with_a_4bit_embedding_adds_a_gather_pass(exported):
     recipe = json.loads((folder / "recipe.json").read_text())
     node_of = {name: entry["node"] for name, entry in recipe["layers"].items()}
     assert [(p["op_types_to_quantize"], p["bits"], p["block_size"]) for p in recipe["passes"]] == [
-        (["MatMul"], 4, 32), (["MatMul"], 8, 32), (["Gather"], 4, 128)]  # no quantize_dynamic: 8-bit groups run on MatMulNBits
+        (["MatMul"], 4, 32),
+        (["MatMul"], 8, 32),
+        (["Gather"], 4, 128),
+    ]  # no quantize_dynamic: 8-bit groups run on MatMulNBits
     assert sorted(recipe["passes"][0]["nodes"]) == sorted(node_of[n] for n in names([2, 3]))
     assert sorted(recipe["passes"][1]["nodes"]) == sorted(node_of[n] for n in names([0, 1]))
     gather = recipe["passes"][2]
@@ -113,10 +126,14 @@ def test_grouped_policy_with_a_4bit_embedding_adds_a_gather_pass(exported):
     assert rebuilt == {"MatMulInteger": 0, "MatMulNBits": 24, "GatherBlockQuantized": 1} == our_kernels
     logits = logits_of(folder / "model.onnx", source.dev)
     vs_source, vs_ours = float(np.abs(logits - source.logits).max()), float(np.abs(logits - our_logits).max())
-    print(f"\ngrouped + table: tolerance {report.tolerance:.3f}, max|Δlogit| vs source {vs_source:.3f}, vs our lowering {vs_ours:.3f}")
+    print(
+        f"\ngrouped + table: tolerance {report.tolerance:.3f}, max|Δlogit| vs source {vs_source:.3f}, vs our lowering {vs_ours:.3f}"
+    )
     assert max(vs_source, vs_ours) <= report.tolerance < 0.5 * float(np.abs(source.logits).max())
     assert report.accuracy >= report.source_accuracy - 0.005
-    assert (folder / "model.onnx").stat().st_size < 0.35 * (folder / "model.fp32.onnx").stat().st_size  # the 4-bit table is most of it
+    assert (folder / "model.onnx").stat().st_size < 0.35 * (
+        folder / "model.fp32.onnx"
+    ).stat().st_size  # the 4-bit table is most of it
 
 
 def corrupted(folder, tmp_path, change):
