@@ -20,7 +20,10 @@ import types
 from autocompress.config import ConfigError, SearchConfig, load_config
 from autocompress.policy import Policy
 
-logging.getLogger("torchao").setLevel(logging.ERROR)  # transformers imports torchao if installed; its CUDA kernels fail to load on CPU, loudly
+# transformers imports torchao when it is installed (the torchao export format): its CUDA kernels fail to load on a
+# CPU and its enums trip a torch deprecation notice, loudly, in every process. Neither concerns a user.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 __all__ = ["ConfigError", "Policy", "SearchConfig", "compress", "load_config", "measure", "search"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections.abc import Iterator
@@ -42,13 +43,22 @@ def read_file(path: Path, text_column: str, label_column: str) -> Examples:
     if not path.is_file():
         raise ConfigError(f"{path}: data file not found (set $AUTOCOMPRESS_DATA_ROOT or task.data_root)")
     suffix = path.suffix.lower()
-    with path.open(newline="", encoding="utf-8") as handle:
-        if suffix in FILE_FORMATS:
-            rows = list(csv.DictReader(handle, delimiter=FILE_FORMATS[suffix], quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL))
-        elif suffix in (".jsonl", ".json"):
-            rows = [json.loads(line) for line in handle if line.strip()]
-        else:
-            raise ConfigError(f"{path}: unsupported data format {suffix!r}; allowed: .tsv, .csv, .jsonl")
+    if suffix not in (*FILE_FORMATS, ".jsonl", ".json"):
+        raise ConfigError(f"{path}: unsupported data format {suffix!r}; allowed: .tsv, .csv, .jsonl")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: bytes that are not UTF-8 ({raw[error.start : error.start + 4]!r}); save the file as UTF-8") from None
+    if suffix in FILE_FORMATS:
+        quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
+        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=FILE_FORMATS[suffix], quoting=quoting))
+    else:
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: not one JSON object per line ({error})") from None
     if rows and (text_column not in rows[0] or label_column not in rows[0]):
         raise ConfigError(
             f"{path}: columns task.text_column={text_column!r} / task.label_column={label_column!r} "
@@ -117,6 +127,10 @@ def load_split(config: SearchConfig, split: str) -> Examples:
     bad = sorted({label for label in examples.labels if not 0 <= label < task.num_labels})
     if bad:
         raise ConfigError(f"{config.source}: labels {bad[:5]} outside 0..{task.num_labels - 1} (task.num_labels)")
+    if not examples.texts:
+        raise ConfigError(f"{config.source}: the {split} split has no rows (task.{split})")
+    if split == "train" and len(set(examples.labels)) < 2:
+        raise ConfigError(f"{config.source}: the train split holds only label {examples.labels[0]}; a classifier needs at least 2 classes")
     if split == "train":
         return examples if task.train_subset is None else examples.sample(task.train_subset)
     return examples.head(task.dev_subset if split == "dev" else task.test_subset)

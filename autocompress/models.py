@@ -28,9 +28,13 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_model_path(name))
 
 
-def load_classifier(name: str, num_labels: int = 2) -> PreTrainedModel:
-    """Load an encoder with a sequence-classification head (new head if it has none)."""
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(name), num_labels=num_labels)
+def load_classifier(name: str, num_labels: int | None = 2) -> PreTrainedModel:
+    """Load an encoder with a sequence-classification head (a new one of ``num_labels`` if it has none).
+
+    ``num_labels=None`` keeps the checkpoint's own head, whatever its size: a fine-tuned teacher.
+    """
+    extra = {} if num_labels is None else {"num_labels": num_labels}
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(name), **extra)
     return model.eval()
 
 

@@ -91,10 +91,17 @@ def model_config(config: SearchConfig) -> PretrainedConfig:
 
 def preflight(config: SearchConfig) -> Preflight:
     """Run every check that needs no training; raise a one-line ``ConfigError`` on the first failure."""
-    space = check_space(config, model_config(config))
+    shape = model_config(config)
+    if config.teacher.checkpoint and getattr(shape, "num_labels", config.task.num_labels) != config.task.num_labels:
+        raise ConfigError(f"{config.source}: field 'teacher.checkpoint': {config.teacher.checkpoint!r} has a {shape.num_labels}-label head, "
+                          f"the task has task.num_labels={config.task.num_labels}")
+    space = check_space(config, shape)
     rows = {split: len(load_split(config, split)) for split in ("dev", "test")}
     teacher = locate_teacher(config)
     rows["train"] = len(teacher.train) if teacher.train is not None else len(load_split(config, "train"))
+    if not teacher.ready and rows["train"] < config.teacher.batch_size:
+        raise ConfigError(f"{config.source}: field 'teacher.batch_size' ({config.teacher.batch_size}) exceeds the {rows['train']} "
+                          "training rows; fine-tuning needs at least one full batch")
     expected = signature(config, teacher.key)
     study = load_existing(config)
     if study is not None:

@@ -34,7 +34,8 @@ class Teacher:
     losses: tuple[float, ...] = ()
 
     def load(self) -> PreTrainedModel:
-        return load_classifier(str(self.path))
+        """The fine-tuned model with its own head (as many labels as it was trained on)."""
+        return load_classifier(str(self.path), num_labels=None)
 
 
 def _hash_files(folder: Path, digest: "hashlib._Hash") -> None:
@@ -62,6 +63,8 @@ def teacher_key(config: SearchConfig, train: Examples) -> str:
 def fine_tune(model: PreTrainedModel, train: Examples, tokenizer, config: SearchConfig) -> list[float]:
     """AdamW with linear warm-up and decay, on shuffled batches; returns the loss per step."""
     recipe = config.teacher
+    if len(train) < recipe.batch_size:  # else the batch loop below never yields a step
+        raise ValueError(f"{len(train)} training rows cannot fill one batch of teacher.batch_size={recipe.batch_size}")
     torch.manual_seed(recipe.seed)
     order = list(range(len(train)))
     random.Random(recipe.seed).shuffle(order)

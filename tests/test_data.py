@@ -71,3 +71,30 @@ def test_a_config_can_name_its_own_dev_and_test_files(tmp_path):
     small = parse_config({"task": {"data_root": str(tmp_path), "train": "train.tsv", "test": "test.tsv", "dev_size": 20}})
     with pytest.raises(ConfigError, match="task.dev_size"):
         load_split(small, "dev")
+
+
+def test_unreadable_empty_and_one_class_files_are_one_line_errors(tmp_path):
+    (tmp_path / "latin1.tsv").write_bytes("sentence\tlabel\nok\t1\ncaf\xe9\t0\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.tsv: line 3: bytes that are not UTF-8"):
+        read_file(tmp_path / "latin1.tsv", "sentence", "label")
+    (tmp_path / "broken.jsonl").write_text('{"text": "a", "y": 1}\n{"text": \n')
+    with pytest.raises(ConfigError, match=r"broken\.jsonl: not one JSON object per line"):
+        read_file(tmp_path / "broken.jsonl", "text", "y")
+    (tmp_path / "empty.tsv").write_text("sentence\tlabel\n")
+    (tmp_path / "one.tsv").write_text("sentence\tlabel\n" + "".join(f"t{i}\t1\n" for i in range(10)))
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nd\t0\n")
+    task = {"data_root": str(tmp_path), "dev": "dev.tsv", "test": "dev.tsv"}
+    with pytest.raises(ConfigError, match="the train split has no rows"):
+        load_split(parse_config({"task": {**task, "train": "empty.tsv"}}), "train")
+    with pytest.raises(ConfigError, match="holds only label 1; a classifier needs at least 2 classes"):
+        load_split(parse_config({"task": {**task, "train": "one.tsv"}}), "train")
+
+
+def test_too_few_rows_for_one_teacher_batch_fails_before_training(tmp_path):
+    from autocompress.preflight import preflight
+
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"t{i}\t{i % 2}\n" for i in range(6)))
+    task = {"data_root": str(tmp_path), "train": "train.tsv", "dev": "train.tsv", "test": "train.tsv"}
+    config = parse_config({"task": task, "teacher": {"batch_size": 8}, "search": {"storage": f"sqlite:///{tmp_path}/s.db"}})
+    with pytest.raises(ConfigError, match=r"teacher.batch_size' \(8\) exceeds the 6 training rows"):
+        preflight(config)

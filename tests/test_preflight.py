@@ -22,3 +22,15 @@ def test_preflight_reports_splits_and_an_untrained_teacher(data_root, tmp_path, 
     assert checked.rows == {"dev": 500, "test": 872, "train": 67349 - 500}
     assert not checked.teacher.ready and checked.study is None
     assert "not cached: fine-tunes 1000 steps" in checked.describe() and "500 dev rows" in checked.describe()
+
+
+def test_a_teacher_keeps_its_own_head_size_and_a_mismatched_checkpoint_fails_early(tmp_path, data_root):
+    from autocompress.models import load_classifier
+    from autocompress.teacher import Teacher
+
+    load_classifier("default", num_labels=4).save_pretrained(tmp_path / "four")
+    assert Teacher(path=tmp_path / "four", key="k", trained_now=False).load().classifier.out_features == 4  # was loaded with 2: crash
+    config = parse_config({"task": {"data_root": str(data_root)}, "teacher": {"checkpoint": str(tmp_path / "four")},
+                           "search": {"storage": f"sqlite:///{tmp_path}/s.db"}})
+    with pytest.raises(ConfigError, match="has a 4-label head, the task has task.num_labels=2"):
+        preflight(config)
