@@ -100,16 +100,16 @@ def _log_and_register(client: MlflowClient, run: Any, artifact: Path, policy: di
                     metadata={"autocompress.policy_version": policy.get("version"), "trial": run.data.tags.get("optuna.trial_number")},
                     params={k: str(v) for k, v in run.data.params.items() if not k.startswith("block")},
                 )
+            client.set_terminated(run.info.run_id, status=run.info.status, end_time=run.info.end_time)
+            if not client.search_registered_models(f"name = '{name}'"):
+                client.create_registered_model(name, description="Compressed models found by autocompress; `champion` is the search's chosen trial.")
+            version = client.create_model_version(  # resolves models:/m-... through the tracking URI set above
+                name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id,
+                tags={**{k: f"{v:.6g}" for k, v in metrics.items()}, "trial": run.data.tags.get("optuna.trial_number", "")},
+                description=f"trial {run.data.tags.get('optuna.trial_number')}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
+            )
         finally:
             mlflow.set_tracking_uri(previous)
-            client.set_terminated(run.info.run_id, status=run.info.status, end_time=run.info.end_time)
-    if not client.search_registered_models(f"name = '{name}'"):
-        client.create_registered_model(name, description="Compressed models found by autocompress; `champion` is the search's chosen trial.")
-    version = client.create_model_version(
-        name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id,
-        tags={**{k: f"{v:.6g}" for k, v in metrics.items()}, "trial": run.data.tags.get("optuna.trial_number", "")},
-        description=f"trial {run.data.tags.get('optuna.trial_number')}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
-    )
     return version.version
 
 

@@ -30,6 +30,7 @@ def child_runs(tracking_uri):
 
 
 def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_path, capsys):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/elsewhere.db")  # a process-wide URI the search must not write or register to
     assert main(["search", str(tiny_config)]) == 0
     printed = capsys.readouterr().out
     assert "teacher" in printed and "ORT int8" in printed and "speed-up" in printed and "test acc" in printed
