@@ -295,11 +295,16 @@ def _jobs(args: argparse.Namespace) -> int:
 def _load_study(storage: str, name: str):
     """The study ``name`` in ``storage``, or a one-line error naming both."""
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from autocompress.study import redacted
 
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise ConfigError(f"{storage}: no study named {name!r}") from None
+        raise ConfigError(f"{redacted(storage)}: no study named {name!r}") from None
+    except (SQLAlchemyError, RuntimeError, ValueError, ImportError, OSError) as error:  # not an Optuna database, a bad URL, a missing driver
+        raise ConfigError(f"{redacted(storage)}: cannot open as an Optuna storage ({str(error).strip().splitlines()[0]})") from None
 
 
 def _sync(args: argparse.Namespace) -> int:

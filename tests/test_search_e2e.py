@@ -200,6 +200,10 @@ def test_a_changed_space_or_a_bad_one_fails_before_training(tiny_config, tmp_pat
 def test_pareto_of_unknown_study_exits_2(tmp_path, capsys):
     assert main(["pareto", "--storage", f"sqlite:///{tmp_path}/none.db", "--study-name", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+    for storage in ("postgresql://me:s3cret@127.0.0.1:1/optuna", "not-a-url"):  # nothing listens on port 1
+        assert main(["pick", "--storage", storage, "--study-name", "nope"]) == 2
+        error = capsys.readouterr().err
+        assert "cannot open as an Optuna storage" in error and len(error.strip().splitlines()) == 1 and "s3cret" not in error
 
 
 def test_joint_search_distills_students_and_logs_recovery_curves(tiny_config, tmp_path, capsys):
