@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autocompress.config import ConfigError, SearchConfig
-from autocompress.export import TOKENIZER_FILES, write_json
+from autocompress.export import copy_tokenizer, write_json
 from autocompress.pareto import format_table, measured_row
 from autocompress.paths import cache_root
 from autocompress.policy import Policy
@@ -41,9 +41,7 @@ def apply_policy(config: SearchConfig, policy: Policy, *, output: Path, seed: in
     output.mkdir(parents=True, exist_ok=True)
     shutil.copy2(measurement.artifact, output / "model.onnx")
     policy.save(output / "policy.json")
-    for name in TOKENIZER_FILES:
-        if (context.teacher.path / name).is_file():
-            shutil.copy2(context.teacher.path / name, output / name)
+    copy_tokenizer(context.teacher.path, output)
     write_json(output / "measurement.json", {**row, "artifact": "model.onnx", "model": config.model, "baseline": context.baseline})
     print(format_table([row], context.baseline))
     return row

@@ -23,6 +23,20 @@ from autocompress.policy import Policy
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
+def tokenizer_files(folder: str | Path) -> list[Path]:
+    """The tokenizer files of a model folder, which every model autocompress writes ships beside it."""
+    return [Path(folder) / name for name in TOKENIZER_FILES if (Path(folder) / name).is_file()]
+
+
+def copy_tokenizer(source: str | Path, target: Path) -> list[str]:
+    """Copy ``source``'s tokenizer files into ``target``; their names."""
+    target.mkdir(parents=True, exist_ok=True)
+    copied = tokenizer_files(source)
+    for path in copied:
+        shutil.copy2(path, target / path.name)
+    return [path.name for path in copied]
+
+
 def write_json(path: Path, content: Any) -> Path:
     """Write atomically, so an interrupted search never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,9 +83,8 @@ def write_front(
     policy.save(best_model / "policy.json")
     if chosen.get("artifact"):
         shutil.copy2(output / chosen["artifact"], best_model / "model.onnx")
-    for name in TOKENIZER_FILES if tokenizer_dir is not None else ():
-        if (Path(tokenizer_dir) / name).is_file():
-            shutil.copy2(Path(tokenizer_dir) / name, best_model / name)
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, best_model)
     return rows, chosen
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from autocompress.config import ConfigError
+from autocompress.export import tokenizer_files
 
 CHAMPION = "champion"
 ARTIFACT_TAG = "autocompress.artifact"
@@ -30,7 +31,6 @@ TOKENIZER_TAG = "autocompress.tokenizer"
 MODEL_NAME_TAG = "autocompress.registered_model"
 """On a search's parent run: the registered model its trials go to."""
 VERSION_METRICS = ("dev_accuracy", "test_accuracy", "speedup", "speedup_vs_int8", "latency_ms", "size_mb", "compression")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,7 @@ def _log_and_register(client: MlflowClient, run: Any, artifact: Path, policy: di
     with tempfile.TemporaryDirectory() as folder:
         extra = {"policy.json": Path(folder) / "policy.json"}
         extra["policy.json"].write_text(json.dumps(policy, indent=2, sort_keys=True) + "\n")
-        for file in TOKENIZER_FILES if tokenizer else ():
-            if (Path(tokenizer) / file).is_file():
-                extra[file] = Path(tokenizer) / file
+        extra |= {path.name: path for path in (tokenizer_files(tokenizer) if tokenizer else [])}
         model = onnx.load(str(artifact))
         metrics = {k: v for k, v in run.data.metrics.items() if k in VERSION_METRICS}
         previous = mlflow.get_tracking_uri()

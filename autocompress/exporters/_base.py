@@ -23,13 +23,13 @@ import torch
 from transformers import PreTrainedModel
 
 from autocompress.compress import compress
+from autocompress.export import copy_tokenizer
 from autocompress.policy import Policy
 from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning, Technique
 
 Batches = Sequence[Mapping[str, torch.Tensor]]
 MAX_ACCURACY_DROP = 0.005
 """An export may lose at most half a point of dev accuracy against its source."""
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 class NotExpressible(ValueError):
@@ -101,12 +101,7 @@ class Source:
         """``policy.json`` and the tokenizer files, which every format ships beside its model."""
         folder.mkdir(parents=True, exist_ok=True)
         self.policy.save(folder / "policy.json")
-        written = ["policy.json"]
-        for name in TOKENIZER_FILES:
-            if (self.tokenizer_dir / name).is_file():
-                (folder / name).write_bytes((self.tokenizer_dir / name).read_bytes())
-                written.append(name)
-        return written
+        return ["policy.json", *copy_tokenizer(self.tokenizer_dir, folder)]
 
 
 @dataclass(frozen=True)
