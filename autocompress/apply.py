@@ -43,7 +43,7 @@ def apply_policy(config: SearchConfig, policy: Policy, *, output: Path, seed: in
     policy.save(output / "policy.json")
     copy_tokenizer(context.teacher.path, output)
     write_json(output / "measurement.json", {**row, "artifact": "model.onnx", "model": config.model, "baseline": context.baseline})
-    print(format_table([row], context.baseline))
+    print(format_table([row], context.baseline, config.task.metric))
     return row
 
 
@@ -51,10 +51,11 @@ def check_fits(policy: Policy, model: str) -> None:
     """Refuse, from the model's config alone, a policy naming blocks, heads or FFN widths the model does not have."""
     from transformers import AutoConfig
 
+    from autocompress.architectures import ffn_width, len_blocks
     from autocompress.models import resolve_model_path
 
     shape = AutoConfig.from_pretrained(resolve_model_path(model))
-    blocks, heads, width = shape.num_hidden_layers, shape.num_attention_heads, shape.intermediate_size
+    blocks, heads, width = len_blocks(shape), shape.num_attention_heads, ffn_width(shape)
     problems = [f"block {i} (the model has {blocks})" for i in sorted({*policy.heads, *policy.ffn, *(policy.kept_blocks or ())}) if i >= blocks]
     problems += [f"heads.{i}: {n} (the model has {heads} per block)" for i, n in policy.heads.items() if n > heads]
     problems += [f"ffn.{i}: {n} (the model's FFN width is {width})" for i, n in policy.ffn.items() if n > width]

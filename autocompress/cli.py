@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     pick = commands.add_parser("pick", help="choose a trial of an existing study under your own limits, without searching again")
     pick.add_argument("--storage", required=True, help="Optuna storage URL of the study")
     pick.add_argument("--study-name", required=True)
-    pick.add_argument("--max-accuracy-drop", type=float, help="at most this dev-accuracy drop from the teacher (0.01 = 1 point)")
+    pick.add_argument("--max-accuracy-drop", type=float,
+                      help="at most this drop from the teacher in the study's dev metric (task.metric, accuracy by default; 0.01 = 1 point)")
     pick.add_argument("--max-latency-ms", type=float, help="at most this latency (the trial's median, batch 1)")
     pick.add_argument("--max-size-mb", type=float, help="at most this file size (MB)")
     pick.add_argument("--rule", choices=[s.value for s in Selection], default=Selection.FASTEST.value, help="which one of those within")
@@ -395,6 +396,7 @@ def _write_exports(origin, formats: list[str], output: Path) -> int:
 def _pick(args: argparse.Namespace) -> int:
     from autocompress.pareto import BASELINE_ATTR, format_table
     from autocompress.picking import pick
+    from autocompress.study import study_metric
 
     if bool(args.format) != bool(args.output):
         raise ConfigError("pick: --format and --output go together")
@@ -404,7 +406,7 @@ def _pick(args: argparse.Namespace) -> int:
     if row is None:
         print(f"autocompress: no completed trial of study {study.study_name!r} is within those limits", file=sys.stderr)
         return 3
-    print(json.dumps(row, indent=2) if args.json else format_table([row], study.user_attrs.get(BASELINE_ATTR)))
+    print(json.dumps(row, indent=2) if args.json else format_table([row], study.user_attrs.get(BASELINE_ATTR), study_metric(study)))
     if not args.json:
         print(f"\npicked trial {row['trial']} ({args.rule}) of {within} within the limits")
     if not args.format:
@@ -416,10 +418,11 @@ def _pick(args: argparse.Namespace) -> int:
 
 def _pareto(args: argparse.Namespace) -> int:
     from autocompress.pareto import BASELINE_ATTR, format_table, front_rows
+    from autocompress.study import study_metric
 
     study = _load_study(args.storage, args.study_name)
     rows = front_rows(study)
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows, study.user_attrs.get(BASELINE_ATTR)))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows, study.user_attrs.get(BASELINE_ATTR), study_metric(study)))
     return 0
 
 

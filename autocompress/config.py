@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 DATA_ROOT_ENV = "AUTOCOMPRESS_DATA_ROOT"
 DEPLOYABLE_BITS = (2, 4, 8, 16, 32)
+MetricName = Literal["accuracy", "f1", "macro_f1"]
+"""The task metrics a search can optimize (``autocompress.metrics`` computes them)."""
 
 
 class ConfigError(ValueError):
@@ -46,12 +48,14 @@ class TaskConfig(Strict):
     )
     train: str | None = Field(
         "sst2/train.tsv",
-        description="training file (.tsv, .csv or .jsonl, under data_root); the teacher and distillation train on it, "
-        "minus the dev rows carved from it when dev is null; null only with hf_dataset",
+        description="training file under data_root: .tsv or .csv (a header row, or none with task.columns), .jsonl, "
+        ".json (JSON lines or one array of objects) or .parquet; the teacher and distillation train on it, "
+        "minus the dev rows carved from it when dev is null; its labels define the task's labels unless task.labels is set; "
+        "null only with hf_dataset",
     )
     dev: str | None = Field(
         None,
-        description="dev file: every search decision (objective accuracy, constraints, pruner, selection) reads it; "
+        description="dev file: every search decision (objective task.metric, constraints, pruner, selection) reads it; "
         "null: carve dev_size rows from train, stratified by label and seeded by split_seed, held out of all training",
     )
     test: str | None = Field(
@@ -70,7 +74,9 @@ class TaskConfig(Strict):
         description="seed of the stratified dev carve-out; changing it changes the dev rows, the training rows and so the teacher's cache key",
     )
     hf_dataset: str | None = Field(
-        None, description="Hugging Face dataset id (datasets.load_dataset) read instead of the train/dev/test files; null: read the files"
+        None,
+        description="Hugging Face dataset id (datasets.load_dataset) read instead of the train/dev/test files; a ClassLabel "
+        "label feature gives the label names; null: read the files",
     )
     hf_config: str | None = Field(None, description="configuration name of hf_dataset (e.g. sst2 of glue); null: the dataset's default")
     hf_train_split: str = Field("train", description="split of hf_dataset used as train (with hf_dataset only)")
@@ -78,9 +84,42 @@ class TaskConfig(Strict):
         None, description="split of hf_dataset used as dev; null: carve dev_size rows from hf_train_split, as for files"
     )
     hf_test_split: str = Field("validation", description="split of hf_dataset used as the test split of the final report (with hf_dataset only)")
-    text_column: str = Field("sentence", description="column (file header or dataset feature) holding the text")
-    label_column: str = Field("label", description="column holding the integer label, 0 .. num_labels - 1")
-    num_labels: int = Field(2, ge=2, description="number of classes: the size of the classification head; other labels are rejected")
+    text_column: str = Field("sentence", description="column (file header, task.columns entry or dataset feature) holding the text")
+    text_pair_column: str | None = Field(
+        None,
+        description="column holding the second text of a sentence-pair task (premise/hypothesis, question/sentence: GLUE MRPC, "
+        "QNLI, MNLI style); both texts are tokenized together as one input; null: one text per row",
+    )
+    label_column: str = Field(
+        "label",
+        description="column holding the label: integers 0 .. N-1 (kept as the class ids) or words (World, entailment; "
+        "mapped to ids in the order of task.labels, else sorted by name)",
+    )
+    labels: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="the label names in class-id order, written to the exported models' id2label; words in the data must be "
+        "among them, integers are their ids; null: the train split's words sorted by name, or for integer labels "
+        "the Hugging Face ClassLabel names, else 0, 1, ...",
+    )
+    num_labels: int | None = Field(
+        None,
+        ge=2,
+        description="number of classes: the size of the classification head; null: inferred from task.labels or the train "
+        "split's labels (integers: the largest + 1, without gaps); when given it must agree with them",
+    )
+    columns: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="names of the columns of a headerless .tsv/.csv file, by position (the file then has no header row "
+        "and every line must have this many fields); null: the first line is the header",
+    )
+    metric: MetricName = Field(
+        "accuracy",
+        description="the dev metric the search maximizes, constrains (search.constraints.max_accuracy_drop) and selects with: "
+        "accuracy; f1, the F1 of label 1 (binary tasks only); or macro_f1, the unweighted mean of every class's F1; "
+        "all of accuracy, the task's F1 (f1 for 2 labels, else macro_f1) and this one are recorded on dev and test",
+    )
     max_length: int = Field(
         64,
         ge=8,
@@ -100,6 +139,24 @@ class TaskConfig(Strict):
         "faster trials, noisier decisions; null: all rows",
     )
     test_subset: int | None = Field(None, ge=1, description="score only the first N test rows in the final report; null: all rows")
+
+    @model_validator(mode="after")
+    def _labels_agree(self) -> "TaskConfig":
+        if self.labels is not None:
+            repeated = sorted({name for name in self.labels if self.labels.count(name) > 1})
+            if repeated:
+                raise ValueError(f"task.labels names each class once; repeated: {repeated}")
+            if self.num_labels is not None and self.num_labels != len(self.labels):
+                raise ValueError(f"task.num_labels ({self.num_labels}) disagrees with the {len(self.labels)} names of task.labels")
+        if self.columns is not None:
+            if self.hf_dataset:
+                raise ValueError("task.columns names the columns of headerless .tsv/.csv files; a Hugging Face dataset names its own")
+            needed = [self.text_column, self.label_column, *([self.text_pair_column] if self.text_pair_column else [])]
+            missing = [name for name in needed if name not in self.columns]
+            if missing or len(set(self.columns)) != len(self.columns):
+                problem = f"lacks {missing}" if missing else "repeats a name"
+                raise ValueError(f"task.columns {self.columns} {problem}; it must name text_column, label_column (and text_pair_column) once each")
+        return self
 
 
 class TeacherConfig(Strict):
@@ -287,8 +344,9 @@ class ConstraintsConfig(Strict):
     max_accuracy_drop: float | None = Field(
         0.01,
         ge=0,
-        description="largest accepted drop in accuracy on the dev split versus the teacher, as a fraction "
-        "(0.01 = 1 point of accuracy, e.g. 0.91 -> 0.90); also the budget of the *_within_budget selections; null: no limit",
+        description="largest accepted drop in task.metric (accuracy by default, else f1 or macro_f1; the name stays for "
+        "compatibility) on the dev split versus the teacher, as a fraction (0.01 = 1 point, e.g. 0.91 -> 0.90); "
+        "also the budget of the *_within_budget selections; null: no limit",
     )
     max_latency_ms: float | None = Field(
         None,
@@ -340,7 +398,7 @@ class SearchSettings(Strict):
     selection: Selection = Field(
         Selection.FASTEST,
         description="rule choosing best_policy.json from the Pareto front: the fastest or smallest trial within max_accuracy_drop "
-        "(the most accurate if none is), or the most accurate",
+        "(the best on task.metric if none is), or the best on task.metric (most_accurate)",
     )
 
 

@@ -3,7 +3,7 @@
 Optuna's pruners read intermediate values, which ``Trial.report`` refuses in
 multi-objective studies. Each search trial therefore gets a twin trial in a
 single-objective companion study (``<study>.fidelity``, same storage) that
-receives the recovery's intermediate validation accuracy per step; the
+receives the recovery's intermediate dev score (``task.metric``) per step; the
 configured pruner (successive halving by default) decides on the twin, and the
 search trial is pruned with it. Steps of recovery training are the fidelity.
 Twins are grouped by student depth (``<study>.fidelity.blocks<N>``).
@@ -69,20 +69,20 @@ class Fidelity:
 
     @staticmethod
     def reporter(twin: optuna.Trial) -> Callable[[int, float], bool]:
-        """``report(step, accuracy) -> stop?`` for the recovery loop."""
+        """``report(step, score) -> stop?`` for the recovery loop (the score: ``task.metric`` on dev rows)."""
 
-        def report(step: int, accuracy: float) -> bool:
-            twin.report(accuracy, step)
+        def report(step: int, score: float) -> bool:
+            twin.report(score, step)
             return bool(twin.should_prune())
 
         return report
 
     @staticmethod
-    def finish(twin: optuna.Trial, accuracy: float | None, *, failed: bool = False) -> None:
-        """Complete the twin with the final accuracy, or mark it pruned (None) or failed."""
+    def finish(twin: optuna.Trial, score: float | None, *, failed: bool = False) -> None:
+        """Complete the twin with the final score, or mark it pruned (None) or failed."""
         if failed:
             twin.study.tell(twin, state=optuna.trial.TrialState.FAIL)
-        elif accuracy is None:
+        elif score is None:
             twin.study.tell(twin, state=optuna.trial.TrialState.PRUNED)
         else:
-            twin.study.tell(twin, accuracy)
+            twin.study.tell(twin, score)

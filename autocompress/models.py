@@ -2,7 +2,8 @@
 
 A model is named by ``"default"`` (the packaged all-MiniLM-L6-v2), a local
 folder, or a Hugging Face id. Compressible layers are discovered from the
-model itself: the ``nn.Linear`` modules inside each encoder block.
+model itself: the ``nn.Linear`` modules inside each encoder block, found by
+the family's adapter (``autocompress.architectures``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+import transformers
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+from autocompress import architectures
 
 DEFAULT_MODEL = "default"
 
@@ -25,7 +30,19 @@ def resolve_model_path(name: str) -> str:
 
 
 def load_tokenizer(name: str):
-    return AutoTokenizer.from_pretrained(resolve_model_path(name))
+    """The model's tokenizer, emitting only inputs its classifier takes.
+
+    A tokenizer shipped with a model of another family (a BERT tokenizer beside
+    a DistilBERT) would otherwise feed ``token_type_ids`` the model has no
+    argument for.
+    """
+    path = resolve_model_path(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    class_name = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.get(AutoConfig.from_pretrained(path).model_type)
+    if class_name is not None:
+        accepted = architectures.model_inputs(getattr(transformers, class_name))
+        tokenizer.model_input_names = [name for name in tokenizer.model_input_names if name in accepted]
+    return tokenizer
 
 
 def load_classifier(name: str, num_labels: int | None = 2) -> PreTrainedModel:
@@ -39,16 +56,14 @@ def load_classifier(name: str, num_labels: int | None = 2) -> PreTrainedModel:
 
 
 def encoder_list_name(model: PreTrainedModel) -> str:
-    """Module name of the longest ``nn.ModuleList``: the encoder's repeated blocks."""
-    candidates = [(len(m), name) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
-    if not candidates:
-        raise ValueError(f"{type(model).__name__} has no repeated blocks (nn.ModuleList) to compress")
-    return max(candidates)[1]
+    """Full module name of the encoder's blocks list (``bert.encoder.layer``, ``distilbert.transformer.layer``, ...)."""
+    blocks = architectures.encoder_blocks(model)
+    return next(name for name, module in model.named_modules() if module is blocks)
 
 
 def encoder_blocks(model: PreTrainedModel) -> list[torch.nn.Module]:
     """The repeated Transformer blocks of the model's encoder, in order."""
-    return list(model.get_submodule(encoder_list_name(model)))
+    return list(architectures.encoder_blocks(model))
 
 
 def block_linears(model: PreTrainedModel) -> list[dict[str, torch.nn.Linear]]:

@@ -2,9 +2,11 @@
 
 Everything is read back from the Optuna study (its storage is the source of
 truth), so ``autocompress pareto`` shows the same front as the search printed.
-The front is chosen on dev accuracy; test accuracy, from rows the search never
-read, is reported beside it. Speed-ups are paired ratios (each trial timed
-beside the teacher and ORT's dynamic int8); sizes are the shipped file's bytes.
+The front is chosen on the dev split's ``task.metric`` (accuracy, f1 or
+macro_f1); the test split's, from rows the search never read, is reported
+beside it. Rows carry every metric a trial recorded (``dev_f1``, ...).
+Speed-ups are paired ratios (each trial timed beside the teacher and ORT's
+dynamic int8); sizes are the shipped file's bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.config import ConfigError, Selection
+from autocompress.study import study_metric
 
 BASELINE_ATTR = "baseline"
 MB = 1e6
@@ -29,8 +32,14 @@ def trial_row(trial: FrozenTrial, baseline: dict[str, Any]) -> dict[str, Any]:
 
 
 def measured_row(attrs: Mapping[str, Any], baseline: dict[str, Any], *, trial: int | str, feasible: bool | str) -> dict[str, Any]:
-    """A measured model's row (a trial's attributes, or an applied policy's measurement with ``policy`` and ``seed``)."""
+    """A measured model's row (a trial's attributes, or an applied policy's measurement with ``policy`` and ``seed``).
+
+    Besides accuracy it carries the task's other metrics (``dev_f1``,
+    ``test_macro_f1``, ...) and their drops from the teacher (``f1_drop``,
+    ``test_f1_drop``); trials made before ``task.metric`` have none.
+    """
     size = attrs["size_bytes"]
+    scores = attrs.get("scores") or {}
     return {
         "trial": trial,
         "feasible": feasible,
@@ -38,6 +47,8 @@ def measured_row(attrs: Mapping[str, Any], baseline: dict[str, Any], *, trial: i
         "test_accuracy": attrs["test_accuracy"],
         "accuracy_drop": baseline["dev_accuracy"] - attrs["dev_accuracy"],
         "test_accuracy_drop": baseline["test_accuracy"] - attrs["test_accuracy"],
+        **scores,
+        **score_drops(scores, baseline),
         "latency_ms": attrs["latency_ms"],
         "reference_latency_ms": attrs["reference_latency_ms"],
         "speedup": attrs["speedup"],
@@ -53,6 +64,11 @@ def measured_row(attrs: Mapping[str, Any], baseline: dict[str, Any], *, trial: i
         "policy": attrs["policy"],
         "artifact": attrs.get("artifact"),
     }
+
+
+def score_drops(scores: Mapping[str, float], baseline: Mapping[str, Any]) -> dict[str, float]:
+    """The teacher's score minus each of ``scores`` it also has: ``dev_f1`` -> ``f1_drop``, ``test_f1`` -> ``test_f1_drop``."""
+    return {f"{key.removeprefix('dev_')}_drop": baseline[key] - value for key, value in scores.items() if key in baseline}
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -74,62 +90,76 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["speedup"])
 
 
-def select(rows: list[dict[str, Any]], rule: Selection, max_accuracy_drop: float | None) -> dict[str, Any] | None:
-    """The chosen trial: fastest or smallest within the dev-accuracy budget, or the most accurate on dev."""
+def select(rows: list[dict[str, Any]], rule: Selection, max_accuracy_drop: float | None, metric: str = "accuracy") -> dict[str, Any] | None:
+    """The chosen trial: fastest or smallest within the budget on the dev ``metric`` (``task.metric``), or the best on it.
+
+    ``max_accuracy_drop`` limits the drop of ``metric`` (the config field keeps its name).
+    """
     if not rows:
         return None
+    dev, drop = f"dev_{metric}", f"{metric}_drop"
     if rule is Selection.MOST_ACCURATE:
-        return max(rows, key=lambda r: (r["dev_accuracy"], r["speedup"]))
+        return max(rows, key=lambda r: (r[dev], r["speedup"]))
     budget = float("inf") if max_accuracy_drop is None else max_accuracy_drop + 1e-12
-    within = [r for r in rows if r["accuracy_drop"] <= budget] or [max(rows, key=lambda r: r["dev_accuracy"])]
+    within = [r for r in rows if r[drop] <= budget] or [max(rows, key=lambda r: r[dev])]
     if rule is Selection.FASTEST:
-        return max(within, key=lambda r: (r["speedup"], r["dev_accuracy"]))
-    return min(within, key=lambda r: (r["size_bytes"], -r["dev_accuracy"]))
+        return max(within, key=lambda r: (r["speedup"], r[dev]))
+    return min(within, key=lambda r: (r["size_bytes"], -r[dev]))
 
 
-COLUMNS = (
-    ("trial", "trial", "{:d}"),
-    ("feasible", "ok", "{}"),
-    ("dev_accuracy", "dev acc", "{:.4f}"),
-    ("test_accuracy", "test acc", "{:.4f}"),
-    ("test_accuracy_drop", "Δtest (pt)", "{:+.2f}"),
-    ("latency_ms", "ms", "{:.2f}"),
-    ("speedup", "speed-up", "{:.2f}x"),
-    ("speedup_vs_int8", "vs int8", "{:.2f}x"),
-    ("size_mb", "file MB", "{:.2f}"),
-    ("compression", "compression", "{:.2f}x"),
-)
+def columns(metric: str = "accuracy") -> tuple[tuple[str, str, str], ...]:
+    """The table's (row key, title, format) columns, its dev/test scores those of ``metric`` (``dev acc``, ``dev macro_f1``)."""
+    short = "acc" if metric == "accuracy" else metric
+    return (
+        ("trial", "trial", "{:d}"),
+        ("feasible", "ok", "{}"),
+        (f"dev_{metric}", f"dev {short}", "{:.4f}"),
+        (f"test_{metric}", f"test {short}", "{:.4f}"),
+        (f"test_{metric}_drop", "Δtest (pt)", "{:+.2f}"),
+        ("latency_ms", "ms", "{:.2f}"),
+        ("speedup", "speed-up", "{:.2f}x"),
+        ("speedup_vs_int8", "vs int8", "{:.2f}x"),
+        ("size_mb", "file MB", "{:.2f}"),
+        ("compression", "compression", "{:.2f}x"),
+    )
 
 
-def format_table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None = None) -> str:
+COLUMNS = columns()
+"""The columns of a study that optimizes accuracy."""
+
+
+def format_table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None = None, metric: str = "accuracy") -> str:
     """A plain-text table of the front; the teacher and ORT's dynamic int8 first when a baseline is given.
 
     ``speed-up`` and ``vs int8`` are paired ratios (each trial timed beside
-    both in one probe); ``ms`` is the trial's own median in that probe.
+    both in one probe); ``ms`` is the trial's own median in that probe. The
+    scores shown are ``metric``'s (``task.metric``), on dev and test.
     """
+    table = columns(metric)
+    dev, test = f"dev_{metric}", f"test_{metric}"
     lines = []
     if baseline is not None:
         int8 = baseline["int8"]
         for name, model, speedup in (("teacher", baseline, 1.0), ("ORT int8", int8, int8["speedup"])):
             lines.append(_format_row({
-                "trial": name, "feasible": "", "dev_accuracy": model["dev_accuracy"], "test_accuracy": model["test_accuracy"],
-                "test_accuracy_drop": baseline["test_accuracy"] - model["test_accuracy"], "latency_ms": model["latency_ms"],
+                "trial": name, "feasible": "", dev: model[dev], test: model[test],
+                f"{test}_drop": baseline[test] - model[test], "latency_ms": model["latency_ms"],
                 "speedup": speedup, "speedup_vs_int8": speedup / int8["speedup"], "size_mb": model["size_bytes"] / MB,
                 "compression": baseline["size_bytes"] / model["size_bytes"], "size_is_estimate": model.get("size_is_estimate", False),
-            }))
-    lines += [_format_row(row) for row in rows]
-    headers = [title for _, title, _ in COLUMNS]
+            }, table))
+    lines += [_format_row(row, table) for row in rows]
+    headers = [title for _, title, _ in table]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)] if lines else [len(h) for h in headers]
     out = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
     out += ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines]
     return "\n".join(out)
 
 
-def _format_row(row: dict[str, Any]) -> list[str]:
+def _format_row(row: dict[str, Any], table: tuple[tuple[str, str, str], ...] = COLUMNS) -> list[str]:
     cells = []
-    for key, _, fmt in COLUMNS:
+    for key, _, fmt in table:
         value = row[key]
-        if key == "test_accuracy_drop":
+        if key.endswith("_drop"):
             value = -100 * value + 0.0  # shown as a signed change; + 0.0 turns -0.0 into 0.0
         if key == "feasible" and isinstance(value, bool):
             value = "yes" if value else "NO"
@@ -139,21 +169,22 @@ def _format_row(row: dict[str, Any]) -> list[str]:
 
 
 def plot_front(study: optuna.Study, rows: list[dict[str, Any]], path: Path) -> Path:
-    """Dev accuracy against paired speed-up for every completed trial, the front highlighted, file size as marker area."""
+    """The study's dev metric against paired speed-up for every completed trial, the front highlighted, file size as marker area."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    baseline = study.user_attrs[BASELINE_ATTR]
+    baseline, metric = study.user_attrs[BASELINE_ATTR], study_metric(study)
+    dev = f"dev_{metric}"
     trials = [trial_row(t, baseline) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([r["speedup"] for r in trials], [r["dev_accuracy"] for r in trials], s=[8 + 4 * r["size_mb"] for r in trials], alpha=0.35, label="trials")
-    ax.plot([r["speedup"] for r in rows], [r["dev_accuracy"] for r in rows], "o-", color="C3", label="Pareto front")
-    ax.scatter([1.0], [baseline["dev_accuracy"]], marker="*", s=160, color="k", label="teacher")
-    ax.scatter([baseline["int8"]["speedup"]], [baseline["int8"]["dev_accuracy"]], marker="X", s=120, color="C2", label="ORT dynamic int8")
+    ax.scatter([r["speedup"] for r in trials], [r[dev] for r in trials], s=[8 + 4 * r["size_mb"] for r in trials], alpha=0.35, label="trials")
+    ax.plot([r["speedup"] for r in rows], [r[dev] for r in rows], "o-", color="C3", label="Pareto front")
+    ax.scatter([1.0], [baseline[dev]], marker="*", s=160, color="k", label="teacher")
+    ax.scatter([baseline["int8"]["speedup"]], [baseline["int8"][dev]], marker="X", s=120, color="C2", label="ORT dynamic int8")
     ax.set_xlabel("speed-up over the teacher (paired, batch 1)")
-    ax.set_ylabel("dev accuracy")
+    ax.set_ylabel(f"dev {metric}")
     ax.set_title(f"study {study.study_name}: marker area ~ file size")
     ax.legend(loc="lower left")
     fig.tight_layout()

@@ -6,6 +6,7 @@ file or a study that cannot be resumed must fail before it, with one line.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import optuna
 from transformers import AutoConfig, PretrainedConfig
 
 from autocompress.config import ConfigError, SearchConfig
-from autocompress.data import load_split
+from autocompress.data import TaskLabels, load_split, task_labels
+from autocompress.metrics import check_metric
 from autocompress.models import resolve_model_path
 from autocompress.space_check import SpaceSummary, check_space
 from autocompress.study import check_resumable, load_existing, signature
@@ -31,6 +33,8 @@ class Preflight:
     signature: dict[str, Any]
     study: optuna.Study | None
     rows: dict[str, int]
+    labels: TaskLabels | None = None
+    """The task's classes in id order, as the teacher's head and the exports name them."""
 
     def describe(self) -> str:
         """A few lines for ``autocompress search CONFIG --dry-run``."""
@@ -40,6 +44,7 @@ class Preflight:
             f"config: {config.source} (valid)",
             self.space.describe(),
             f"data: {self.rows['train']} train rows, {self.rows['dev']} dev rows ({dev_source}), {self.rows['test']} test rows (report only)",
+            *([self._task_shape()] if self.labels else []),
             f"teacher: {self._teacher_state()}",
             f"study: {self._study_state()}",
         ]
@@ -51,6 +56,11 @@ class Preflight:
             f"score {self.rows['test']} test rows, time 3 models (trial, teacher, ORT int8) x {latency.repeats} calls in {latency.rounds} rounds"
         )
         return "\n".join(lines)
+
+    def _task_shape(self) -> str:
+        task, labels = self.config.task, self.labels
+        texts = f"sentence pairs ({task.text_column} + {task.text_pair_column})" if task.text_pair_column else f"one text per row ({task.text_column})"
+        return f"task: {texts}, {labels.num_labels} labels in id order: {', '.join(labels.names)} ({labels.origin})"
 
     def _teacher_state(self) -> str:
         if self.config.teacher.checkpoint:
@@ -89,14 +99,35 @@ def model_config(config: SearchConfig) -> PretrainedConfig:
         raise ConfigError(f"{config.source}: field '{field}': cannot load {name!r} (a local folder or a Hugging Face id in the cache): {reason}") from None
 
 
+def check_checkpoint_labels(config: SearchConfig, shape: PretrainedConfig, labels: TaskLabels) -> None:
+    """Refuse a fine-tuned checkpoint whose head has another size or, when both name their classes in words, another order."""
+    where = f"{config.source}: field 'teacher.checkpoint': {config.teacher.checkpoint!r}"
+    if shape.num_labels != labels.num_labels:
+        raise ConfigError(f"{where} has a {shape.num_labels}-label head, the task has task.num_labels={labels.num_labels} "
+                          f"({', '.join(labels.names)})")
+    theirs = tuple(str(shape.id2label[i]) for i in range(shape.num_labels))
+    named = not all(re.fullmatch(r"LABEL_\d+", name) for name in theirs)  # transformers' placeholder names say nothing
+    if labels.words and named and theirs != labels.names:
+        raise ConfigError(f"{where} has id2label [{', '.join(theirs)}], the task has [{', '.join(labels.names)}] ({labels.origin}); "
+                          "set task.labels to the checkpoint's names in its order")
+
+
+def check_task_metric(config: SearchConfig, num_labels: int) -> None:
+    """Refuse, in one line, a ``task.metric`` this task cannot have: ``f1`` (of label 1) on more than two labels."""
+    try:
+        check_metric(config.task.metric, num_labels)
+    except ValueError as error:
+        raise ConfigError(f"{config.source}: field 'task.metric': {error}") from None
+
+
 def preflight(config: SearchConfig) -> Preflight:
     """Run every check that needs no training; raise a one-line ``ConfigError`` on the first failure."""
     shape = model_config(config)
-    if config.teacher.checkpoint and getattr(shape, "num_labels", config.task.num_labels) != config.task.num_labels:
-        raise ConfigError(f"{config.source}: field 'teacher.checkpoint': {config.teacher.checkpoint!r} has a {shape.num_labels}-label head, "
-                          f"the task has task.num_labels={config.task.num_labels}")
+    if config.teacher.checkpoint:
+        check_checkpoint_labels(config, shape, task_labels(config))
     space = check_space(config, shape)
     rows = {split: len(load_split(config, split)) for split in ("dev", "test")}
+    check_task_metric(config, task_labels(config).num_labels)
     teacher = locate_teacher(config)
     rows["train"] = len(teacher.train) if teacher.train is not None else len(load_split(config, "train"))
     if not teacher.ready and rows["train"] < config.teacher.batch_size:
@@ -106,4 +137,4 @@ def preflight(config: SearchConfig) -> Preflight:
     study = load_existing(config)
     if study is not None:
         check_resumable(study, config, expected)
-    return Preflight(config, space, teacher, expected, study, rows)
+    return Preflight(config, space, teacher, expected, study, rows, task_labels(config))

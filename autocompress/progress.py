@@ -16,7 +16,7 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.study import BUDGET_ATTR, STATE_ATTR, trials_done
+from autocompress.study import BUDGET_ATTR, STATE_ATTR, study_metric, trials_done
 
 log = logging.getLogger("autocompress")
 
@@ -34,8 +34,10 @@ class Summary:
     complete: int
     pruned: int
     failed: int
-    best_accuracy: float | None
-    """Highest dev accuracy among trials that meet the constraints."""
+    metric: str
+    """The task metric the study optimizes (``task.metric``)."""
+    best_score: float | None
+    """Highest dev ``metric`` among trials that meet the constraints."""
     fastest_speedup: float | None
     """Largest speed-up over the teacher among trials that meet the constraints."""
     front: int
@@ -48,7 +50,8 @@ class Summary:
         """One line: trials done/budget, running, failures, best within budget, fastest feasible, front size, ETA."""
         budget = f"/{self.budget}" if self.budget is not None else ""
         parts = [f"trials {self.done}{budget}", f"{self.running} running", f"{self.failed} failed, {self.pruned} pruned"]
-        parts.append(f"best acc {self.best_accuracy:.4f}" if self.best_accuracy is not None else "best acc -")
+        name = "acc" if self.metric == "accuracy" else self.metric
+        parts.append(f"best {name} {self.best_score:.4f}" if self.best_score is not None else f"best {name} -")
         parts.append(f"fastest {self.fastest_speedup:.2f}x" if self.fastest_speedup is not None else "fastest -")
         parts.append(f"front {self.front}")
         if self.eta_seconds is not None:
@@ -79,6 +82,7 @@ def summarize(study: optuna.Study, *, workers: int = 1) -> Summary:
     if budget is not None and durations:
         eta = max(0, budget - done) * (sum(durations) / len(durations)) / max(1, workers)
     front = len(study.best_trials) if states[TrialState.COMPLETE] else 0
+    metric = study_metric(study)
     return Summary(
         study=study.study_name,
         state=study.user_attrs.get(STATE_ATTR, "unknown"),
@@ -89,7 +93,8 @@ def summarize(study: optuna.Study, *, workers: int = 1) -> Summary:
         complete=states[TrialState.COMPLETE],
         pruned=states[TrialState.PRUNED],
         failed=states[TrialState.FAIL],
-        best_accuracy=max((t.user_attrs["dev_accuracy"] for t in feasible), default=None),
+        metric=metric,
+        best_score=max((t.values[0] for t in feasible), default=None),
         fastest_speedup=max((t.user_attrs["speedup"] for t in feasible), default=None),
         front=front,
         eta_seconds=eta,

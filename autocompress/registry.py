@@ -4,7 +4,8 @@ The file registered is the one the search verified and timed (the trial
 run's ``autocompress.artifact`` tag), with its tokenizer and ``policy.json``
 beside it, so ``mlflow artifacts download --artifact-uri models:/NAME@champion``
 gives ``model.onnx`` with ``extra_files/`` (tokenizer, policy) beside it, and ``mlflow.pyfunc.load_model`` runs it on
-ONNX Runtime's CPU provider. Registering the same run twice reuses its
+ONNX Runtime's CPU provider; the version's MLmodel metadata carries the
+teacher's ``id2label``/``label2id``. Registering the same run twice reuses its
 version; an alias (``champion`` for the chosen trial) moves to it.
 """
 
@@ -30,7 +31,9 @@ TOKENIZER_TAG = "autocompress.tokenizer"
 """On a search's parent run: the folder holding the tokenizer files shipped with every model."""
 MODEL_NAME_TAG = "autocompress.registered_model"
 """On a search's parent run: the registered model its trials go to."""
-VERSION_METRICS = ("dev_accuracy", "test_accuracy", "speedup", "speedup_vs_int8", "latency_ms", "size_mb", "compression")
+VERSION_METRICS = ("dev_accuracy", "test_accuracy", "dev_f1", "test_f1", "dev_macro_f1", "test_macro_f1",
+                   "speedup", "speedup_vs_int8", "latency_ms", "size_mb", "compression")
+"""A trial run's metrics copied onto its registered model version (the F1 pair the task has, if any)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ def _log_and_register(client: MlflowClient, run: Any, artifact: Path, policy: di
                     save_as_external_data=False,
                     signature=_signature(artifact),
                     extra_files=[str(path) for path in extra.values()],
-                    metadata={"autocompress.policy_version": policy.get("version"), "trial": run.data.tags.get("optuna.trial_number")},
+                    metadata={"autocompress.policy_version": policy.get("version"), "trial": run.data.tags.get("optuna.trial_number"),
+                              **_label_names(tokenizer)},
                     params={k: str(v) for k, v in run.data.params.items() if not k.startswith("block")},
                 )
             client.set_terminated(run.info.run_id, status=run.info.status, end_time=run.info.end_time)
@@ -109,6 +113,15 @@ def _log_and_register(client: MlflowClient, run: Any, artifact: Path, policy: di
         finally:
             mlflow.set_tracking_uri(previous)
     return version.version
+
+
+def _label_names(model_folder: str | None) -> dict[str, dict[str, Any]]:
+    """``id2label`` and ``label2id`` of the teacher (whose folder holds the tokenizer): what each output logit of the model means."""
+    config = Path(model_folder) / "config.json" if model_folder else None
+    if config is None or not config.is_file():
+        return {}
+    content = json.loads(config.read_text())
+    return {key: content[key] for key in ("id2label", "label2id") if key in content}
 
 
 def _signature(artifact: Path):

@@ -25,15 +25,16 @@ from optuna._hypervolume import compute_hypervolume
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.pareto import BASELINE_ATTR, COLUMNS, MB, format_table, plot_front, trial_row
+from autocompress.pareto import BASELINE_ATTR, MB, columns, format_table, plot_front, trial_row
+from autocompress.study import study_metric
 from autocompress.tracking import PARAMS_ATTR
 
 ACCURACY_MARGIN = 0.10
-"""The hypervolume's reference accuracy lies this far below the teacher's dev accuracy."""
+"""The hypervolume's reference score lies this far below the teacher's on the dev metric (accuracy, f1 or macro_f1)."""
 LAYER_QUANTITIES = (("bits", "weight bits"), ("heads", "attention heads kept"), ("ffn", "FFN width kept"), ("kept", "block kept"))
 """Per-block keys of a trial's MLflow params shown in ``front_layers.png``, with panel titles."""
 MIXED = "mixed"
-SPEEDUP_AXIS, ACCURACY_AXIS = "speed-up over the teacher (paired, batch 1)", "dev accuracy"
+SPEEDUP_AXIS = "speed-up over the teacher (paired, batch 1)"
 
 
 def write_reports(study: optuna.Study, rows: list[dict[str, Any]], folder: Path) -> list[Path]:
@@ -59,9 +60,10 @@ def write_reports(study: optuna.Study, rows: list[dict[str, Any]], folder: Path)
 
 
 def progress_series(study: optuna.Study) -> list[dict[str, Any]]:
-    """Per completed trial, by trial number: hypervolume, best dev accuracy and fastest speed-up of the feasible trials so far.
+    """Per completed trial, by trial number: hypervolume, best dev score and fastest speed-up of the feasible trials so far.
 
-    The hypervolume (Optuna's exact computation) is in units of accuracy x
+    The best score is the study's metric (``best_dev_accuracy``,
+    ``best_dev_macro_f1``, ...). The hypervolume (Optuna's exact computation) is in units of that metric x
     relative latency x MB, measured from ``_reference_point``; feasible trials
     worse than it in any objective add nothing. Before any feasible trial the
     best values are ``None``.
@@ -69,25 +71,26 @@ def progress_series(study: optuna.Study) -> list[dict[str, Any]]:
     signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions])
     reference = signs * np.array(list(_reference_point(study).values()))
     losses: list[np.ndarray] = []
-    best_accuracy = fastest = None
+    best_score = fastest = None
+    best_key = f"best_dev_{study_metric(study)}"
     steps = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if _feasible(trial):
-            accuracy, relative_latency, _ = trial.values
-            best_accuracy = accuracy if best_accuracy is None else max(best_accuracy, accuracy)
+            score, relative_latency, _ = trial.values
+            best_score = score if best_score is None else max(best_score, score)
             fastest = 1 / relative_latency if fastest is None else max(fastest, 1 / relative_latency)
             loss = signs * np.array(trial.values)
             if np.all(loss <= reference):
                 losses.append(loss)
         hypervolume = compute_hypervolume(np.array(losses).reshape(-1, len(reference)), reference) if losses else 0.0
-        steps.append({"trial": trial.number, "hypervolume": hypervolume, "best_dev_accuracy": best_accuracy, "fastest_speedup": fastest})
+        steps.append({"trial": trial.number, "hypervolume": hypervolume, best_key: best_score, "fastest_speedup": fastest})
     return steps
 
 
 def _reference_point(study: optuna.Study) -> dict[str, float]:
-    """The hypervolume's reference, in objective order: a 10-point accuracy drop, the teacher's latency and size."""
-    baseline = study.user_attrs[BASELINE_ATTR]
-    return {"dev_accuracy": baseline["dev_accuracy"] - ACCURACY_MARGIN, "relative_latency": 1.0, "size_mb": baseline["size_bytes"] / MB}
+    """The hypervolume's reference, in objective order: a 10-point drop of the dev metric, the teacher's latency and size."""
+    baseline, dev = study.user_attrs[BASELINE_ATTR], f"dev_{study_metric(study)}"
+    return {dev: baseline[dev] - ACCURACY_MARGIN, "relative_latency": 1.0, "size_mb": baseline["size_bytes"] / MB}
 
 
 def _feasible(trial: FrozenTrial) -> bool:
@@ -103,9 +106,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def _hover(row: dict[str, Any]) -> str:
+def _hover(row: dict[str, Any], metric: str = "accuracy") -> str:
+    short = "acc" if metric == "accuracy" else metric
     return "<br>".join((
-        f"trial {row['trial']}", f"dev acc {row['dev_accuracy']:.4f}", f"test acc {row['test_accuracy']:.4f}",
+        f"trial {row['trial']}", f"dev {short} {row[f'dev_{metric}']:.4f}", f"test {short} {row[f'test_{metric}']:.4f}",
         f"speed-up {row['speedup']:.2f}x", f"vs int8 {row['speedup_vs_int8']:.2f}x", f"size {row['size_mb']:.2f} MB",
         f"feasible {'yes' if row['feasible'] else 'NO'}",
     ))
@@ -113,19 +117,20 @@ def _hover(row: dict[str, Any]) -> str:
 
 def _write_pareto_html(study: optuna.Study, rows: list[dict[str, Any]], path: Path) -> Path:
     """Every completed trial, the front as its own trace, infeasible trials as crosses, marker area ~ file size."""
-    baseline = study.user_attrs[BASELINE_ATTR]
+    baseline, metric = study.user_attrs[BASELINE_ATTR], study_metric(study)
+    dev, test, short = f"dev_{metric}", f"test_{metric}", "acc" if metric == "accuracy" else metric
     on_front = {row["trial"] for row in rows}
     others = [trial_row(t, baseline) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number not in on_front]
     largest = max((row["size_mb"] for row in others + rows), default=1.0)
     fig = go.Figure(layout={
         "title": f"study {study.study_name}: marker area ~ file size (MB); crosses are infeasible",
-        "xaxis": {"title": {"text": SPEEDUP_AXIS}}, "yaxis": {"title": {"text": ACCURACY_AXIS}},
+        "xaxis": {"title": {"text": SPEEDUP_AXIS}}, "yaxis": {"title": {"text": f"dev {metric}"}},
         "template": "plotly_white", "hovermode": "closest",
     })
 
     def trials(group: list[dict[str, Any]], name: str, color: str, **extra: Any) -> go.Scatter:
         return go.Scatter(
-            x=[r["speedup"] for r in group], y=[r["dev_accuracy"] for r in group], name=name, text=[_hover(r) for r in group],
+            x=[r["speedup"] for r in group], y=[r[dev] for r in group], name=name, text=[_hover(r, metric) for r in group],
             hovertemplate="%{text}<extra></extra>", marker={
                 "size": [r["size_mb"] for r in group], "sizemode": "area", "sizeref": 2 * largest / 30**2, "sizemin": 4,
                 "symbol": ["circle" if r["feasible"] else "x" for r in group], "color": color,
@@ -137,9 +142,9 @@ def _write_pareto_html(study: optuna.Study, rows: list[dict[str, Any]], path: Pa
     int8 = baseline["int8"]
     references = (("teacher", baseline, 1.0, "star", "black"), ("ORT dynamic int8", int8, int8["speedup"], "x-thin-open", "green"))
     for name, model, speedup, symbol, color in references:
-        text = (f"{name}<br>dev acc {model['dev_accuracy']:.4f}<br>test acc {model['test_accuracy']:.4f}"
+        text = (f"{name}<br>dev {short} {model[dev]:.4f}<br>test {short} {model[test]:.4f}"
                 f"<br>speed-up {speedup:.2f}x<br>size {model['size_bytes'] / MB:.2f} MB")
-        fig.add_trace(go.Scatter(x=[speedup], y=[model["dev_accuracy"]], name=name, mode="markers", text=[text],
+        fig.add_trace(go.Scatter(x=[speedup], y=[model[dev]], name=name, mode="markers", text=[text],
                                  hovertemplate="%{text}<extra></extra>", marker={"symbol": symbol, "size": 16, "color": color, "line": {"width": 2, "color": color}}))
     fig.write_html(path, include_plotlyjs=True, full_html=True)
     return path
@@ -199,7 +204,7 @@ def _write_layers(grid: dict[str, tuple[np.ndarray, list[list[str]]]], trial_lab
 
 
 def _write_progress(study: optuna.Study, steps: list[dict[str, Any]], path: Path) -> Path:
-    """Hypervolume, and best feasible dev accuracy and speed-up so far, against trial number."""
+    """Hypervolume, and best feasible dev score (the study's metric) and speed-up so far, against trial number."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -208,15 +213,16 @@ def _write_progress(study: optuna.Study, steps: list[dict[str, Any]], path: Path
     def series(key: str) -> list[float]:
         return [math.nan if s[key] is None else s[key] for s in steps]
 
-    reference = _reference_point(study)
+    reference, metric = _reference_point(study), study_metric(study)
+    short = "acc" if metric == "accuracy" else metric
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     top.plot(numbers, series("hypervolume"), drawstyle="steps-post", marker=".", color="C0")
-    top.set_ylabel("hypervolume\n(accuracy x rel. latency x MB)")
-    top.set_title(f"feasible trials; reference: dev acc {reference['dev_accuracy']:.3f}, "
+    top.set_ylabel(f"hypervolume\n({metric} x rel. latency x MB)")
+    top.set_title(f"feasible trials; reference: dev {short} {reference[f'dev_{metric}']:.3f}, "
                   f"the teacher's latency and {reference['size_mb']:.1f} MB", fontsize=9)
-    bottom.plot(numbers, series("best_dev_accuracy"), drawstyle="steps-post", marker=".", color="C0", label="best dev accuracy")
-    bottom.axhline(study.user_attrs[BASELINE_ATTR]["dev_accuracy"], color="k", linestyle="--", linewidth=1, label="teacher dev accuracy")
-    bottom.set_ylabel(ACCURACY_AXIS)
+    bottom.plot(numbers, series(f"best_dev_{metric}"), drawstyle="steps-post", marker=".", color="C0", label=f"best dev {metric}")
+    bottom.axhline(study.user_attrs[BASELINE_ATTR][f"dev_{metric}"], color="k", linestyle="--", linewidth=1, label=f"teacher dev {metric}")
+    bottom.set_ylabel(f"dev {metric}")
     right = bottom.twinx()
     right.plot(numbers, series("fastest_speedup"), drawstyle="steps-post", marker=".", color="C3", label="fastest speed-up")
     right.set_ylabel(SPEEDUP_AXIS, fontsize=8)
@@ -232,14 +238,16 @@ def _write_progress(study: optuna.Study, steps: list[dict[str, Any]], path: Path
 
 def _front_table_html(study: optuna.Study, rows: list[dict[str, Any]]) -> str:
     """``pareto.format_table`` (teacher, ORT int8, then the front) as a static HTML table, its cells cut at the header's column ends."""
-    header, *lines = format_table(rows, study.user_attrs[BASELINE_ATTR]).splitlines()
+    metric = study_metric(study)
+    table = columns(metric)
+    header, *lines = format_table(rows, study.user_attrs[BASELINE_ATTR], metric).splitlines()
     spans, start = [], 0
-    for _, title, _ in COLUMNS:
+    for _, title, _ in table:
         end = header.index(title, start) + len(title)
         spans.append((start, end))
         start = end
     cells = [[line[a:b].strip() for a, b in spans] for line in lines]
-    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in COLUMNS)
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in table)
     body = "\n".join(
         ('<tr class="reference">' if i < 2 else "<tr>") + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
         for i, row in enumerate(cells)
@@ -251,7 +259,7 @@ body {{ font-family: sans-serif; }} table {{ border-collapse: collapse; }}
 th, td {{ padding: 2px 10px; text-align: right; border-bottom: 1px solid #ddd; }} tr.reference {{ color: #555; font-style: italic; }}
 </style></head><body>
 <table>
-<caption>Pareto front of study {html.escape(study.study_name)}, chosen on dev accuracy. Speed-ups are paired ratios
+<caption>Pareto front of study {html.escape(study.study_name)}, chosen on dev {html.escape(metric)}. Speed-ups are paired ratios
 (each trial timed beside the teacher and ORT's dynamic int8, batch 1); ms is the trial's own median; ~ marks an estimated size.</caption>
 <thead><tr>{head}</tr></thead>
 <tbody>

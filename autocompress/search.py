@@ -26,12 +26,13 @@ from typing import Any
 
 import optuna
 
+from autocompress.architectures import ffn_width
 from autocompress.config import Registration, SearchConfig, parse_config
 from autocompress.cost import is_clearly_infeasible, policy_features
 from autocompress.distill import RecoveryResult
 from autocompress.fidelity import Fidelity
 from autocompress.models import block_linears, encoder_list_name
-from autocompress.pareto import BASELINE_ATTR, MB, format_table, front_rows, select
+from autocompress.pareto import BASELINE_ATTR, MB, format_table, front_rows, score_drops, select
 from autocompress.paths import study_work_dir
 from autocompress.preflight import preflight
 from autocompress.progress import LiveLine
@@ -68,11 +69,11 @@ MIN_COST_SAMPLES = 3
 
 
 def _constraints(measurement: Measurement, baseline: dict[str, Any], config: SearchConfig) -> dict[str, float]:
-    """Optuna constraint values, feasible when <= 0; accuracy is the dev split's."""
-    limits = config.search.constraints
+    """Optuna constraint values, feasible when <= 0; ``max_accuracy_drop`` limits the drop of ``task.metric`` on the dev split."""
+    limits, metric = config.search.constraints, config.task.metric
     values = {}
     if limits.max_accuracy_drop is not None:
-        values["accuracy_drop"] = (baseline["dev_accuracy"] - measurement.dev_accuracy) - limits.max_accuracy_drop
+        values[f"{metric}_drop"] = (baseline[f"dev_{metric}"] - measurement.score(f"dev_{metric}")) - limits.max_accuracy_drop
     if limits.max_latency_ms is not None:
         values["latency_ms"] = measurement.latency_ms - limits.max_latency_ms
     if limits.max_size_mb is not None:
@@ -81,12 +82,14 @@ def _constraints(measurement: Measurement, baseline: dict[str, Any], config: Sea
 
 
 def trial_metrics(measurement: Measurement, baseline: dict[str, Any]) -> dict[str, float]:
-    """The numbers logged for a trial: its own, and ratios to the teacher and ORT int8."""
+    """The numbers logged for a trial: its own (every task metric on dev and test), drops from the teacher, ratios to it and ORT int8."""
     own = {k: float(v) for k, v in asdict(measurement).items() if isinstance(v, (int, float))}
     return {
         **own,
+        **measurement.scores,
         "accuracy_drop": baseline["dev_accuracy"] - measurement.dev_accuracy,
         "test_accuracy_drop": baseline["test_accuracy"] - measurement.test_accuracy,
+        **score_drops(measurement.scores, baseline),
         "size_mb": measurement.size_bytes / MB,
         "compression": baseline["size_bytes"] / measurement.size_bytes,
         "size_vs_int8": baseline["int8"]["size_bytes"] / measurement.size_bytes,
@@ -97,7 +100,7 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
     prefix = encoder_list_name(context.model)
     blocks = [list(block) for block in block_linears(context.model)]
     num_blocks = len(blocks)
-    shape = {"heads": context.model.config.num_attention_heads, "ffn": context.model.config.intermediate_size}
+    shape = {"heads": context.model.config.num_attention_heads, "ffn": ffn_width(context.model.config)}
     baseline = context.baseline
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
@@ -132,7 +135,7 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
                 Fidelity.finish(twin, None, failed=True)
             raise
         trial.set_user_attr("worker", outcome.worker)
-        curves = _curves(outcome.recovery) if outcome.recovery else {}
+        curves = _curves(outcome.recovery, context.config.task.metric) if outcome.recovery else {}
         trial.set_user_attr(CURVES_ATTR, curves)
         if outcome.measurement is None:
             if twin is not None:
@@ -155,16 +158,17 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
             metrics["predicted_latency_ms"] = predicted
             metrics["latency_prediction_error_pct"] = 100 * abs(predicted - measurement.latency_ms) / measurement.latency_ms
         trial.set_user_attr(METRICS_ATTR, metrics)
-        return measurement.dev_accuracy, measurement.relative_latency, measurement.size_bytes / MB
+        return measurement.score(f"dev_{context.config.task.metric}"), measurement.relative_latency, measurement.size_bytes / MB
 
     return objective
 
 
 def check_finite(measurement: Measurement) -> None:
-    """Refuse a measurement Optuna could not rank: NaN or infinite accuracy, latency or size fails the trial by name."""
-    bad = [k for k in ("dev_accuracy", "test_accuracy", "relative_latency", "latency_ms") if not math.isfinite(getattr(measurement, k))]
+    """Refuse a measurement Optuna could not rank: NaN or infinite scores, latency or size fails the trial by name."""
+    values = {k: getattr(measurement, k) for k in ("dev_accuracy", "test_accuracy", "relative_latency", "latency_ms")} | measurement.scores
+    bad = [k for k, value in values.items() if not math.isfinite(value)]
     if bad:
-        raise FloatingPointError(f"{', '.join(bad)} not finite ({', '.join(str(getattr(measurement, k)) for k in bad)})")
+        raise FloatingPointError(f"{', '.join(bad)} not finite ({', '.join(str(values[k]) for k in bad)})")
 
 
 def failure_reason(error: BaseException) -> str:
@@ -173,9 +177,9 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {message[0] if message else ''}"[:500]
 
 
-def _curves(result: RecoveryResult) -> dict[str, list[tuple[int, float]]]:
-    """Recovery loss per step and intermediate dev accuracy, as MLflow step metrics."""
-    return {"recovery_loss": list(enumerate(result.losses)), "recovery_accuracy": list(result.evaluations)}
+def _curves(result: RecoveryResult, metric: str = "accuracy") -> dict[str, list[tuple[int, float]]]:
+    """Recovery loss per step and the intermediate dev ``metric`` (``recovery_accuracy``, ...), as MLflow step metrics."""
+    return {"recovery_loss": list(enumerate(result.losses)), f"recovery_{metric}": list(result.evaluations)}
 
 
 def predict_latency(context: SearchContext, features: dict[str, float], trial: optuna.Trial) -> float | None:
@@ -373,10 +377,11 @@ def finish_search(study: optuna.Study, config: SearchConfig, tracker: Tracker | 
 
     output = Path(config.output)
     rows = front_rows(study) if any(t.state.is_finished() for t in study.trials) else []
-    chosen = select([r for r in rows if r["feasible"]], config.search.selection, config.search.constraints.max_accuracy_drop)
+    metric = config.task.metric
+    chosen = select([r for r in rows if r["feasible"]], config.search.selection, config.search.constraints.max_accuracy_drop, metric)
     rows, chosen = write_front(output, rows, chosen, tokenizer_dir=tokenizer_dir)
     reports = write_reports(study, rows, output) if rows else []
-    print(format_table(rows, study.user_attrs.get(BASELINE_ATTR)))
+    print(format_table(rows, study.user_attrs.get(BASELINE_ATTR), metric))
     if tracker is not None:
         tracker.log_front({row["trial"] for row in rows}, rows, reports, progress_series(study) if rows else [])
         register = config.tracking.registry

@@ -22,13 +22,10 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
+from autocompress.architectures import adapter_for, ffn_width, len_blocks, supported_types
 from autocompress.config import ConfigError, SearchConfig
 from autocompress.runtime._lower import _block_for, _reason
 from autocompress.space import sample_policy
-
-STRUCTURED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text")
-"""Model types whose blocks ``shrunk_bert`` shrinks (``attention.self``, ``attention.output.dense``,
-``intermediate.dense``, ``output.dense``); each was checked to shrink and run a forward pass."""
 
 _STRUCTURED_FIELDS = ("heads", "ffn_widths", "num_blocks")
 
@@ -80,34 +77,41 @@ def check_space(config: SearchConfig, model_config: PretrainedConfig) -> SpaceSu
         return ConfigError(f"{source}: space.{field}: {message}")
 
     model_type = getattr(model_config, "model_type", "") or "unknown"
+    adapter = adapter_for(model_config)
     structured = [name for name in _STRUCTURED_FIELDS if getattr(space, name)]
-    if structured and model_type not in STRUCTURED_MODEL_TYPES:
+    if structured and adapter is None:
         raise fail(
             structured[0],
             f"{getattr(space, structured[0])} needs structured pruning, which supports model types "
-            f"{list(STRUCTURED_MODEL_TYPES)}, not {model_type!r}; remove space.{'/'.join(structured)}",
+            f"{supported_types()}, not {model_type!r}; remove space.{'/'.join(structured)}",
         )
+    if space.heads and not adapter.prunes_heads:
+        raise fail("heads", f"{space.heads} is not allowed for {adapter.family}: {adapter.layout.fixed_heads}; remove space.heads")
+    if space.num_blocks and not adapter.drops_blocks:
+        raise fail("num_blocks", f"{space.num_blocks} is not allowed for {adapter.family}: {adapter.notes}; remove space.num_blocks")
 
-    blocks, heads = model_config.num_hidden_layers, model_config.num_attention_heads
+    blocks, heads = len_blocks(model_config), model_config.num_attention_heads
     hidden = model_config.hidden_size
-    head_dim = hidden // heads
-    ffn = getattr(model_config, "intermediate_size", None) or getattr(model_config, "hidden_dim", None) or 4 * hidden
+    head_dim = getattr(model_config, "attention_head_size", None) or hidden // heads
+    ffn = ffn_width(model_config)
     quantized = sorted(b for b in space.weight_bits if b < 16)
     limits = (
         ("heads", heads, f"the model has {heads} heads"),
         ("ffn_widths", ffn, f"the model's FFN width is {ffn}"),
         ("num_blocks", blocks, f"the model has {blocks} blocks"),
     )
+    zero_heads = adapter is not None and adapter.zero_heads
     for name, top, has in limits:
-        low = 0 if name != "num_blocks" and not quantized else 1
+        empty = name == "ffn_widths" or (name == "heads" and zero_heads)  # may a block keep none?
+        low = 0 if empty and not quantized else 1
         bad = [v for v in getattr(space, name) or [] if not low <= v <= top]
         if bad:
-            zero = (
-                f" (0 only when every weight_bits >= 16: it leaves a 0-width Linear that quantization cannot handle, "
-                f"and weight_bits has {quantized})"
-                if 0 in bad and name != "num_blocks"
-                else ""
-            )
+            zero = ""
+            if 0 in bad and empty:
+                zero = (f" (0 only when every weight_bits >= 16: it leaves a 0-width Linear that quantization cannot handle, "
+                        f"and weight_bits has {quantized})")
+            elif 0 in bad and name == "heads":
+                zero = f" ({adapter.family}: {adapter.notes})"
             raise fail(name, f"{bad[0]} is not allowed; {has}, allowed {low}..{top}{zero}")
 
     sources = {hidden: "q/k/v and FFN input: hidden_size"}  # in_features -> which Linear takes it

@@ -34,7 +34,8 @@ from optuna.trial import FrozenTrial, TrialState
 from autocompress.config import ConfigError, SamplerName, SearchConfig
 
 OBJECTIVES = ("dev_accuracy", "relative_latency", "size_mb")
-"""Accuracy on the dev split; latency over the teacher's, timed in the same probe; shipped file size in MB."""
+"""Accuracy on the dev split; latency over the teacher's, timed in the same probe; shipped file size in MB.
+With another ``task.metric`` the first is that metric on dev (``objectives``)."""
 DIRECTIONS = ("maximize", "minimize", "minimize")
 SIGNATURE_VERSION = 2
 """Bumped when the objectives or how they are measured change (2: dev split, paired latency ratio, file bytes)."""
@@ -60,6 +61,17 @@ def make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
     if config.search.sampler is SamplerName.TPE:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def objectives(metric: str = "accuracy") -> tuple[str, str, str]:
+    """The study's objective names for ``task.metric`` (``dev_macro_f1``, ...), stored with the study as its metric names."""
+    return (f"dev_{metric}", *OBJECTIVES[1:])
+
+
+def study_metric(study: optuna.Study) -> str:
+    """The task metric a study's first objective is (from its stored objective names); accuracy for studies made before ``task.metric``."""
+    names = study.metric_names
+    return names[0].removeprefix("dev_") if names else "accuracy"
 
 
 def signature(config: SearchConfig, teacher_key: str) -> dict[str, Any]:
@@ -133,6 +145,8 @@ def check_resumable(study: optuna.Study, config: SearchConfig, expected: Mapping
     hint = "pass --study-name NEW (or search.study_name) to start a new study"
     if stored is None:
         raise ConfigError(f"{config.source}: {where} was made by an older autocompress (other objectives); {hint}")
+    if isinstance(stored.get("task"), Mapping) and "metric" not in stored["task"]:
+        stored = {**stored, "task": {**stored["task"], "metric": "accuracy"}}  # made before task.metric: it optimized accuracy
     difference = _first_difference(stored, dict(expected))
     if difference:
         field, old, new = difference
@@ -155,6 +169,9 @@ def open_study(config: SearchConfig, expected: Mapping[str, Any]) -> optuna.Stud
     if UID_ATTR not in study.user_attrs:
         study.set_user_attr(UID_ATTR, uuid.uuid4().hex[:12])
         study.set_user_attr(SIGNATURE_ATTR, dict(expected))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # set_metric_names: experimental since Optuna 3.2
+            study.set_metric_names(list(objectives(config.task.metric)))
     return study
 
 

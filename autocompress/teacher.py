@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from autocompress.config import SearchConfig
-from autocompress.data import Examples, batches, load_split
+from autocompress.data import Examples, TaskLabels, batches, load_split, task_labels
 from autocompress.models import load_classifier, load_tokenizer, resolve_model_path
 from autocompress.paths import teachers_dir
 
@@ -46,16 +46,19 @@ def _hash_files(folder: Path, digest: "hashlib._Hash") -> None:
                 digest.update(chunk)
 
 
-def teacher_key(config: SearchConfig, train: Examples) -> str:
-    """Hash of model files (or hub id), training data and recipe."""
+def teacher_key(config: SearchConfig, train: Examples, labels: TaskLabels | None = None) -> str:
+    """Hash of model files (or hub id), training data (pairs too), recipe and label names (when words: the head's id2label)."""
+    labels = labels or task_labels(config)
     digest = hashlib.sha256()
     model_path = Path(resolve_model_path(config.model))
     if model_path.is_dir():
         _hash_files(model_path, digest)
     else:
         digest.update(config.model.encode())
-    digest.update(json.dumps([train.texts, train.labels]).encode())
-    recipe = {"teacher": config.teacher.model_dump(), "max_length": config.task.max_length, "num_labels": config.task.num_labels}
+    digest.update(json.dumps([train.texts, train.labels, *([train.pairs] if train.pairs is not None else [])]).encode())
+    recipe = {"teacher": config.teacher.model_dump(), "max_length": config.task.max_length, "num_labels": labels.num_labels}
+    if labels.words:  # integer labels add nothing, so teachers cached before label names existed stay valid
+        recipe["labels"] = list(labels.names)
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -76,7 +79,7 @@ def fine_tune(model: PreTrainedModel, train: Examples, tokenizer, config: Search
         while len(losses) < recipe.steps:
             for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
                 picked = [order[i] for i in range(start, start + recipe.batch_size)]
-                chunk = Examples(tuple(train.texts[i] for i in picked), tuple(train.labels[i] for i in picked))
+                chunk = train.subset(picked)
                 (batch,) = batches(chunk, tokenizer, batch_size=recipe.batch_size, max_length=config.task.max_length)
                 loss = model(**batch).loss
                 loss.backward()
@@ -120,12 +123,15 @@ def get_teacher(config: SearchConfig) -> Teacher:
         return Teacher(path=where.path, key=where.key, trained_now=False)
     key, folder, train = where.key, where.path, where.train
     tokenizer = load_tokenizer(config.model)
-    model = load_classifier(config.model, num_labels=config.task.num_labels)
+    labels = task_labels(config)
+    model = load_classifier(config.model, num_labels=labels.num_labels)
+    if labels.words:  # every model derived from the teacher, and every export, carries the names
+        model.config.id2label, model.config.label2id = labels.id2label, labels.label2id
     losses = fine_tune(model, train, tokenizer, config)
     staging = folder.with_name(f"{key}.partial")
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "teacher.json").write_text(json.dumps({"key": key, "model": config.model, "recipe": config.teacher.model_dump()}))
+    (staging / "teacher.json").write_text(json.dumps({"key": key, "model": config.model, "recipe": config.teacher.model_dump(), "labels": labels.names}))
     if folder.exists():
         shutil.rmtree(folder)
     staging.rename(folder)

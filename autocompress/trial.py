@@ -2,11 +2,12 @@
 
 ``run_trial(context, request)`` is the whole trial and runs wherever the
 search puts it: in the search's own process or on a Ray worker (see
-``workers``). Every number is what a user would get: accuracy of the lowered
-artifact on the dev split (search decisions) and on the untouched test split
-(the report), latency timed interleaved with the teacher and ORT's dynamic
-int8 in the same probe (the objective is the ratio), and size as the bytes of
-the file that ships.
+``workers``). Every number is what a user would get: accuracy and the task's
+other metrics (``task.metric`` among them) of the lowered artifact on the dev
+split (search decisions) and on the untouched test split (the report),
+latency timed interleaved with the teacher and ORT's dynamic int8 in the same
+probe (the objective is the ratio), and size as the bytes of the file that
+ships.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +36,19 @@ from autocompress.measure import (
     LatencyProbe,
     OrtProbe,
     TorchProbe,
-    accuracy,
     deploy_and_measure,
     estimated_size_bytes,
     fingerprint_id,
     hardware_fingerprint,
     latency_inputs,
     measure_paired,
+    model_scores,
     pick_sentences,
     shipped_bytes,
     sparsity,
+    split_scores,
 )
-from autocompress.measure._deployed import deploy, onnx_accuracy
+from autocompress.measure._deployed import deploy, onnx_scores
 from autocompress.models import load_tokenizer
 from autocompress.paths import cost_models_dir
 from autocompress.policy import Policy
@@ -81,6 +83,12 @@ class Measurement:
     """Epoch seconds the paired timing held this machine's latency lock: no two trials' windows overlap."""
     artifact: str | None = None
     """The lowered ONNX file that was verified and timed (under the study's work folder)."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """The task's metrics other than accuracy, by split: ``dev_f1``, ``test_f1`` (binary) or ``dev_macro_f1``, ..."""
+
+    def score(self, name: str) -> float:
+        """``dev_accuracy``, ``test_macro_f1``, ...: accuracy from its own fields, the other metrics from ``scores``."""
+        return getattr(self, name) if name in ("dev_accuracy", "test_accuracy") else self.scores[name]
 
 
 @dataclass
@@ -128,7 +136,7 @@ class SearchContext:
         tokenizer = load_tokenizer(str(teacher.path))
         dev_examples = load_split(config, "dev")
         dev, test, calibration = task_batches(config, tokenizer, dev_examples)
-        sentences = pick_sentences(dev_examples.texts, n=min(config.latency.sentences, len(dev_examples)))
+        sentences = pick_sentences(dev_examples.inputs(), n=min(config.latency.sentences, len(dev_examples)))  # pairs of a pair task
         timing_inputs = latency_inputs(tokenizer, sentences, max_length=config.task.max_length)
         model = teacher.load()
         if references is None:
@@ -163,24 +171,27 @@ def measure_references(
     """Deploy the teacher and ORT's dynamic int8 of it, score both, and time them side by side once.
 
     Returns their probes (timed again beside every trial) and the study's
-    baseline: accuracies, file sizes and this first paired timing.
+    baseline: accuracies and the task's other metrics (``dev_f1``, ...), file
+    sizes and this first paired timing.
     """
-    settings = config.latency
+    settings, metric = config.latency, config.task.metric
     if settings.backend == "onnxruntime":
-        report, check = deploy(model, dev=dev, threads=settings.threads, workdir=workdir / "teacher")
-        fp32, teacher_dev = Path(report.path), check.onnx_accuracy
-        teacher = {"dev_accuracy": teacher_dev, "test_accuracy": onnx_accuracy(fp32, test, threads=settings.threads), "size_bytes": shipped_bytes(fp32)}
+        report, check = deploy(model, dev=dev, threads=settings.threads, workdir=workdir / "teacher", metric=metric)
+        fp32, teacher_dev = Path(report.path), check.onnx_scores
+        teacher_test = onnx_scores(fp32, test, threads=settings.threads, metric=metric)
+        teacher = {"size_bytes": shipped_bytes(fp32)}
         teacher_probe: LatencyProbe = OrtProbe(fp32, threads=settings.threads)
     else:
         example = {k: v[:2] for k, v in dev[0].items() if k != "labels"}
         fp32 = export_onnx(model, workdir / "teacher" / "model.onnx", example=example)
         size = estimated_size_bytes(model, layer_plan(model, Policy()))
-        teacher = {"dev_accuracy": accuracy(model, dev), "test_accuracy": accuracy(model, test), "size_bytes": size, "size_is_estimate": True}
+        teacher_dev, teacher_test = model_scores(model, dev, metric=metric), model_scores(model, test, metric=metric)
+        teacher = {"size_bytes": size, "size_is_estimate": True}
         teacher_probe = TorchProbe(model, threads=settings.threads)
+    teacher = {**baseline_scores(teacher_dev, teacher_test), **teacher}
     int8_path = dynamic_int8(fp32, workdir / "int8" / "model.onnx")
     int8 = {
-        "dev_accuracy": onnx_accuracy(int8_path, dev, threads=settings.threads),
-        "test_accuracy": onnx_accuracy(int8_path, test, threads=settings.threads),
+        **baseline_scores(*(onnx_scores(int8_path, split, threads=settings.threads, metric=metric) for split in (dev, test))),
         "size_bytes": shipped_bytes(int8_path),
         "artifact": str(int8_path),
     }
@@ -190,6 +201,11 @@ def measure_references(
     int8["latency_ms"] = paired.results["int8"].median_ms
     int8["speedup"] = paired.ratios["int8"]  # the teacher's latency over int8's: int8's speed-up
     return probes, {**teacher, "int8": int8, "artifact": str(fp32)}
+
+
+def baseline_scores(dev: dict[str, float], test: dict[str, float]) -> dict[str, float]:
+    """A reference's baseline entries from its dev and test scores: ``dev_accuracy``, ``test_accuracy``, then ``dev_f1``, ..."""
+    return {"dev_accuracy": dev["accuracy"], "test_accuracy": test["accuracy"], **split_scores("dev", dev), **split_scores("test", test)}
 
 
 def reference_probes(model: PreTrainedModel, config: SearchConfig, baseline: dict[str, Any]) -> dict[str, LatencyProbe]:
@@ -205,16 +221,16 @@ def distillation_setup(config: SearchConfig, model: PreTrainedModel, teacher: Te
     train = batches(load_split(config, "train").sample(settings.train_subset, seed=config.search.seed), tokenizer, batch_size=settings.batch_size, max_length=length)
     scoring = batches(by_length(load_split(config, "dev").head(settings.eval_subset)), tokenizer, batch_size=64, max_length=length)
     logits = cached_teacher_logits(model, train, teacher_key=teacher.key)
-    return Distillation(teacher=model, train_batches=train, teacher_logits=logits, eval_batches=scoring, settings=settings)
+    return Distillation(teacher=model, train_batches=train, teacher_logits=logits, eval_batches=scoring, settings=settings, metric=config.task.metric)
 
 
 def by_length(examples: Examples) -> Examples:
     """Sort by length so batches carry little padding (accuracy is order-free)."""
-    return examples.subset(sorted(range(len(examples)), key=lambda i: len(examples.texts[i])))
+    return examples.subset(sorted(range(len(examples)), key=examples.chars))
 
 
 def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, name: str) -> Measurement:
-    """Dev and test accuracy, shipped size and paired latency of the deployed ``model``."""
+    """Dev and test accuracy and the task's other metrics, shipped size and paired latency of the deployed ``model``."""
     settings = context.config.latency
     deployed = deploy_and_measure(
         model,
@@ -229,6 +245,7 @@ def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, n
         rounds=settings.rounds,
         workdir=context.workdir / name,
         scoring_threads=context.scoring_threads,
+        metric=context.config.task.metric,
     )
     timing = deployed.latency
     own = timing.results["candidate"]
@@ -256,6 +273,7 @@ def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, n
         timed_from=min(result.started for result in timing.results.values()),
         timed_until=max(result.finished for result in timing.results.values()),
         artifact=str(deployed.artifact) if deployed.artifact is not None else None,
+        scores=deployed.scores,
     )
 
 

@@ -29,9 +29,10 @@ def test_wrong_column_names_the_file_and_the_columns(tmp_path):
 def test_missing_file_and_bad_labels(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         read_file(tmp_path / "none.tsv", "sentence", "label")
+    (tmp_path / "t.tsv").write_text("sentence\tlabel\na\t0\nb\t1\nc\t0\n")  # the labels come from the train split
     (tmp_path / "d.tsv").write_text("sentence\tlabel\nok\t3\n")
-    config = parse_config({"task": {"data_root": str(tmp_path), "test": "d.tsv"}})
-    with pytest.raises(ConfigError, match="outside 0..1"):
+    config = parse_config({"task": {"data_root": str(tmp_path), "train": "t.tsv", "dev": "t.tsv", "test": "d.tsv"}})
+    with pytest.raises(ConfigError, match=r"d\.tsv: label 3 in column 'label' is not one of the task's labels; allowed: integers 0\.\.1"):
         load_split(config, "test")
 
 

@@ -32,7 +32,7 @@ from autocompress.distill import (
 from autocompress.measure import accuracy
 from autocompress.models import load_classifier
 from autocompress.quantizer import quantize_linear_
-from autocompress.shrunk_bert import shrink_
+from autocompress.shrunk import shrink_
 from autocompress.techniques._magnitude import prune_smallest_
 
 MAX_LENGTH = 32

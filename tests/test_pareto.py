@@ -11,7 +11,8 @@ INT8 = {"dev_accuracy": 0.89, "test_accuracy": 0.88, "size_bytes": 23e6, "latenc
 BASELINE = {"dev_accuracy": 0.90, "test_accuracy": 0.89, "latency_ms": 10.0, "size_bytes": 90e6, "int8": INT8}
 
 
-def add(study, dev_accuracy, speedup, size_mb, max_drop=0.01, test_accuracy=None):
+def add(study, dev_accuracy, speedup, size_mb, max_drop=0.01, test_accuracy=None, scores=None, metric="accuracy"):
+    """A told trial; ``scores`` are its other metrics (``dev_macro_f1``, ...), ``metric`` the one its objective is."""
     trial = study.ask()
     attrs = {
         "policy": {"layers": {}}, "dev_accuracy": dev_accuracy, "test_accuracy": test_accuracy or dev_accuracy - 0.01,
@@ -19,10 +20,12 @@ def add(study, dev_accuracy, speedup, size_mb, max_drop=0.01, test_accuracy=None
         "relative_latency_ci_low": 0.9 / speedup, "relative_latency_ci_high": 1.1 / speedup,
         "size_bytes": size_mb * 1e6, "size_is_estimate": False, "sparsity": 0.0, "seed": trial.number,
     }
+    if scores is not None:
+        attrs["scores"] = scores
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     trial.set_constraint("accuracy_drop", (BASELINE["dev_accuracy"] - dev_accuracy) - max_drop)
-    study.tell(trial, (dev_accuracy, 1 / speedup, size_mb))
+    study.tell(trial, (dev_accuracy if metric == "accuracy" else scores[f"dev_{metric}"], 1 / speedup, size_mb))
 
 
 @pytest.fixture()
@@ -105,3 +108,28 @@ def test_estimated_sizes_are_marked_in_the_table(study):
     rows = [{**r, "size_is_estimate": True} for r in front_rows(study)]
     line = format_table(rows).splitlines()[1]
     assert "~" in line and "~" not in format_table(front_rows(study)).splitlines()[1]
+
+
+def test_selection_rows_and_table_follow_the_selected_metric():
+    """Accuracy and macro-F1 disagree: task.metric macro_f1 budgets, selects and prints macro-F1; accuracy stays in the rows."""
+    scored = {"dev_macro_f1": 0.80, "test_macro_f1": 0.78}
+    baseline = {**BASELINE, **scored, "int8": {**INT8, "dev_macro_f1": 0.79, "test_macro_f1": 0.76}}
+    study = optuna.create_study(directions=list(DIRECTIONS))
+    study.set_user_attr(BASELINE_ATTR, baseline)
+    for dev_accuracy, macro_f1, speedup, size_mb in ((0.899, 0.70, 2.5, 30.0), (0.893, 0.795, 2.0, 40.0), (0.895, 0.79, 1.5, 35.0)):
+        add(study, dev_accuracy, speedup, size_mb, max_drop=1.0, scores={"dev_macro_f1": macro_f1, "test_macro_f1": macro_f1 - 0.01},
+            metric="macro_f1")
+    rows = front_rows(study)
+    by_trial = {r["trial"]: r for r in rows}
+    assert by_trial[0]["dev_accuracy"] == 0.899 and by_trial[0]["dev_macro_f1"] == 0.70
+    assert by_trial[0]["macro_f1_drop"] == pytest.approx(0.10) and by_trial[0]["test_macro_f1_drop"] == pytest.approx(0.09)
+    assert select(rows, Selection.MOST_ACCURATE, None)["trial"] == 0
+    assert select(rows, Selection.MOST_ACCURATE, None, "macro_f1")["trial"] == 1
+    assert select(rows, Selection.FASTEST, 0.01)["trial"] == 0  # within 1 point of accuracy and the fastest
+    assert select(rows, Selection.FASTEST, 0.01, "macro_f1")["trial"] == 1  # trial 0 drops 10 points of macro-F1
+    assert select(rows, Selection.SMALLEST, 0.015, "macro_f1")["trial"] == 2
+    table = format_table(rows, baseline, "macro_f1").splitlines()
+    assert table[0].split()[2:6] == ["dev", "macro_f1", "test", "macro_f1"] and "acc" not in table[0]
+    assert table[1].split()[1:4] == ["0.8000", "0.7800", "+0.00"] and table[2].split()[2:5] == ["0.7900", "0.7600", "-2.00"]
+    assert next(line for line in table[3:] if line.split()[0] == "0").split()[2:5] == ["0.7000", "0.6900", "-9.00"]
+    assert format_table(rows, baseline).splitlines()[0].split()[2:6] == ["dev", "acc", "test", "acc"]

@@ -22,6 +22,7 @@ def test_preflight_reports_splits_and_an_untrained_teacher(data_root, tmp_path, 
     assert checked.rows == {"dev": 500, "test": 872, "train": 67349 - 500}
     assert not checked.teacher.ready and checked.study is None
     assert "not cached: fine-tunes 1000 steps" in checked.describe() and "500 dev rows" in checked.describe()
+    assert "task: one text per row (sentence), 2 labels in id order: 0, 1 (the train split)" in checked.describe()
 
 
 def test_a_teacher_keeps_its_own_head_size_and_a_mismatched_checkpoint_fails_early(tmp_path, data_root):

@@ -25,19 +25,20 @@ def block_params(bits=(8, 8, 8), kept=(True, True, True)):
     return params
 
 
-def add(study, dev_accuracy, speedup, size_mb, feasible=True, params=None):
+def add(study, dev_accuracy, speedup, size_mb, feasible=True, params=None, scores=None, metric="accuracy"):
+    """A told trial; ``scores`` are its other metrics (``dev_macro_f1``, ...), ``metric`` the one its objective is."""
     trial = study.ask()
     attrs = {
         "policy": {"layers": {}}, "dev_accuracy": dev_accuracy, "test_accuracy": dev_accuracy - 0.01,
         "latency_ms": 10.0 / speedup, "reference_latency_ms": 10.0, "speedup": speedup, "speedup_vs_int8": speedup / 2,
         "relative_latency_ci_low": 0.9 / speedup, "relative_latency_ci_high": 1.1 / speedup,
         "size_bytes": size_mb * 1e6, "size_is_estimate": False, "sparsity": 0.0, "seed": trial.number,
-        PARAMS_ATTR: block_params() if params is None else params,
+        PARAMS_ATTR: block_params() if params is None else params, "scores": scores or {},
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     trial.set_constraint("accuracy_drop", -0.01 if feasible else 0.01)
-    study.tell(trial, (dev_accuracy, 1 / speedup, size_mb))
+    study.tell(trial, (dev_accuracy if metric == "accuracy" else scores[f"dev_{metric}"], 1 / speedup, size_mb))
 
 
 def new_study():
@@ -141,3 +142,21 @@ def test_old_studies_and_empty_fronts_get_no_layer_heatmap(tmp_path):
         paths = write_reports(study, front, folder)
         assert {p.name for p in paths} == FILES - {"front_layers.png"} and not (folder / "front_layers.png").exists()
         assert len(re.findall(r"<tr[^>]*>", read(paths, "front.html"))) == 3 + len(front)  # the header, teacher, ORT int8, the front
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_macro_f1_study_reports_its_metric(tmp_path):
+    study = optuna.create_study(study_name="macro", directions=list(DIRECTIONS))
+    study.set_metric_names(["dev_macro_f1", "relative_latency", "size_mb"])
+    scored = {"dev_macro_f1": 0.85, "test_macro_f1": 0.84}
+    study.set_user_attr(BASELINE_ATTR, {**BASELINE, **scored, "int8": {**INT8, "dev_macro_f1": 0.83, "test_macro_f1": 0.82}})
+    for accuracy, macro_f1, speedup, size_mb in ((0.89, 0.80, 2.0, 30.0), (0.85, 0.84, 1.25, 60.0)):
+        add(study, accuracy, speedup, size_mb, scores={"dev_macro_f1": macro_f1, "test_macro_f1": macro_f1 - 0.01}, metric="macro_f1")
+    steps = progress_series(study)
+    assert [s["best_dev_macro_f1"] for s in steps] == [0.80, 0.84] and "best_dev_accuracy" not in steps[0]
+    paths = write_reports(study, front_rows(study), tmp_path)
+    assert json.loads(read(paths, "progress.json"))["reference_point"] == pytest.approx({"dev_macro_f1": 0.75, "relative_latency": 1.0, "size_mb": 90.0})
+    page = read(paths, "front.html")
+    assert re.findall(r"<th>(.*?)</th>", page)[2:4] == ["dev macro_f1", "test macro_f1"] and "chosen on dev macro_f1" in page
+    assert "<td>0.8000</td><td>0.7900</td>" in page  # trial 0's macro-F1, not its 0.89 accuracy
+    assert "dev macro_f1 0.8400" in read(paths, "pareto.html")

@@ -24,7 +24,7 @@ from autocompress.runtime import (
     ort_session,
     verify,
 )
-from autocompress.shrunk_bert import shrink_
+from autocompress.shrunk import shrink_
 
 BITS_CYCLE = (8, 4, 16, 32)
 
@@ -287,6 +287,15 @@ def test_verify_needs_labels(base, fp32_onnx, sentence_batches):
     batch = {k: v for k, v in sentence_batches[0].items() if k != "labels"}
     with pytest.raises(ValueError, match="labels"):
         verify(fp32_onnx, base, [batch])
+
+
+def test_verify_scores_the_graph_on_the_task_metrics(base, fp32_onnx, sentence_batches):
+    """The report carries the graph's accuracy, F1 and the selected metric, equal to torch's on an exact graph."""
+    from autocompress.measure import model_scores
+
+    report = verify(fp32_onnx, base, sentence_batches, metric="macro_f1")
+    assert set(report.onnx_scores) == {"accuracy", "f1", "macro_f1"} and report.onnx_scores["accuracy"] == report.onnx_accuracy
+    assert report.onnx_scores == pytest.approx(model_scores(base, list(sentence_batches), metric="macro_f1"))
 
 
 def matmul_integer_layers(path) -> dict[str, tuple[str, str]]:

@@ -265,3 +265,36 @@ def test_a_trial_that_raises_returns_nan_or_runs_out_of_memory_fails_alone(tiny_
     # the budget is the study's: a re-run with the same config has nothing left to do (failures count, they are not retried)
     assert main(["search", str(tiny_config)]) == 0
     assert len(optuna.load_study(study_name="faulty", storage=f"sqlite:///{tmp_path}/study.db").trials) == 4
+
+
+def test_a_macro_f1_search_optimizes_records_and_prints_its_metric(tiny_config, tmp_path, capsys):
+    config = yaml.safe_load(tiny_config.read_text())
+    config["task"]["metric"] = "macro_f1"
+    config["search"].update({"n_trials": 2, "study_name": "macro", "constraints": {"max_accuracy_drop": 0.5}})
+    config["tracking"].update({"experiment": "macro", "registry": "none", "export_formats": []})
+    tiny_config.write_text(yaml.safe_dump(config))
+    assert main(["search", str(tiny_config)]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["trial"])
+    assert header.split()[2:6] == ["dev", "macro_f1", "test", "macro_f1"]
+
+    study = optuna.load_study(study_name="macro", storage=f"sqlite:///{tmp_path}/study.db")
+    assert study.metric_names == ["dev_macro_f1", "relative_latency", "size_mb"]
+    baseline = study.user_attrs["baseline"]
+    assert {"dev_f1", "test_f1", "dev_macro_f1", "test_macro_f1"} <= set(baseline) and "dev_macro_f1" in baseline["int8"]
+    for trial in study.trials:
+        scores = trial.user_attrs["scores"]
+        assert trial.values[0] == scores["dev_macro_f1"] and set(scores) == {"dev_f1", "test_f1", "dev_macro_f1", "test_macro_f1"}
+        assert trial.constraints == {"macro_f1_drop": pytest.approx(baseline["dev_macro_f1"] - scores["dev_macro_f1"] - 0.5, abs=1e-8)}
+    front = json.loads((tmp_path / "out" / "pareto.json").read_text())
+    assert {"dev_accuracy", "dev_f1", "dev_macro_f1", "test_macro_f1", "macro_f1_drop", "test_macro_f1_drop"} <= set(front[0])
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["macro"], output_format="list")}
+    assert {"dev_accuracy", "dev_f1", "test_f1", "dev_macro_f1", "test_macro_f1", "macro_f1_drop"} <= set(runs["trial-0"].data.metrics)
+    assert {"teacher_dev_macro_f1", "teacher_test_f1", "int8_dev_macro_f1"} <= set(runs["search-macro"].data.metrics)
+
+    config["task"]["metric"] = "accuracy"  # the study optimized macro-F1: resuming it under accuracy is refused
+    tiny_config.write_text(yaml.safe_dump(config))
+    assert main(["search", str(tiny_config), "--n-trials", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "task.metric" in error and "--study-name" in error and len(error.splitlines()) == 1

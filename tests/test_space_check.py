@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from transformers import AutoConfig, BertConfig, DistilBertConfig
+from transformers import AutoConfig, BertConfig, DebertaConfig
 
 from autocompress.config import ConfigError, load_config, parse_config
 from autocompress.models import resolve_model_path
@@ -86,9 +86,9 @@ def test_allowed_groups_are_listed(minilm):
         check_space(space(heads=[6, 12], group_size=[128], weight_bits=[4, 8]), minilm)
 
 
-def test_structured_choices_need_a_bert_family_model():
-    with pytest.raises(ConfigError, match=r"^spaces/bad.yaml: space.heads: \[6\] .*'distilbert'") as error:
-        check_space(space(heads=[6]), DistilBertConfig())
+def test_structured_choices_need_a_family_with_an_adapter():
+    with pytest.raises(ConfigError, match=r"^spaces/bad.yaml: space.heads: \[6\] .*'distilbert'.*not 'deberta'") as error:
+        check_space(space(heads=[6]), DebertaConfig())
     assert "\n" not in str(error.value)
 
 

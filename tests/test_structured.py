@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, BertForSequenceClas
 from autocompress.measure import OrtProbe, latency_inputs
 from autocompress.models import load_classifier, load_tokenizer
 from autocompress.runtime import export_onnx
-from autocompress.shrunk_bert import (
+from autocompress.shrunk import (
     BLOCKS_ATTR,
     MODELING_FILE,
     count_parameters,

@@ -127,7 +127,8 @@ def test_summary_counts_best_feasible_and_eta(tmp_path):
     study.ask()
     summary = summarize(study, workers=2)
     assert (summary.done, summary.budget, summary.running, summary.complete, summary.pruned) == (3, 5, 1, 2, 1)
-    assert summary.best_accuracy == 0.90 and summary.fastest_speedup == 2.5 and summary.front == 2
+    assert summary.best_score == 0.90 and summary.fastest_speedup == 2.5 and summary.front == 2
+    assert summary.metric == "accuracy" and "best acc 0.9000" in summary.line()
     assert summary.eta_seconds is not None and summary.eta_seconds >= 0
     assert summary.line().startswith("trials 3/5 | 1 running") and "front 2" in summary.line()
 

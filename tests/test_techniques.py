@@ -125,7 +125,7 @@ def test_structured_policy_shrinks_and_specs_follow_their_original_blocks(model,
     assert getattr(layers[2].intermediate.dense, QUANT_ATTR).bits == 4
     assert not hasattr(layers[1].intermediate.dense, QUANT_ATTR)
     assert (layers[3].output.dense.weight == 0).float().mean().item() == pytest.approx(0.5, abs=1e-6)
-    from autocompress.shrunk_bert import count_parameters
+    from autocompress.shrunk import count_parameters
 
     assert count_parameters(compressed) < count_parameters(model)
     assert estimated_size_bytes(compressed, layer_plan(compressed, policy)) < estimated_size_bytes(model, layer_plan(model, Policy()))

@@ -18,6 +18,7 @@ import json
 
 from transformers import PreTrainedModel
 
+from autocompress.architectures import ffn_width
 from autocompress.models import block_linears
 from autocompress.policy import LayerSpec, Policy
 from autocompress.quantizer import runs_as_matmul_integer
@@ -38,7 +39,7 @@ def policy_features(policy: Policy, model: PreTrainedModel, *, seq_len: float) -
         key = f"layer{index}"
         features[f"{key}.kept"] = float(kept is None or index in kept)
         features[f"{key}.heads"] = float(policy.heads.get(index, config.num_attention_heads))
-        features[f"{key}.ffn"] = float(policy.ffn.get(index, config.intermediate_size))
+        features[f"{key}.ffn"] = float(policy.ffn.get(index, ffn_width(config)))
         for kernel in KERNELS:
             features[f"{key}.{kernel}"] = kernels.count(kernel) / count
         features[f"{key}.sparsity"] = sum(s.prune_ratio for s in specs.values()) / count + policy.global_prune_ratio

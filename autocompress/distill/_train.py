@@ -23,8 +23,9 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
+from autocompress.architectures import layout_for
 from autocompress.distill._losses import attention_loss, hidden_state_loss, kd_loss, uniform_layer_map
-from autocompress.measure import accuracy
+from autocompress.measure import model_scores
 from autocompress.models import encoder_blocks
 from autocompress.quantizer import quantize_weight, runs_as_matmul_integer, simulate_dynamic_uint8
 
@@ -33,7 +34,7 @@ Batch = Mapping[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class RecoveryResult:
-    """What one recovery run did: training loss per step, ``(step, accuracy)`` evaluations, early stop."""
+    """What one recovery run did: training loss per step, ``(step, score)`` evaluations on the selected metric, early stop."""
 
     losses: tuple[float, ...]
     evaluations: tuple[tuple[int, float], ...]
@@ -71,6 +72,7 @@ def recover(
     eval_batches: Sequence[Batch] | None = None,
     eval_every: int = 50,
     report: Callable[[int, float], bool] | None = None,
+    metric: str = "accuracy",
 ) -> RecoveryResult:
     """Distil ``teacher`` into ``student`` in place for ``steps`` AdamW steps over cycled ``train_batches``.
 
@@ -79,10 +81,11 @@ def recover(
     omitted). ``teacher_logits`` (one tensor per train batch, e.g. from
     ``cached_teacher_logits``) spare the teacher's forward when only logits are
     distilled. ``fake_quant`` maps Linear module names to ``(bits, group_size)``.
-    Every ``eval_every`` steps and at the last step, accuracy on ``eval_batches``
-    goes to ``report(step, accuracy)``; training stops there if it returns True
-    (an Optuna pruner's ``trial.report`` + ``trial.should_prune``). The student
-    ends in eval mode with plain float weights.
+    Every ``eval_every`` steps and at the last step, ``metric`` (``task.metric``,
+    what the search optimizes) on ``eval_batches`` goes to ``report(step,
+    score)``; training stops there if it returns True (an Optuna pruner's
+    ``trial.report`` + ``trial.should_prune``). The student ends in eval mode
+    with plain float weights.
     """
     _check_options(train_batches, steps, learning_rate, hidden_weight, attention_weight, teacher_logits, eval_every)
     if report is not None and not eval_batches:
@@ -110,6 +113,8 @@ def recover(
             student.train()
             batch = train_batches[index]
             inputs = {k: v for k, v in batch.items() if k != "labels"}
+            if attention_weight > 0:  # MPNet's attention returns its probabilities only when asked
+                inputs["output_attentions"] = True
             with torch.no_grad(), _capture(teacher, enabled=internals) as teacher_internals:
                 if internals or teacher_logits is None:
                     target = teacher(**inputs).logits
@@ -138,9 +143,9 @@ def recover(
             losses.append(loss.item())
             bar.update(1)
             if eval_batches and (step % eval_every == 0 or step == steps):
-                score = accuracy(student, list(eval_batches))
+                score = model_scores(student, list(eval_batches), metric=metric)[metric]
                 evaluations.append((step, score))
-                bar.set_postfix(accuracy=f"{score:.3f}")
+                bar.set_postfix({metric: f"{score:.3f}"})
                 if report is not None and report(step, score):
                     stopped_early = True
                     break
@@ -245,13 +250,13 @@ def _capture(model: PreTrainedModel, *, enabled: bool) -> Iterator[_Internals]:
     if not enabled:
         yield internals
         return
-    blocks = encoder_blocks(model)
+    blocks, attention = encoder_blocks(model), layout_for(model).attention
     internals.hidden[:] = [None] * len(blocks)
     internals.attentions[:] = [None] * len(blocks)
     handles = []
     for i, block in enumerate(blocks):
         handles.append(block.register_forward_hook(_store(internals.hidden, i)))
-        handles.append(block.get_submodule("attention.self").register_forward_hook(_store(internals.attentions, i, 1)))
+        handles.append(block.get_submodule(attention).register_forward_hook(_store(internals.attentions, i, 1)))
     try:
         yield internals
     finally:

@@ -5,7 +5,7 @@ removed, pruned weights zero, recovery training kept, and quantized layers
 rounded to the policy's grid (stored as float32, so the folder is not smaller
 for its bits: the ``onnx``, ``torchao`` and ``llm-compressor`` formats carry
 those). A model whose blocks all keep every head and one FFN width loads in
-stock transformers (``num_hidden_layers`` and ``intermediate_size`` say it
+stock transformers (the layer count and FFN width in its config say it
 all); uneven heads or widths need the project's model class, shipped beside
 the weights as remote code (``trust_remote_code=True``), since transformers 5
 can neither prune heads nor take one FFN width per block.
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from autocompress.exporters._base import Exporter, Source, torch_logits
 from autocompress.quantizer import QUANT_ATTR, runs_as_matmul_integer
-from autocompress.shrunk_bert import BLOCKS_ATTR, MODELING_FILE, save_shrunk
+from autocompress.shrunk import BLOCKS_ATTR, LAYOUT_ATTR, MODELING_FILE, save_shrunk
 
 EXACT = 1e-4
 """Reloaded weights run the same float math as the source (without run-time activation rounding)."""
@@ -41,10 +41,11 @@ class HuggingFaceExporter(Exporter):
         config_path = folder / "config.json"
         config = json.loads(config_path.read_text())
         shapes = config.get(BLOCKS_ATTR, [])
-        stock = all(s["heads"] == config["num_attention_heads"] for s in shapes) and len({s["intermediate_size"] for s in shapes}) <= 1
+        heads = AutoConfig.from_pretrained(folder).num_attention_heads  # DistilBERT stores it as n_heads
+        stock = all(s["heads"] == heads for s in shapes) and len({s["intermediate_size"] for s in shapes}) <= 1
         if stock:  # transformers alone rebuilds it: no remote code to trust
-            config.pop("auto_map", None)
-            config.pop(BLOCKS_ATTR, None)
+            for key in ("auto_map", BLOCKS_ATTR, LAYOUT_ATTR):
+                config.pop(key, None)
             config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
             (folder / MODELING_FILE).unlink(missing_ok=True)
         loaded = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=not stock, dtype=torch.float32)

@@ -48,7 +48,7 @@ from autocompress.compress import layer_plan
 from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
 from autocompress.policy import Policy
 from autocompress.quantizer import QUANT_ATTR, runs_as_matmul_integer
-from autocompress.shrunk_bert import BLOCKS_ATTR, save_shrunk
+from autocompress.shrunk import BLOCKS_ATTR, save_shrunk
 
 RECIPE = "recipe.yaml"
 MODEL_DIR = "model"

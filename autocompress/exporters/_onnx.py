@@ -21,7 +21,11 @@ EXACT = 1e-4
 
 
 class OnnxExporter(Exporter):
-    """``model.onnx`` (+ tokenizer, ``policy.json``) for ``onnxruntime.InferenceSession``."""
+    """``model.onnx`` (+ tokenizer, ``policy.json``, ``config.json``) for ``onnxruntime.InferenceSession``.
+
+    ``config.json`` is the model's transformers config, as in Optimum's ONNX
+    Runtime folders: its ``id2label``/``label2id`` say what each logit means.
+    """
 
     name = "onnx"
     tolerance = EXACT
@@ -36,4 +40,5 @@ class OnnxExporter(Exporter):
         session = ort_session(folder / "model.onnx", threads=2)
         logits = np.concatenate([session.run(["logits"], ort_feed(session, batch))[0] for batch in source.dev])
         ops = sorted({layer.op for layer in lowering.layers.values()})
-        return ["model.onnx"], logits, [f"kernels: {', '.join(ops) or 'float only'}; file {lowering.file_bytes} bytes"]
+        source.model.config.to_json_file(folder / "config.json")
+        return ["model.onnx", "config.json"], logits, [f"kernels: {', '.join(ops) or 'float only'}; file {lowering.file_bytes} bytes"]

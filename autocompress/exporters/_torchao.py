@@ -1,7 +1,7 @@
 """The ``torchao`` format: the float model plus a per-module torchao config that quantizes it on load.
 
 ``model/`` is the policy's model after structure, pruning and recovery, in
-float: a Hugging Face folder (``shrunk_bert.save_shrunk``'s when blocks were
+float: a Hugging Face folder (``shrunk.save_shrunk``'s when blocks were
 reshaped). ``torchao_config.json`` is ``torchao.core.config.config_to_dict`` of
 an ``FqnToConfig`` naming every quantized module by its fully qualified name:
 
@@ -17,7 +17,7 @@ an ``FqnToConfig`` naming every quantized module by its fully qualified name:
 
 A user applies it with::
 
-    model = AutoModelForSequenceClassification.from_pretrained(folder / "model")  # or shrunk_bert.load_shrunk
+    model = AutoModelForSequenceClassification.from_pretrained(folder / "model")  # or autocompress.shrunk.load_shrunk
     config = config_from_dict(json.loads((folder / "torchao_config.json").read_text()))
     torchao.quantize_(model, config, filter_fn=None)
 
@@ -54,7 +54,7 @@ from autocompress.compress import layer_plan
 from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
 from autocompress.policy import Policy
 from autocompress.quantizer import QUANT_ATTR, runs_as_matmul_integer
-from autocompress.shrunk_bert import BLOCKS_ATTR, load_shrunk, save_shrunk
+from autocompress.shrunk import BLOCKS_ATTR, load_shrunk, save_shrunk
 
 CONFIG_FILE = "torchao_config.json"
 MODEL_DIR = "model"
@@ -113,7 +113,7 @@ class TorchaoExporter(Exporter):
         if hasattr(source.float_model.config, BLOCKS_ATTR):
             save_shrunk(source.float_model, model_dir)
             notes.append(
-                f"reshaped blocks: load {MODEL_DIR}/ with autocompress.shrunk_bert.load_shrunk "
+                f"reshaped blocks: load {MODEL_DIR}/ with autocompress.shrunk.load_shrunk "
                 "or from_pretrained(..., trust_remote_code=True)"
             )
         else:

@@ -1,4 +1,4 @@
-"""Accuracy of a classifier on tokenized, labelled batches."""
+"""Accuracy and the task's other metrics of a torch classifier on tokenized, labelled batches."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from transformers import PreTrainedModel
+
+from autocompress.metrics import classification_scores
 
 
 @torch.inference_mode()
@@ -19,3 +21,9 @@ def predict(model: PreTrainedModel, batches: Iterable[Mapping[str, torch.Tensor]
 def accuracy(model: PreTrainedModel, batches: list[Mapping[str, torch.Tensor]]) -> float:
     labels = torch.cat([batch["labels"] for batch in batches])
     return (predict(model, batches) == labels).float().mean().item()
+
+
+def model_scores(model: PreTrainedModel, batches: list[Mapping[str, torch.Tensor]], *, metric: str = "accuracy") -> dict[str, float]:
+    """``classification_scores`` of ``model`` on ``batches``; its head's ``num_labels`` decides which F1 the task has."""
+    labels = torch.cat([batch["labels"] for batch in batches])
+    return classification_scores(predict(model, batches).numpy(), labels.numpy(), num_labels=model.config.num_labels, metric=metric)

@@ -34,8 +34,9 @@ import onnxruntime as ort
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from autocompress.architectures import TOKENIZER_INPUTS
 from autocompress.paths import latency_lock_path
-from autocompress.runtime import MODEL_INPUTS, ort_feed, ort_session
+from autocompress.runtime import ort_feed, ort_session
 
 Z_95 = 1.959964
 
@@ -93,7 +94,7 @@ def median_ci(samples_ms: Sequence[float], *, z: float = Z_95) -> tuple[float, f
 def _pad(encodings: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Right-pad 1-row encodings to the longest; zeros are masked out, so the pad id does not matter."""
     longest = max(e["input_ids"].shape[-1] for e in encodings)
-    names = [name for name in MODEL_INPUTS if name in encodings[0]]
+    names = [name for name in TOKENIZER_INPUTS if name in encodings[0]]
     return {
         name: torch.stack(
             [torch.nn.functional.pad(e[name].reshape(-1), (0, longest - e[name].shape[-1])) for e in encodings]
@@ -112,18 +113,23 @@ def make_batches(inputs: Sequence[Mapping[str, torch.Tensor]], batch_size: int) 
     return [_pad([inputs[(b * batch_size + i) % len(inputs)] for i in range(batch_size)]) for b in range(count)]
 
 
-def pick_sentences(texts: Sequence[str], *, n: int = 32) -> list[str]:
-    """``n`` real sentences at evenly spaced length quantiles, so their lengths match the split's; deterministic."""
+def pick_sentences(texts: Sequence[str | tuple[str, str]], *, n: int = 32) -> list[str | tuple[str, str]]:
+    """``n`` real sentences (or sentence pairs) at evenly spaced length quantiles, so their lengths match the split's; deterministic."""
     if not 1 <= n <= len(texts):
         raise ValueError(f"n must be in 1..{len(texts)} (number of texts), got {n}")
-    by_length = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+    by_length = sorted(range(len(texts)), key=lambda i: (len(texts[i]) if isinstance(texts[i], str) else sum(map(len, texts[i])), i))
     positions = [round((k + 0.5) * len(texts) / n - 0.5) for k in range(n)]
     return [texts[by_length[p]] for p in positions]
 
 
-def latency_inputs(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, max_length: int = 128) -> list[dict[str, torch.Tensor]]:
-    """Tokenize each sentence on its own (unpadded, 1 x length tensors), as a probe expects."""
-    return [dict(tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt")) for text in texts]
+def latency_inputs(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | tuple[str, str]], *, max_length: int = 128
+) -> list[dict[str, torch.Tensor]]:
+    """Tokenize each sentence, or (text, pair) of a sentence-pair task, on its own (unpadded, 1 x length tensors), as a probe expects."""
+    return [
+        dict(tokenizer(*([[text]] if isinstance(text, str) else [[text[0]], [text[1]]]), truncation=True, max_length=max_length, return_tensors="pt"))
+        for text in texts
+    ]
 
 
 class LatencyProbe(ABC):

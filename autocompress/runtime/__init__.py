@@ -1,12 +1,11 @@
 """Deployment: export a compressed model to ONNX, lower its quantization to ONNX Runtime kernels, verify."""
 
 from autocompress.runtime._lower import LayerLowering, LoweringReport, NotDeployable, deployable, lower
-from autocompress.runtime._onnx import MODEL_INPUTS, export_onnx
+from autocompress.runtime._onnx import export_onnx
 from autocompress.runtime._reference import dynamic_int8
 from autocompress.runtime._verify import LoweringMismatch, VerifyReport, ort_feed, ort_session, verify
 
 __all__ = [
-    "MODEL_INPUTS",
     "LayerLowering",
     "LoweringMismatch",
     "LoweringReport",

@@ -28,6 +28,7 @@ simulation kept (``QuantizedWeight``); nothing is re-quantized here.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,6 +150,9 @@ class _Graph:
         return None if init is None else numpy_helper.to_array(init)
 
     def add_initializer(self, array: np.ndarray, name: str) -> str:
+        """Add ``array`` as ``name``; a name already added (a weight shared by several nodes) is reused."""
+        if name in self.initializers:
+            return name
         tensor = numpy_helper.from_array(array, name)
         self.graph.initializer.append(tensor)
         self.initializers[name] = tensor
@@ -185,23 +189,26 @@ def _linear_weights(node: onnx.NodeProto, graph: _Graph) -> np.ndarray | None:
     return None
 
 
-def _matmul_integer(graph: _Graph, x: str, out: str, name: str, quantized: QuantizedWeight) -> list[onnx.NodeProto]:
-    """``quantize_dynamic``'s structure: uint8 activations x int8 codes, rescaled per output column."""
+def _matmul_integer(graph: _Graph, x: str, out: str, name: str, quantized: QuantizedWeight, tag: str) -> list[onnx.NodeProto]:
+    """``quantize_dynamic``'s structure: uint8 activations x int8 codes, rescaled per output column.
+
+    Initializers are named after the layer ``name``, nodes and their outputs after ``tag`` (one per use of a shared weight).
+    """
     nodes: list[onnx.NodeProto] = []
     x_q, x_scale, x_zero = graph.quantized_activation(x, nodes)
     codes = graph.add_initializer(quantized.codes.numpy().T.copy(), f"{name}.weight_int8")
     zero = graph.add_initializer(np.zeros((), dtype=np.int8), f"{name}.weight_zero_point")
     scales = graph.add_initializer(quantized.scales.numpy().reshape(-1).astype(np.float32), f"{name}.weight_scale")
     return nodes + [
-        helper.make_node("MatMulInteger", [x_q, codes, x_zero, zero], [f"{name}_int32"], f"{name}_MatMulInteger"),
-        helper.make_node("Cast", [f"{name}_int32"], [f"{name}_float"], f"{name}_Cast", to=TensorProto.FLOAT),
-        helper.make_node("Mul", [x_scale, scales], [f"{name}_scale"], f"{name}_ScaleMul"),
-        helper.make_node("Mul", [f"{name}_float", f"{name}_scale"], [out], f"{name}_OutputMul"),
+        helper.make_node("MatMulInteger", [x_q, codes, x_zero, zero], [f"{tag}_int32"], f"{tag}_MatMulInteger"),
+        helper.make_node("Cast", [f"{tag}_int32"], [f"{tag}_float"], f"{tag}_Cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", [x_scale, scales], [f"{tag}_scale"], f"{tag}_ScaleMul"),
+        helper.make_node("Mul", [f"{tag}_float", f"{tag}_scale"], [out], f"{tag}_OutputMul"),
     ]
 
 
 def _matmul_nbits(
-    graph: _Graph, x: str, out: str, name: str, quantized: QuantizedWeight, block: int, accuracy_level: int
+    graph: _Graph, x: str, out: str, name: str, quantized: QuantizedWeight, block: int, accuracy_level: int, tag: str
 ) -> onnx.NodeProto:
     packed, scales = _pack_nbits(quantized, block)
     out_features, in_features = quantized.codes.shape
@@ -210,23 +217,28 @@ def _matmul_nbits(
         attrs["accuracy_level"] = accuracy_level
     b = graph.add_initializer(packed, f"{name}.weight_q{quantized.bits}")
     s = graph.add_initializer(scales, f"{name}.weight_scales")
-    return helper.make_node("MatMulNBits", [x, b, s], [out], f"{name}_MatMulNBits", domain=MS_DOMAIN, **attrs)
+    return helper.make_node("MatMulNBits", [x, b, s], [out], f"{tag}_MatMulNBits", domain=MS_DOMAIN, **attrs)
 
 
-def _matmul_fp16(graph: _Graph, x: str, out: str, name: str, weight: torch.Tensor) -> list[onnx.NodeProto]:
+def _matmul_fp16(graph: _Graph, x: str, out: str, name: str, weight: torch.Tensor, tag: str) -> list[onnx.NodeProto]:
     half = graph.add_initializer(weight.numpy().T.astype(np.float16), f"{name}.weight_fp16")
     return [
-        helper.make_node("Cast", [half], [f"{name}.weight_float"], f"{name}_CastWeight", to=TensorProto.FLOAT),
-        helper.make_node("MatMul", [x, f"{name}.weight_float"], [out], f"{name}_MatMul"),
+        helper.make_node("Cast", [half], [f"{tag}.weight_float"], f"{tag}_CastWeight", to=TensorProto.FLOAT),
+        helper.make_node("MatMul", [x, f"{tag}.weight_float"], [out], f"{tag}_MatMul"),
     ]
 
 
 def _lower_linear(
-    graph: _Graph, node: onnx.NodeProto, name: str, linear: torch.nn.Linear, *, accuracy_level: int
+    graph: _Graph, node: onnx.NodeProto, name: str, linear: torch.nn.Linear, *, accuracy_level: int, use: int = 0
 ) -> tuple[list[onnx.NodeProto], LayerLowering]:
-    """Nodes replacing ``node`` (none if it stays fp32) and what the layer became."""
+    """Nodes replacing ``node`` (none if it stays fp32) and what the layer became.
+
+    ``use`` counts earlier nodes that multiplied by the same weight (ALBERT runs one block at every depth):
+    they share its initializers and get their own node names.
+    """
     x = node.input[0]
-    out = node.output[0] if node.op_type == "MatMul" else f"{name}_matmul_out"
+    tag = name if use == 0 else f"{name}@{use}"
+    out = node.output[0] if node.op_type == "MatMul" else f"{tag}_matmul_out"
     quantized: QuantizedWeight | None = getattr(linear, QUANT_ATTR, None)
     weight = linear.weight.detach()
     if quantized is not None:
@@ -235,21 +247,21 @@ def _lower_linear(
         if reason:
             raise NotDeployable(f"layer {name!r}: {reason}")
         if runs_as_matmul_integer(bits, group, linear.in_features):
-            nodes, lowered = _matmul_integer(graph, x, out, name, quantized), LayerLowering("MatMulInteger", bits, group)
+            nodes, lowered = _matmul_integer(graph, x, out, name, quantized, tag), LayerLowering("MatMulInteger", bits, group)
         else:
             block = _block_for(bits, group)
-            nodes = [_matmul_nbits(graph, x, out, name, quantized, block, accuracy_level)]
+            nodes = [_matmul_nbits(graph, x, out, name, quantized, block, accuracy_level, tag)]
             lowered = LayerLowering("MatMulNBits", bits, group, block)
     elif _is_codebook(weight):
         raise NotDeployable(f"layer {name!r}: a k-means codebook weight has no CPU kernel; only 'linear' is deployable")
     elif torch.equal(weight.half().float(), weight):
-        nodes, lowered = _matmul_fp16(graph, x, out, name, weight), LayerLowering("MatMul(fp16->fp32)", 16)
+        nodes, lowered = _matmul_fp16(graph, x, out, name, weight, tag), LayerLowering("MatMul(fp16->fp32)", 16)
     else:
         return [], LayerLowering("MatMul(fp32)", 32)
     if node.op_type == "Gemm":  # the Gemm's bias, if any, is added after the product
         bias = [node.input[2]] if len(node.input) > 2 and node.input[2] else []
         op = "Add" if bias else "Identity"
-        nodes.append(helper.make_node(op, [out, *bias], [node.output[0]], f"{name}_{op}"))
+        nodes.append(helper.make_node(op, [out, *bias], [node.output[0]], f"{tag}_{op}"))
     return nodes, lowered
 
 
@@ -315,6 +327,8 @@ def lower(
 ) -> LoweringReport:
     """Write ``onnx_out``: ``onnx_in`` (exported from ``model``) with every quantized layer on ORT's integer kernels.
 
+    The file's metadata carries the class names (``id2label``, as JSON), so a shipped model names its predictions.
+
     ``accuracy_level`` is MatMulNBits' compute type: 4 (int8 activations,
     rounded per block at run time) ran faster at batch 1 on AVX2 than 0 (float
     math on the dequantized weights, which reproduces the weight-only
@@ -335,14 +349,20 @@ def lower(
 
     report: dict[str, LayerLowering] = {}
     new_nodes: list[onnx.NodeProto] = []
+    shared: dict[str, tuple[str, torch.nn.Linear, int]] = {}  # weight initializer -> its layer and uses so far
     for node in graph.graph.node:
         replacement = [_copy(node)]
         weight = _linear_weights(node, graph)
         candidates = linears.get(_digest(weight), []) if weight is not None else []
         if candidates:
             name, linear = candidates.pop(0)
+            shared[node.input[1]] = (name, linear, 1)
             nodes, report[name] = _lower_linear(graph, node, name, linear, accuracy_level=accuracy_level)
             replacement = nodes or replacement
+        elif weight is not None and node.input[1] in shared:  # every layer with this weight is placed: a block shared across depth
+            name, linear, uses = shared[node.input[1]]
+            shared[node.input[1]] = (name, linear, uses + 1)
+            replacement = _lower_linear(graph, node, name, linear, accuracy_level=accuracy_level, use=uses)[0] or replacement
         elif node.op_type == "Gather" and embedding_key is not None and node.input[0] in graph.initializers:
             if _digest(graph.array(node.input[0])) == embedding_key:
                 replacement, report[embedding_name] = _lower_embedding(graph, node, embedding_name, embedding_quant)
@@ -361,6 +381,8 @@ def lower(
     if any(n.domain == MS_DOMAIN for n in new_nodes) and not any(o.domain == MS_DOMAIN for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     graph.drop_unused_initializers()
+    labels = {str(i): name for i, name in sorted(model.config.id2label.items())}
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "id2label": json.dumps(labels)})
     onnx_out = Path(onnx_out)
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(onnx_out))

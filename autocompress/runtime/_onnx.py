@@ -18,11 +18,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from autocompress.architectures import TOKENIZER_INPUTS, model_inputs
 from autocompress.quantizer import float_activations
-from autocompress.runtime._verify import LoweringMismatch, ort_session
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-"""Input names the graph accepts, in this order (``token_type_ids`` only if the example has it)."""
+from autocompress.runtime._verify import LoweringMismatch, ort_feed, ort_session
 
 EXPORT_ATOL = 1e-4
 
@@ -39,12 +37,12 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(**dict(zip(self.names, inputs, strict=True))).logits
 
 
-def _input_names(example: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
-    """The model inputs present in ``example`` (``labels`` and other keys are ignored)."""
-    missing = [name for name in MODEL_INPUTS[:2] if name not in example]
+def _input_names(model: PreTrainedModel, example: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+    """The inputs of ``example`` the model takes, in ``TOKENIZER_INPUTS`` order (``labels`` and other keys are ignored)."""
+    missing = [name for name in TOKENIZER_INPUTS[:2] if name not in example]
     if missing:
         raise ValueError(f"example lacks {missing}; it needs 'input_ids' and 'attention_mask' (a tokenizer batch)")
-    return tuple(name for name in MODEL_INPUTS if name in example)
+    return tuple(name for name in model_inputs(model) if name in example)
 
 
 def export_onnx(
@@ -62,7 +60,7 @@ def export_onnx(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = _input_names(example)
+    names = _input_names(model, example)
     args = tuple(example[name] for name in names)
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
     modes = {module: module.training for module in model.modules()}  # the exporter resets them recursively
@@ -91,7 +89,7 @@ def export_onnx(
 def _check_export(path: Path, example: Mapping[str, torch.Tensor], torch_logits: np.ndarray) -> None:
     """Optimum-style check: the exported graph reproduces the torch logits on the example."""
     session = ort_session(path, threads=1)
-    (onnx_logits,) = session.run(["logits"], {name: value.numpy() for name, value in example.items()})
+    (onnx_logits,) = session.run(["logits"], ort_feed(session, example))  # an input the graph never reads was dropped
     diff = float(np.abs(onnx_logits - torch_logits).max())
     if diff > EXPORT_ATOL:
         raise LoweringMismatch(f"exported graph {path} differs from torch by {diff:.2e} > {EXPORT_ATOL:.0e} on the example")

@@ -7,7 +7,7 @@ logits and accuracy, and refuse (``LoweringMismatch``) when they disagree.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,8 @@ import onnx
 import onnxruntime as ort
 import torch
 from transformers import PreTrainedModel
+
+from autocompress.metrics import classification_scores
 
 MATMUL_INTEGER_RTOL = 0.2
 """Relative logit tolerance for graphs with MatMulInteger layers (see ``verify``); others must be exact."""
@@ -58,8 +60,10 @@ class VerifyReport:
     torch_accuracy: float
     onnx_accuracy: float
     argmax_agreement: float
+    onnx_scores: dict[str, float] = field(default_factory=dict)
+    """The ONNX graph's task metrics on these batches (accuracy and the task's F1, ``measure.classification_scores``)."""
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | dict[str, float]]:
         return asdict(self)
 
 
@@ -81,11 +85,14 @@ def verify(
     atol: float = 1e-4,
     rtol: float | None = None,
     threads: int = 2,
+    metric: str = "accuracy",
 ) -> VerifyReport:
     """Run ONNX Runtime and torch on ``batches`` (dicts with ``labels``); raise ``LoweringMismatch`` on disagreement.
 
     Logits are close when ``max|onnx - torch| <= atol + rtol * max|torch|``;
     accuracies may differ by at most ``max_accuracy_drop`` in either direction.
+    The report also scores the ONNX graph on the task's metrics (``metric``,
+    the selected one, always among them), so a trial needs no second pass.
 
     What the kernels allow, measured on all-MiniLM-L6-v2 over the search's
     1,000 dev sentences (SST-2, batches of 64, 2 threads; ORT 1.32, torch 2.13):
@@ -139,6 +146,7 @@ def verify(
         torch_accuracy=float((reference.argmax(-1) == truth).mean()),
         onnx_accuracy=float((lowered.argmax(-1) == truth).mean()),
         argmax_agreement=float((reference.argmax(-1) == lowered.argmax(-1)).mean()),
+        onnx_scores=classification_scores(lowered.argmax(-1), truth, num_labels=lowered.shape[-1], metric=metric),
     )
     bound = atol + rtol * report.max_abs_logit
     if report.max_abs_diff > bound:

@@ -3,7 +3,7 @@
 One module per technique: ``_structured`` (heads, FFN neurons, blocks),
 ``_magnitude`` (unstructured pruning), ``_distillation`` (recovery training),
 ``_quantization`` (weight bits). The integer grid they share with the runtime
-is ``autocompress.quantizer``; the shrunk-BERT model code is ``autocompress.shrunk_bert``.
+is ``autocompress.quantizer``; the shrunk-model code is ``autocompress.shrunk``.
 """
 
 from autocompress.techniques._base import Technique

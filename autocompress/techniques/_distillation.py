@@ -24,8 +24,8 @@ Batch = Mapping[str, torch.Tensor]
 class RecoveryStopped(RuntimeError):
     """The fidelity callback asked to stop: the candidate is not worth its full budget."""
 
-    def __init__(self, result: RecoveryResult) -> None:
-        super().__init__(f"recovery stopped at step {result.steps} (accuracy {result.evaluations[-1][1]:.4f})")
+    def __init__(self, result: RecoveryResult, metric: str = "accuracy") -> None:
+        super().__init__(f"recovery stopped at step {result.steps} ({metric} {result.evaluations[-1][1]:.4f})")
         self.result = result
 
 
@@ -38,10 +38,12 @@ class Distillation:
     teacher_logits: Sequence[torch.Tensor]
     eval_batches: Sequence[Batch]
     settings: RecoveryConfig
+    metric: str = "accuracy"
+    """The task metric intermediate checks score (``task.metric``): the pruner compares what the search optimizes."""
 
 
 class Recovery(Technique):
-    """A KD fine-tune of ``policy.recovery_steps`` steps; ``report(step, accuracy) -> stop?`` sees progress."""
+    """A KD fine-tune of ``policy.recovery_steps`` steps; ``report(step, score) -> stop?`` sees progress on the task metric."""
 
     name = "recovery"
 
@@ -77,6 +79,7 @@ class Recovery(Technique):
             eval_batches=kd.eval_batches,
             eval_every=settings.eval_every,
             report=self.report,
+            metric=kd.metric,
         )
         if self.result.stopped_early:
-            raise RecoveryStopped(self.result)
+            raise RecoveryStopped(self.result, kd.metric)

@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedModel
 
 from autocompress.policy import LayerSpec, Policy
-from autocompress.shrunk_bert import shrink_
+from autocompress.shrunk import shrink_
 from autocompress.techniques._base import Technique
 
 
