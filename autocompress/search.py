@@ -104,11 +104,11 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
     baseline = context.baseline
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        trial.set_user_attr(OWNER_ATTR, trial_owner())  # first: a process killed while sampling leaves a trial resume can fail
         policy = sample_policy(trial, context.config.space, prefix=prefix, num_blocks=num_blocks)
         seed = trial_seed(context.config.search.seed, trial.user_attrs.get(RETRY_OF_ATTR, trial.number))  # a retry rebuilds the same model
         trial.set_user_attr("policy", policy.to_dict())
         trial.set_user_attr("seed", seed)
-        trial.set_user_attr(OWNER_ATTR, trial_owner())
         trial.set_user_attr(PARAMS_ATTR, {**policy.params(blocks, **shape), "seed": seed})
         features = policy_features(policy, context.model, seq_len=context.seq_len)
         trial.set_user_attr("features", features)
