@@ -19,8 +19,7 @@ def predict(model: PreTrainedModel, batches: Iterable[Mapping[str, torch.Tensor]
 
 
 def accuracy(model: PreTrainedModel, batches: list[Mapping[str, torch.Tensor]]) -> float:
-    labels = torch.cat([batch["labels"] for batch in batches])
-    return (predict(model, batches) == labels).float().mean().item()
+    return model_scores(model, batches)["accuracy"]
 
 
 def model_scores(model: PreTrainedModel, batches: list[Mapping[str, torch.Tensor]], *, metric: str = "accuracy") -> dict[str, float]:
