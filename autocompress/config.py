@@ -243,6 +243,12 @@ class SpaceConfig(Strict):
         description="KD fine-tune steps offered, one per trial, after pruning (see recovery); 0: no recovery; "
         "any value > 0 turns on distillation and the multi-fidelity pruner",
     )
+    vocab_rows: list[int | None] = Field(
+        default_factory=lambda: [None],
+        min_length=1,
+        description="word-embedding rows kept, one choice per trial: the special tokens and the tokens the task's "
+        "training text uses most; every other token id reads its nearest kept row; null: keep the whole vocabulary",
+    )
     simulation_only: bool = Field(
         False,
         description="allow choices no CPU runtime executes (3/5/6/7 bits, kmeans); needs latency.backend: torch, "

@@ -444,6 +444,17 @@ def batches(
     return list(_iter_batches(examples, tokenizer, batch_size, max_length))
 
 
+def token_counts(examples: Examples, tokenizer, *, max_length: int, batch_size: int = 1024) -> torch.Tensor:
+    """How often each token id occurs in ``examples`` as the model reads them (pairs together, truncated to ``max_length``)."""
+    counts = torch.zeros(len(tokenizer), dtype=torch.long)
+    for start in range(0, len(examples), batch_size):
+        pairs = [list(examples.pairs[start : start + batch_size])] if examples.pairs is not None else []
+        encoded = tokenizer(list(examples.texts[start : start + batch_size]), *pairs, truncation=True, max_length=max_length)
+        ids = torch.tensor([i for row in encoded["input_ids"] for i in row])
+        counts += torch.bincount(ids, minlength=len(counts))
+    return counts
+
+
 def _iter_batches(examples: Examples, tokenizer, batch_size: int, max_length: int) -> Iterator[dict[str, torch.Tensor]]:
     for start in range(0, len(examples), batch_size):
         pairs = [list(examples.pairs[start : start + batch_size])] if examples.pairs is not None else []

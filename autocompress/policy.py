@@ -78,6 +78,8 @@ class Policy:
     ffn: Mapping[int, int] = field(default_factory=dict)
     kept_blocks: tuple[int, ...] | None = None
     recovery_steps: int = 0
+    vocab_rows: int | None = None
+    """Word-embedding rows kept (the task's most used tokens; the others read their nearest kept row); None keeps all."""
     version: int = POLICY_VERSION
 
     def __post_init__(self) -> None:
@@ -93,6 +95,8 @@ class Policy:
             raise ValueError("use either global_prune_ratio or per-layer prune_ratio, not both")
         if self.recovery_steps < 0:
             raise ValueError(f"recovery_steps must be >= 0; got {self.recovery_steps}")
+        if self.vocab_rows is not None and self.vocab_rows < 1:
+            raise ValueError(f"vocab_rows must be a positive integer or null; got {self.vocab_rows}")
         if self.embedding_bits not in EMBEDDING_BITS:
             raise ValueError(f"embedding_bits must be one of {EMBEDDING_BITS}; got {self.embedding_bits}")
         for key in self.layers:
@@ -170,6 +174,7 @@ class Policy:
             "global_prune_ratio": self.global_prune_ratio,
             "embedding_bits": self.embedding_bits,
             "recovery_steps": self.recovery_steps,
+            "vocab_rows": self.vocab_rows,
             "num_blocks": len(blocks),
             "kept_blocks": len(self.kept_blocks) if self.kept_blocks is not None else len(blocks),
         }

@@ -77,7 +77,7 @@ def rebuild(origin: Origin) -> Source:
     """The origin's model, built as its trial built it; refuses one that scores more than half a point off the record."""
     from autocompress.models import load_tokenizer
     from autocompress.teacher import get_teacher
-    from autocompress.techniques import Recovery
+    from autocompress.techniques import Recovery, VocabularyPruning
     from autocompress.trial import distillation_setup, seeded, task_batches
 
     config = origin.config
@@ -86,9 +86,11 @@ def rebuild(origin: Origin) -> Source:
     dev, _, calibration = task_batches(config, tokenizer)
     model = teacher.load()
     recovery = Recovery(distillation_setup(config, model, teacher, tokenizer)) if origin.policy.recovery_steps else None
+    vocabulary = VocabularyPruning.for_task(config, tokenizer) if origin.policy.vocab_rows is not None else None
     try:
         with seeded(origin.seed):
-            source = Source.build(model, origin.policy, dev=dev, tokenizer_dir=teacher.path, calibration=calibration, recovery=recovery)
+            source = Source.build(model, origin.policy, dev=dev, tokenizer_dir=teacher.path, calibration=calibration,
+                                  recovery=recovery, vocabulary=vocabulary)
     except ValueError as error:  # a policy that does not fit this model (heads, widths, blocks)
         raise ConfigError(f"{origin.label}: does not apply to {config.model}: {error}") from None
     recorded = origin.recorded.get("dev_accuracy")

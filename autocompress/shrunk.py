@@ -1,4 +1,4 @@
-"""Structured pruning that physically shrinks encoder blocks of any family with a ``BlockLayout``.
+"""Structured pruning that physically shrinks encoder blocks of any family with a ``BlockLayout``, and the vocabulary.
 
 Unstructured sparsity gives no speed or dense-size gain on our runtimes, so this
 removes whole attention heads (the rows of the projections a head owns and the
@@ -18,6 +18,11 @@ torch, transformers, safetensors and the standard library on purpose:
 Face's custom-code mechanism (``auto_map``), so
 ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)``
 rebuilds any shrunk classifier.
+
+The word embedding shrinks too: ``prune_vocabulary_`` keeps the rows of the
+tokens a task uses most and sends every other token id, through a ``remap``
+table in the model, to the kept row nearest its own. The tokenizer and every
+input id stay as they were; the kept row count is ``autocompress_vocab_rows``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ BLOCKS_ATTR = "autocompress_blocks"
 
 LAYOUT_ATTR = "autocompress_layout"
 """Config attribute holding the ``BlockLayout`` (as a dict) the shapes refer to."""
+
+VOCAB_ATTR = "autocompress_vocab_rows"
+"""Config attribute: rows kept in the word embedding (a ``RemappedEmbedding``); absent when all are kept."""
 
 MODELING_FILE = "modeling_autocompress.py"
 """Name under which ``save_shrunk`` copies this module into a saved folder."""
@@ -100,6 +108,27 @@ class HeadlessSelfAttention(nn.Module):
         return hidden_states.new_zeros((*hidden_states.shape[:-1], 0)), None
 
 
+class RemappedEmbedding(nn.Embedding):
+    """A word embedding with fewer rows than the tokenizer has ids; ``remap`` sends each id to its row.
+
+    Lowered to ONNX it is two Gathers: the id table (int32, 4 bytes per
+    tokenizer id), then the smaller embedding table.
+    """
+
+    def __init__(self, vocab_size: int, rows: int, dim: int, padding_idx: int | None = None) -> None:
+        super().__init__(rows, dim, padding_idx=padding_idx)
+        self.register_buffer("remap", torch.zeros(vocab_size, dtype=torch.int32))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.remap[input_ids])
+
+
+def is_shrunk(config) -> bool:
+    """Whether a config records shapes stock transformers cannot allocate (blocks or vocabulary)."""
+    has = (lambda key: key in config) if isinstance(config, Mapping) else (lambda key: hasattr(config, key))
+    return has(BLOCKS_ATTR) or has(VOCAB_ATTR)
+
+
 def shrunk_class(base: type[PreTrainedModel]) -> type[PreTrainedModel]:
     """``base`` built with the layout and per-block shapes its config records.
 
@@ -109,8 +138,7 @@ def shrunk_class(base: type[PreTrainedModel]) -> type[PreTrainedModel]:
 
     def __init__(self, config) -> None:
         base.__init__(self, config)
-        if hasattr(config, BLOCKS_ATTR):
-            _apply_shapes(self, getattr(config, BLOCKS_ATTR))
+        _apply_recorded(self, config)
 
     return type(f"Shrunk{base.__name__}", (base,), {"__init__": __init__, "__module__": __name__})
 
@@ -196,7 +224,7 @@ def save_shrunk(model: PreTrainedModel, folder: str | Path, *, tokenizer=None) -
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
     config["architectures"] = [base.__name__]
-    if BLOCKS_ATTR in config:
+    if is_shrunk(config):
         shrunk = shrunk_class(base).__name__
         source = Path(__file__).read_text()
         (folder / MODELING_FILE).write_text(f"{source}\n\n{shrunk} = shrunk_class(transformers.{base.__name__})\n")
@@ -216,8 +244,7 @@ def load_shrunk(folder: str | Path) -> PreTrainedModel:
             f"{folder}/config.json has architectures={names!r}; load_shrunk needs one transformers model class"
         )
     model = cls(config)
-    if hasattr(config, BLOCKS_ATTR):
-        _apply_shapes(model, getattr(config, BLOCKS_ATTR))
+    _apply_recorded(model, config)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors weights in {folder}")
@@ -226,6 +253,51 @@ def load_shrunk(folder: str | Path) -> PreTrainedModel:
         state.update(load_file(file))
     _load_strict(model, state, folder)
     return model.eval()
+
+
+def prune_vocabulary_(model: PreTrainedModel, rows: int, *, counts: torch.Tensor, always: Sequence[int]) -> None:
+    """Keep ``rows`` word-embedding rows: the ``always`` ids, then the most counted; map every other id to its nearest.
+
+    ``counts`` holds how often the task's training text produces each token
+    id. Nearest is by cosine similarity of the rows as they are now, so a
+    token the task never produced reads a row that means something like it,
+    not ``[UNK]``'s.
+    """
+    embedding = model.get_input_embeddings()
+    if isinstance(embedding, RemappedEmbedding):
+        raise ValueError("the vocabulary is already pruned")
+    vocab, dim = embedding.weight.shape
+    always = sorted(set(always))
+    if not len(always) < rows < vocab:
+        raise ValueError(f"vocab_rows={rows}: keep more than the {len(always)} special tokens and fewer than the {vocab} rows there are")
+    if counts.dim() != 1 or len(counts) > vocab:
+        raise ValueError(f"token counts cover {tuple(counts.shape)} ids; the embedding has {vocab} rows")
+    counts = nn.functional.pad(counts, (0, vocab - len(counts)))  # rows past the tokenizer's ids: never produced
+    ranked = [i for i in torch.argsort(-counts.long(), stable=True).tolist() if i not in set(always)]  # ties: lower id first
+    keep = torch.tensor(sorted(always + ranked[: rows - len(always)]))
+    weight = embedding.weight.detach()
+    remap = torch.full((vocab,), -1, dtype=torch.int32)
+    remap[keep] = torch.arange(rows, dtype=torch.int32)
+    kept = nn.functional.normalize(weight[keep], dim=1)
+    for chunk in (remap < 0).nonzero().flatten().split(4096):
+        remap[chunk] = (nn.functional.normalize(weight[chunk], dim=1) @ kept.T).argmax(1).int()
+    padding = embedding.padding_idx
+    smaller = RemappedEmbedding(vocab, rows, dim, padding_idx=int(remap[padding]) if padding in always else None)
+    smaller.to(weight.dtype)
+    with torch.no_grad():
+        smaller.weight.copy_(weight[keep])
+        smaller.remap.copy_(remap)
+    model.set_input_embeddings(smaller)
+    setattr(model.config, VOCAB_ATTR, rows)
+
+
+def _apply_recorded(model: PreTrainedModel, config) -> None:
+    """Re-create (uninitialised) the recorded block shapes and the smaller word embedding, before weights load."""
+    if hasattr(config, BLOCKS_ATTR):
+        _apply_shapes(model, getattr(config, BLOCKS_ATTR))
+    if hasattr(config, VOCAB_ATTR):
+        old = model.get_input_embeddings()
+        model.set_input_embeddings(RemappedEmbedding(old.num_embeddings, getattr(config, VOCAB_ATTR), old.embedding_dim))
 
 
 # -- blocks -------------------------------------------------------------------

@@ -44,6 +44,7 @@ def sample_policy(trial: optuna.Trial, space: SpaceConfig, *, prefix: str, num_b
         global_prune_ratio=global_ratio,
         embedding_bits=trial.suggest_categorical("embedding_bits", space.embedding_bits),
         recovery_steps=trial.suggest_categorical("recovery_steps", space.recovery_steps),
+        vocab_rows=trial.suggest_categorical("vocab_rows", space.vocab_rows),
         **structure,
     )
 

@@ -114,6 +114,11 @@ def check_space(config: SearchConfig, model_config: PretrainedConfig) -> SpaceSu
                 zero = f" ({adapter.family}: {adapter.notes})"
             raise fail(name, f"{bad[0]} is not allowed; {has}, allowed {low}..{top}{zero}")
 
+    vocab = model_config.vocab_size
+    too_many = [rows for rows in space.vocab_rows if rows is not None and not 1 <= rows < vocab]
+    if too_many:
+        raise fail("vocab_rows", f"{too_many[0]} is not allowed; the model has {vocab} embedding rows, allowed 1..{vocab - 1} or null")
+
     sources = {hidden: "q/k/v and FFN input: hidden_size"}  # in_features -> which Linear takes it
     for h in sorted(set(space.heads or [heads]) - {0}, reverse=True):
         sources.setdefault(h * head_dim, f"attention output: {'space.heads ' if space.heads else ''}{h} x head_dim {head_dim}")

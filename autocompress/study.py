@@ -228,7 +228,11 @@ def fail_orphans(study: optuna.Study) -> list[int]:
 
 
 def retry_interrupted(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Enqueue ``trial``'s parameters once more if it was interrupted and is neither a retry nor retried yet."""
+    """Enqueue ``trial``'s parameters once more if it was interrupted and is neither a retry nor retried yet.
+
+    A trial killed while its sampler was still choosing holds only some parameters; the retry keeps
+    those and samples the rest.
+    """
     if not is_interrupted(trial) or RETRY_OF_ATTR in trial.user_attrs:
         return False
     if any(t.user_attrs.get(RETRY_OF_ATTR) == trial.number for t in study.get_trials(deepcopy=False)):

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from autocompress.paths import cost_models_dir
 from autocompress.policy import Policy
 from autocompress.runtime import dynamic_int8, export_onnx
 from autocompress.teacher import Teacher, get_teacher
-from autocompress.techniques import Distillation, MagnitudePruning, Quantization, Recovery, RecoveryStopped, StructuredPruning
+from autocompress.techniques import Distillation, Quantization, Recovery, RecoveryStopped, VocabularyPruning, float_techniques
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,11 @@ class SearchContext:
     fidelity: Fidelity | None = None
     scoring_threads: int | None = None
     """Threads for verifying and scoring a trial's artifact (a worker's share); timing always uses ``latency.threads``."""
+
+    @cached_property
+    def vocabulary(self) -> VocabularyPruning:
+        """The training split's token counts, computed the first time a policy prunes the vocabulary."""
+        return VocabularyPruning.for_task(self.config, self.tokenizer)
 
     @property
     def seq_len(self) -> float:
@@ -297,7 +303,8 @@ def evaluate(
 
     The same policy and seed rebuild the same model.
     """
-    techniques = (StructuredPruning(), MagnitudePruning(), *([recovery] if recovery else []), Quantization())
+    vocabulary = context.vocabulary if policy.vocab_rows is not None else None
+    techniques = (*float_techniques(vocabulary=vocabulary, recovery=recovery), Quantization())
     with seeded(seed):
         compressed = compress(context.model, policy, techniques=techniques, calibration=context.calibration)
     return measure(compressed, policy, context, name=name)

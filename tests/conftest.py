@@ -123,8 +123,18 @@ def probe_model(probe_head):
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def train_vocabulary(data_root, tokenizer):
+    """Vocabulary pruning with the token counts of 2,000 SST-2 training rows."""
+    from autocompress.data import read_file, token_counts
+    from autocompress.techniques import VocabularyPruning
+
+    train = read_file(data_root / "sst2" / "train.tsv", "sentence", "label").head(2000)
+    return VocabularyPruning(token_counts(train, tokenizer, max_length=64), tokenizer.all_special_ids)
+
+
 @pytest.fixture()
-def export_source(probe_model, export_dev, sentence_batches):
+def export_source(probe_model, export_dev, sentence_batches, train_vocabulary):
     """Builds an exporter's ``Source``: a policy applied to the packaged MiniLM (seeded head), checked on 128 dev rows."""
     import torch
 
@@ -136,6 +146,7 @@ def export_source(probe_model, export_dev, sentence_batches):
         policy = policy if isinstance(policy, Policy) else Policy.from_dict(policy)
         torch.manual_seed(0)
         tokenizer_dir = Path(resolve_model_path("default"))
-        return Source.build(probe_model, policy, dev=export_dev, tokenizer_dir=tokenizer_dir, calibration=sentence_batches[0])
+        return Source.build(probe_model, policy, dev=export_dev, tokenizer_dir=tokenizer_dir, calibration=sentence_batches[0],
+                            vocabulary=train_vocabulary)
 
     return build

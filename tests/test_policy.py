@@ -81,7 +81,7 @@ def test_the_shipped_schema_describes_every_field_and_names_the_one_at_fault(tmp
     schema = json.loads(SCHEMA_PATH.read_text())
     assert set(schema["properties"]) == set(Policy.__dataclass_fields__)  # the file and the class cannot drift apart
     full = Policy(layers={"re:.*\\.0\\..*": LayerSpec(bits=4, prune_ratio=0.25)}, scheme="linear", group_size=32, embedding_bits=8,
-                  heads={0: 6}, ffn={1: 768}, kept_blocks=(0, 2), recovery_steps=100)
+                  heads={0: 6}, ffn={1: 768}, kept_blocks=(0, 2), recovery_steps=100, vocab_rows=8000)
     import jsonschema
 
     jsonschema.validate(full.to_dict(), schema)  # what we write, the schema accepts

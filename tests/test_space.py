@@ -28,7 +28,7 @@ def sampled(space: SpaceConfig, enqueued: list[dict]) -> list:
 
 def test_sample_policy_addresses_each_block_with_its_own_decisions():
     params = {f"block{i}.bits": [4, 8, 32][i % 3] for i in range(6)} | {f"block{i}.prune_ratio": 0.5 * (i % 2) for i in range(6)}
-    trial = optuna.trial.FixedTrial(params | {"scheme": "linear", "group_size": 32, "embedding_bits": 8, "recovery_steps": 0})
+    trial = optuna.trial.FixedTrial(params | {"scheme": "linear", "group_size": 32, "embedding_bits": 8, "recovery_steps": 0, "vocab_rows": None})
     policy = sample_policy(trial, SPACE, prefix=PREFIX, num_blocks=6)
     assert policy.spec_for(f"{PREFIX}.4.attention.self.query").bits == 8
     assert policy.spec_for(f"{PREFIX}.3.output.dense").prune_ratio == 0.5

@@ -42,6 +42,7 @@ def test_shipped_spaces_pass(path, minilm):
         ({"heads": [13]}, "space.heads", "13"),
         ({"ffn_widths": [2000]}, "space.ffn_widths", "2000"),
         ({"num_blocks": [3, 7]}, "space.num_blocks", "7"),
+        ({"vocab_rows": [None, 30522]}, "space.vocab_rows", "30522"),  # MiniLM has 30,522 rows: keeping all is null
         # 6 heads x 32 = 192 columns: not a multiple of 128 (384 and 1536 are).
         ({"heads": [6], "group_size": [128], "weight_bits": [4]}, "space.group_size", "128"),
         # 4 heads x 32 = 128 columns: not a multiple of 48 (384 and 1536 are).
@@ -109,11 +110,12 @@ def test_policy_count_is_the_product_of_choice_counts(minilm):
         embedding_bits=[8, 32],
         heads=[6, 12],
         num_blocks=[3, 6],
+        vocab_rows=[None, 8000, 12000],
     )
     summary = check_space(space(**choices), minilm)
     per_block = 2 * 3 * 2  # bits, prune ratio, heads
-    once = 2 * 1 * 2 * 2 * 1  # group, scheme, embedding, num_blocks, recovery_steps
-    assert summary.policies == per_block**6 * once == math.prod([2, 3, 2] * 6 + [2, 1, 2, 2, 1])
-    assert summary.decisions == 3 * 6 + 5
+    once = 2 * 1 * 2 * 2 * 1 * 3  # group, scheme, embedding, num_blocks, recovery_steps, vocab_rows
+    assert summary.policies == per_block**6 * once == math.prod([2, 3, 2] * 6 + [2, 1, 2, 2, 1, 3])
+    assert summary.decisions == 3 * 6 + 6
     assert summary.in_features == (192, 384, 1536)
     assert "6 blocks" in summary.describe()

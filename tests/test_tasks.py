@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 import pytest
 import yaml
+from transformers import AutoModelForSequenceClassification
 
 from autocompress.config import ConfigError, parse_config
 from autocompress.data import batches, load_split, read_file, task_labels
@@ -231,12 +232,15 @@ def test_preflight_refuses_a_checkpoint_with_other_label_names_or_head_size(tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("task", "names", "floor"),
-    [({**TOPIC_TASK, "metric": "macro_f1"}, list(TOPICS), 0.4), (PAIR_TASK, ["entailment", "not_entailment"], 0.65)],
-    ids=["topics-headerless-tsv", "pairs-jsonl"],
+    ("task", "names", "floor", "vocab_rows"),
+    [({**TOPIC_TASK, "metric": "macro_f1"}, list(TOPICS), 0.4, None), (PAIR_TASK, ["entailment", "not_entailment"], 0.65, 600)],
+    ids=["topics-headerless-tsv", "pairs-jsonl-600-token-rows"],
 )
-def test_a_short_search_on_a_users_task_exports_named_labels(task, names, floor, tmp_path, monkeypatch):
-    """The whole CLI search on a task of the user's own (4 word classes; sentence pairs): its exports say what each class is."""
+def test_a_short_search_on_a_users_task_exports_named_labels(task, names, floor, vocab_rows, tmp_path, monkeypatch):
+    """The whole CLI search on a task of the user's own (4 word classes; sentence pairs): its exports say what each class is.
+
+    The pair search keeps 600 word-embedding rows: its files carry the id table and rebuild from the policy.
+    """
     import mlflow
     import optuna
 
@@ -247,7 +251,7 @@ def test_a_short_search_on_a_users_task_exports_named_labels(task, names, floor,
     config = {
         "task": {**task, "max_length": 32},
         "teacher": {"steps": 40, "batch_size": 16, "learning_rate": 2e-4},
-        "space": {"weight_bits": [8, 32], "prune_ratios": [0.0, 0.5], "embedding_bits": [8, 32]},
+        "space": {"weight_bits": [8, 32], "prune_ratios": [0.0, 0.5], "embedding_bits": [8, 32], "vocab_rows": [vocab_rows]},
         "search": {"n_trials": 2, "study_name": "task", "storage": "sqlite:///study.db", "population_size": 2,
                    "constraints": {"max_accuracy_drop": None}},
         "latency": {"sentences": 4, "warmup": 2, "repeats": 8, "rounds": 4},
@@ -269,6 +273,8 @@ def test_a_short_search_on_a_users_task_exports_named_labels(task, names, floor,
     assert mlflow.models.get_model_info("models:/autocompress-task@champion").metadata["id2label"] == id2label
     shipped = onnx.load(tmp_path / "out" / "best_model" / "model.onnx")  # the chosen ONNX file names its classes itself
     assert json.loads({p.key: p.value for p in shipped.metadata_props}["id2label"]) == id2label
+    hf = AutoModelForSequenceClassification.from_pretrained(exports / "hf", trust_remote_code=vocab_rows is not None)
+    assert hf.get_input_embeddings().weight.shape[0] == (vocab_rows or 30522)
     study = optuna.load_study(study_name="task", storage="sqlite:///study.db")
     baseline = study.user_attrs["baseline"]
     assert baseline["test_accuracy"] > floor, baseline  # the teacher learned the task (chance: 1 / classes)

@@ -4,8 +4,8 @@ Per block ``i`` of the uncompressed model: whether it is kept, its heads and
 FFN width, the fractions of its Linear layers on each ONNX Runtime kernel they
 lower to (8-bit per channel: MatMulInteger; 8-bit in groups: MatMulNBits with
 8 bits; 2/4 bits: MatMulNBits; 16 bits: fp16 weights cast at run time; the
-rest float) and its mean sparsity; globally the mean input length and the
-embedding bits. The kernel, not the bit width, sets the speed: on AVX2 an
+rest float) and its mean sparsity; globally the mean input length, the
+embedding bits and the embedding table's megabytes (bits x kept rows). The kernel, not the bit width, sets the speed: on AVX2 an
 8-bit grouped layer runs about twice as slow as an 8-bit per-channel one.
 Computed from the policy alone, so a candidate can be priced before it is
 compressed.
@@ -23,7 +23,7 @@ from autocompress.models import block_linears
 from autocompress.policy import LayerSpec, Policy
 from autocompress.quantizer import runs_as_matmul_integer
 
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 """Bumped whenever the features change meaning, so stored measurements of an older schema are not mixed in."""
 
 
@@ -31,7 +31,13 @@ def policy_features(policy: Policy, model: PreTrainedModel, *, seq_len: float) -
     """Features of ``policy`` applied to ``model`` (the uncompressed teacher)."""
     config = model.config
     kept = set(policy.kept_blocks) if policy.kept_blocks is not None else None
-    features: dict[str, float] = {"seq_len": float(seq_len), "embedding_bits": float(policy.embedding_bits)}
+    rows, dim = model.get_input_embeddings().weight.shape
+    rows = min(rows, policy.vocab_rows or rows)
+    features: dict[str, float] = {
+        "seq_len": float(seq_len),
+        "embedding_bits": float(policy.embedding_bits),
+        "embedding_mb": rows * dim * policy.embedding_bits / 8e6,  # the table's weight bytes, what vocab_rows cuts
+    }
     for index, linears in enumerate(block_linears(model)):
         specs = policy.resolve(linears)
         kernels = [_kernel(spec, policy, linears[name].in_features) for name, spec in specs.items()]

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from autocompress.compress import compress
 from autocompress.export import copy_tokenizer
 from autocompress.policy import Policy
-from autocompress.techniques import MagnitudePruning, Quantization, StructuredPruning, Technique
+from autocompress.techniques import Quantization, Technique, float_techniques
 
 Batches = Sequence[Mapping[str, torch.Tensor]]
 MAX_ACCURACY_DROP = 0.005
@@ -65,9 +65,10 @@ class Source:
         tokenizer_dir: Path,
         calibration: Mapping[str, torch.Tensor] | None = None,
         recovery: Technique | None = None,
+        vocabulary: Technique | None = None,
     ) -> Source:
         """Apply ``policy`` to ``teacher`` with the search's techniques, in its order (seed the caller's RNG as the trial did)."""
-        techniques = (StructuredPruning(), MagnitudePruning(), *([recovery] if recovery else []))
+        techniques = float_techniques(vocabulary=vocabulary, recovery=recovery)
         float_model = compress(teacher, policy, techniques=techniques, calibration=calibration)
         model = compress(float_model, policy, techniques=(Quantization(),))
         return cls(policy, float_model, model, Path(tokenizer_dir), dev)

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from autocompress.exporters._base import Exporter, Source, torch_logits
 from autocompress.quantizer import QUANT_ATTR, runs_as_matmul_integer
-from autocompress.shrunk import BLOCKS_ATTR, LAYOUT_ATTR, MODELING_FILE, save_shrunk
+from autocompress.shrunk import BLOCKS_ATTR, LAYOUT_ATTR, MODELING_FILE, VOCAB_ATTR, save_shrunk
 
 EXACT = 1e-4
 """Reloaded weights run the same float math as the source (without run-time activation rounding)."""
@@ -42,7 +42,7 @@ class HuggingFaceExporter(Exporter):
         config = json.loads(config_path.read_text())
         shapes = config.get(BLOCKS_ATTR, [])
         heads = AutoConfig.from_pretrained(folder).num_attention_heads  # DistilBERT stores it as n_heads
-        stock = all(s["heads"] == heads for s in shapes) and len({s["intermediate_size"] for s in shapes}) <= 1
+        stock = all(s["heads"] == heads for s in shapes) and len({s["intermediate_size"] for s in shapes}) <= 1 and VOCAB_ATTR not in config
         if stock:  # transformers alone rebuilds it: no remote code to trust
             for key in ("auto_map", BLOCKS_ATTR, LAYOUT_ATTR):
                 config.pop(key, None)
@@ -50,7 +50,7 @@ class HuggingFaceExporter(Exporter):
             (folder / MODELING_FILE).unlink(missing_ok=True)
         loaded = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=not stock, dtype=torch.float32)
         files = sorted(p.name for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".py") and p.name != "policy.json")
-        notes = ["loads in stock transformers" if stock else f"uneven heads or FFN widths: loads with trust_remote_code=True ({MODELING_FILE})"]
+        notes = ["loads in stock transformers" if stock else f"uneven heads or FFN widths, or a pruned vocabulary: loads with trust_remote_code=True ({MODELING_FILE})"]
         rounded = [n for n, m in source.model.named_modules() if isinstance(m, torch.nn.Linear) and _rounds_activations(m)]
         if rounded:
             notes.append(f"{len(rounded)} 8-bit per-channel layers: weights on the int8 grid, but activations stay float here "

@@ -48,7 +48,7 @@ from autocompress.compress import layer_plan
 from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
 from autocompress.policy import Policy
 from autocompress.quantizer import QUANT_ATTR, runs_as_matmul_integer
-from autocompress.shrunk import BLOCKS_ATTR, save_shrunk
+from autocompress.shrunk import is_shrunk, save_shrunk
 
 RECIPE = "recipe.yaml"
 MODEL_DIR = "model"
@@ -120,7 +120,7 @@ class LlmCompressorExporter(Exporter):
         model_dir = folder / MODEL_DIR
         model = source.float_copy()
         half = _copy_half_precision_layers(model, source)
-        if hasattr(model.config, BLOCKS_ATTR):
+        if is_shrunk(model.config):
             save_shrunk(model, model_dir)
         else:
             model.save_pretrained(model_dir)

@@ -54,7 +54,7 @@ from autocompress.compress import layer_plan
 from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
 from autocompress.policy import Policy
 from autocompress.quantizer import QUANT_ATTR, runs_as_matmul_integer
-from autocompress.shrunk import BLOCKS_ATTR, load_shrunk, save_shrunk
+from autocompress.shrunk import is_shrunk, load_shrunk, save_shrunk
 
 CONFIG_FILE = "torchao_config.json"
 MODEL_DIR = "model"
@@ -110,10 +110,10 @@ class TorchaoExporter(Exporter):
 
         mapping, notes = self.configs(source)
         model_dir = folder / MODEL_DIR
-        if hasattr(source.float_model.config, BLOCKS_ATTR):
+        if is_shrunk(source.float_model.config):
             save_shrunk(source.float_model, model_dir)
             notes.append(
-                f"reshaped blocks: load {MODEL_DIR}/ with autocompress.shrunk.load_shrunk "
+                f"reshaped blocks or vocabulary: load {MODEL_DIR}/ with autocompress.shrunk.load_shrunk "
                 "or from_pretrained(..., trust_remote_code=True)"
             )
         else:
@@ -228,8 +228,8 @@ class TorchaoExporter(Exporter):
 
 
 def load_model(folder: Path) -> torch.nn.Module:
-    """The float model from ``model/``: ``load_shrunk`` for reshaped blocks, stock transformers otherwise."""
+    """The float model from ``model/``: ``load_shrunk`` for reshaped blocks or vocabulary, stock transformers otherwise."""
     config = json.loads((folder / "config.json").read_text())
-    if BLOCKS_ATTR in config:
+    if is_shrunk(config):
         return load_shrunk(folder)
     return AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
