@@ -22,6 +22,7 @@ import ray
 from optuna.trial import TrialState
 
 from autocompress.cli import main
+from autocompress.study import trial_seed
 from autocompress.trial import TrialOutcome, TrialRequest
 
 pytestmark = pytest.mark.slow
@@ -153,7 +154,8 @@ def test_kill_9_then_resume_keeps_everything_and_honours_the_budget(tiny):
     retry = [t for t in trials if t.user_attrs.get("retry_of") == killed[0]]
     # the retry keeps every parameter the killed trial had; one killed while sampling had only some
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params.items() >= interrupted.params.items()
-    assert retry[0].user_attrs["seed"] == interrupted.user_attrs["seed"]  # the retry rebuilds the same model
+    own_seed = trial_seed(0, killed[0])  # the killed trial's seed, recorded or not (a kill while sampling lands before it is)
+    assert retry[0].user_attrs["seed"] == own_seed == interrupted.user_attrs.get("seed", own_seed)  # the retry rebuilds the same model
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4 and len(trials) == 5  # the budget, not 4 more
 
     runs = mlflow_runs("crash")
