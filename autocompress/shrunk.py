@@ -273,7 +273,8 @@ def prune_vocabulary_(model: PreTrainedModel, rows: int, *, counts: torch.Tensor
     if counts.dim() != 1 or len(counts) > vocab:
         raise ValueError(f"token counts cover {tuple(counts.shape)} ids; the embedding has {vocab} rows")
     counts = nn.functional.pad(counts, (0, vocab - len(counts)))  # rows past the tokenizer's ids: never produced
-    ranked = [i for i in torch.argsort(-counts.long(), stable=True).tolist() if i not in set(always)]  # ties: lower id first
+    special = set(always)
+    ranked = [i for i in torch.argsort(-counts.long(), stable=True).tolist() if i not in special]  # ties: lower id first
     keep = torch.tensor(sorted(always + ranked[: rows - len(always)]))
     weight = embedding.weight.detach()
     remap = torch.full((vocab,), -1, dtype=torch.int32)
@@ -282,7 +283,7 @@ def prune_vocabulary_(model: PreTrainedModel, rows: int, *, counts: torch.Tensor
     for chunk in (remap < 0).nonzero().flatten().split(4096):
         remap[chunk] = (nn.functional.normalize(weight[chunk], dim=1) @ kept.T).argmax(1).int()
     padding = embedding.padding_idx
-    smaller = RemappedEmbedding(vocab, rows, dim, padding_idx=int(remap[padding]) if padding in always else None)
+    smaller = RemappedEmbedding(vocab, rows, dim, padding_idx=int(remap[padding]) if padding in special else None)
     smaller.to(weight.dtype)
     with torch.no_grad():
         smaller.weight.copy_(weight[keep])

@@ -1,7 +1,8 @@
 """Compression techniques: each one a small ``Technique`` applied in place under a policy.
 
 One module per technique: ``_structured`` (heads, FFN neurons, blocks),
-``_vocabulary`` (word-embedding rows the task does not use), ``_magnitude`` (unstructured pruning), ``_distillation`` (recovery training),
+``_vocabulary`` (word-embedding rows the task does not use), ``_magnitude``
+(unstructured pruning), ``_distillation`` (recovery training),
 ``_quantization`` (weight bits). The integer grid they share with the runtime
 is ``autocompress.quantizer``; the shrunk-model code is ``autocompress.shrunk``.
 """
@@ -19,7 +20,7 @@ def float_techniques(*, vocabulary: Technique | None = None, recovery: Technique
     return (StructuredPruning(), *([vocabulary] if vocabulary else []), MagnitudePruning(), *([recovery] if recovery else []))
 
 
-DEFAULT_TECHNIQUES: tuple[Technique, ...] = (StructuredPruning(), MagnitudePruning(), Quantization())
+DEFAULT_TECHNIQUES: tuple[Technique, ...] = (*float_techniques(), Quantization())
 """Order matters: shrink first (new matrices), then zero weights, then quantize what remains."""
 
 __all__ = [
