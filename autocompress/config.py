@@ -367,6 +367,21 @@ class ConstraintsConfig(Strict):
     )
 
 
+class FinalTrainingConfig(Strict):
+    """After the search, its best students distilled again on a longer budget: search on a short proxy, train the winners long."""
+
+    top_k: int = Field(
+        0,
+        ge=0,
+        description="front students (policies with recovery_steps > 0) picked in turn by search.selection, each distilled "
+        "again for recovery_steps and measured as a new trial of the study; 0: off",
+    )
+    recovery_steps: int = Field(4000, ge=1, description="distillation steps of each final training (the search's trials use space.recovery_steps)")
+    train_subset: int | None = Field(
+        None, ge=1, description="training rows the final distillation cycles through (teacher logits computed once, cached); null: the whole train split"
+    )
+
+
 class SearchSettings(Strict):
     """The Optuna study: sampler, budget, storage, constraints and how the final policy is chosen."""
 
@@ -405,6 +420,9 @@ class SearchSettings(Strict):
         Selection.FASTEST,
         description="rule choosing best_policy.json from the Pareto front: the fastest or smallest trial within max_accuracy_drop "
         "(the best on task.metric if none is), or the best on task.metric (most_accurate)",
+    )
+    final_training: FinalTrainingConfig = Field(
+        FinalTrainingConfig(), description="the front's best students distilled again, longer, after the search (the usual NAS split)"
     )
 
 
@@ -528,6 +546,12 @@ class SearchConfig(Strict):
             raise ValueError("space.simulation_only: true needs latency.backend: torch (ONNX Runtime cannot run those choices)")
         return self
 
+    @model_validator(mode="after")
+    def _final_training_needs_students(self) -> "SearchConfig":
+        if self.search.final_training.top_k and max(self.space.recovery_steps) == 0:
+            raise ValueError("search.final_training.top_k > 0 needs space.recovery_steps above 0 (it trains the front's distilled students again)")
+        return self
+
     def data_path(self, relative: str) -> Path:
         """Resolve a task file against the data root (environment variable first)."""
         path = Path(relative).expanduser()
@@ -545,6 +569,8 @@ TOP_LEVEL = "(top level)"
 
 def _describe(error: dict[str, Any]) -> str:
     field = ".".join(str(part) for part in error["loc"]) or TOP_LEVEL
+    if not error["loc"] and error["type"] == "value_error":  # a rule across sections: its message names the fields
+        return str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         parent = error["loc"][:-1]
         return f"unknown field '{field}'; allowed: {', '.join(_allowed_fields(parent))}"

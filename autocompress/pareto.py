@@ -20,15 +20,18 @@ from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.config import ConfigError, Selection
-from autocompress.study import study_metric
+from autocompress.study import FINAL_OF_ATTR, study_metric
 
 BASELINE_ATTR = "baseline"
 MB = 1e6
 
 
 def trial_row(trial: FrozenTrial, baseline: dict[str, Any]) -> dict[str, Any]:
-    """One trial's measurements, with ratios to the teacher and to ORT's dynamic int8."""
-    return measured_row(trial.user_attrs, baseline, trial=trial.number, feasible=all(value <= 0 for value in trial.constraints.values()))
+    """One trial's measurements, with ratios to the teacher and to ORT's dynamic int8 (and, on a final training, the trial it trains again)."""
+    row = measured_row(trial.user_attrs, baseline, trial=trial.number, feasible=all(value <= 0 for value in trial.constraints.values()))
+    if FINAL_OF_ATTR in trial.user_attrs:
+        row[FINAL_OF_ATTR] = trial.user_attrs[FINAL_OF_ATTR]
+    return row
 
 
 def measured_row(attrs: Mapping[str, Any], baseline: dict[str, Any], *, trial: int | str, feasible: bool | str) -> dict[str, Any]:

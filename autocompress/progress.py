@@ -16,7 +16,7 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.study import BUDGET_ATTR, STATE_ATTR, study_metric, trials_done
+from autocompress.study import BUDGET_ATTR, FINAL_OF_ATTR, STATE_ATTR, study_metric, trials_done
 
 log = logging.getLogger("autocompress")
 
@@ -42,6 +42,8 @@ class Summary:
     """Largest speed-up over the teacher among trials that meet the constraints."""
     front: int
     eta_seconds: float | None
+    finals: int = 0
+    """Final trainings (``search.final_training``) started: beyond the budget, not counted in ``done``."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,7 +51,8 @@ class Summary:
     def line(self) -> str:
         """One line: trials done/budget, running, failures, best within budget, fastest feasible, front size, ETA."""
         budget = f"/{self.budget}" if self.budget is not None else ""
-        parts = [f"trials {self.done}{budget}", f"{self.running} running", f"{self.failed} failed, {self.pruned} pruned"]
+        parts = [f"trials {self.done}{budget}" + (f" + {self.finals} final" if self.finals else ""), f"{self.running} running",
+                 f"{self.failed} failed, {self.pruned} pruned"]
         name = "acc" if self.metric == "accuracy" else self.metric
         parts.append(f"best {name} {self.best_score:.4f}" if self.best_score is not None else f"best {name} -")
         parts.append(f"fastest {self.fastest_speedup:.2f}x" if self.fastest_speedup is not None else "fastest -")
@@ -98,6 +101,7 @@ def summarize(study: optuna.Study, *, workers: int = 1) -> Summary:
         fastest_speedup=max((t.user_attrs["speedup"] for t in feasible), default=None),
         front=front,
         eta_seconds=eta,
+        finals=sum(1 for t in trials if FINAL_OF_ATTR in t.user_attrs and t.state != TrialState.WAITING),
     )
 
 

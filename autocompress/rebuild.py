@@ -4,7 +4,9 @@ A trial's model is a function of its search config (model, task, teacher
 recipe), its policy and its seed; all three are kept in the study and in its
 MLflow runs. Rebuilding reuses the cached teacher and the search's own dev
 rows and calibration batch, then checks that the rebuilt model scores what
-the trial recorded (within half a point) before anything is exported.
+the trial recorded (within half a point) before anything is exported. A
+distilled student's trial keeps its trained float weights; where that folder
+is still on this machine they are loaded instead of distilling it again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from autocompress.config import ConfigError, SearchConfig, load_config, parse_co
 from autocompress.exporters import Source
 from autocompress.exporters._base import MAX_ACCURACY_DROP
 from autocompress.policy import Policy
+from autocompress.shrunk import load_shrunk
+from autocompress.study import FINAL_OF_ATTR
 from autocompress.tracking import SEARCH_RUN_ATTR, TRIAL_TAG
 
 
@@ -32,6 +36,10 @@ class Origin:
     label: str
     recorded: dict[str, Any] = field(default_factory=dict)
     """The trial's own numbers (dev_accuracy, test_accuracy, latency_ms, ...); empty for a bare policy file."""
+    trained: Path | None = None
+    """The trial's distilled float weights (``save_shrunk`` folder), if it kept them."""
+    final: bool = False
+    """A final training: distilled on ``search.final_training.train_subset`` rows."""
 
 
 def from_trial(study: Any, number: int) -> Origin:
@@ -46,7 +54,9 @@ def from_trial(study: Any, number: int) -> Origin:
     attrs = trials[number].user_attrs
     config = parse_config(search["config"], source=f"study {study.study_name!r}")
     recorded = {k: attrs[k] for k in ("dev_accuracy", "test_accuracy", "latency_ms", "speedup", "size_bytes") if k in attrs}
-    return Origin(config, Policy.from_dict(attrs["policy"], source=f"trial {number}"), int(attrs["seed"]), f"trial {number} of study {study.study_name!r}", recorded)
+    trained = Path(attrs["trained_model"]) if attrs.get("trained_model") else None
+    return Origin(config, Policy.from_dict(attrs["policy"], source=f"trial {number}"), int(attrs["seed"]), f"trial {number} of study {study.study_name!r}",
+                  recorded, trained, FINAL_OF_ATTR in attrs)
 
 
 def from_run(run_id: str, *, tracking_uri: str | None = None) -> Origin:
@@ -65,7 +75,8 @@ def from_run(run_id: str, *, tracking_uri: str | None = None) -> Origin:
         raise ConfigError(f"run {run_id}: not a trial run of an autocompress search at {client.tracking_uri} ({error})") from None
     recorded = {k: run.data.metrics[k] for k in ("dev_accuracy", "test_accuracy", "latency_ms", "speedup", "size_bytes") if k in run.data.metrics}
     label = f"run {run_id} (trial {run.data.tags.get(TRIAL_TAG)})"
-    return Origin(parse_config(config, source=f"run {parent.info.run_id} config.json"), policy, int(run.data.params.get("seed", 0)), label, recorded)
+    return Origin(parse_config(config, source=f"run {parent.info.run_id} config.json"), policy, int(run.data.params.get("seed", 0)), label, recorded,
+                  final=FINAL_OF_ATTR in run.data.tags)
 
 
 def from_policy(path: str | Path, *, config: str | Path, seed: int = 0) -> Origin:
@@ -74,23 +85,20 @@ def from_policy(path: str | Path, *, config: str | Path, seed: int = 0) -> Origi
 
 
 def rebuild(origin: Origin) -> Source:
-    """The origin's model, built as its trial built it; refuses one that scores more than half a point off the record."""
+    """The origin's model, built as its trial built it (or its kept weights); refuses one that scores more than half a point off the record."""
     from autocompress.models import load_tokenizer
     from autocompress.teacher import get_teacher
-    from autocompress.techniques import Recovery, VocabularyPruning
-    from autocompress.trial import distillation_setup, seeded, task_batches
+    from autocompress.trial import task_batches
 
     config = origin.config
     teacher = get_teacher(config)
     tokenizer = load_tokenizer(str(teacher.path))
     dev, _, calibration = task_batches(config, tokenizer)
-    model = teacher.load()
-    recovery = Recovery(distillation_setup(config, model, teacher, tokenizer)) if origin.policy.recovery_steps else None
-    vocabulary = VocabularyPruning.for_task(config, tokenizer) if origin.policy.vocab_rows is not None else None
     try:
-        with seeded(origin.seed):
-            source = Source.build(model, origin.policy, dev=dev, tokenizer_dir=teacher.path, calibration=calibration,
-                                  recovery=recovery, vocabulary=vocabulary)
+        if origin.trained is not None and (origin.trained / "config.json").is_file():
+            source = Source.from_float(load_shrunk(origin.trained), origin.policy, dev=dev, tokenizer_dir=teacher.path)
+        else:
+            source = _train_again(origin, teacher, tokenizer, dev=dev, calibration=calibration)
     except ValueError as error:  # a policy that does not fit this model (heads, widths, blocks)
         raise ConfigError(f"{origin.label}: does not apply to {config.model}: {error}") from None
     recorded = origin.recorded.get("dev_accuracy")
@@ -98,3 +106,17 @@ def rebuild(origin: Origin) -> Source:
         raise ConfigError(f"{origin.label}: the rebuilt model scores {source.accuracy:.4f} on dev, the trial recorded {recorded:.4f}; "
                           "the cached teacher or the data changed since the search")
     return source
+
+
+def _train_again(origin: Origin, teacher: Any, tokenizer: Any, *, dev: Any, calibration: Any) -> Source:
+    """Apply the origin's policy to the teacher with its seed, distilling a student on the rows its trial used."""
+    from autocompress.techniques import Recovery, VocabularyPruning
+    from autocompress.trial import distillation_setup, seeded
+
+    config, policy = origin.config, origin.policy
+    model = teacher.load()
+    rows = config.search.final_training.train_subset if origin.final else config.recovery.train_subset
+    recovery = Recovery(distillation_setup(config, model, teacher, tokenizer, train_subset=rows)) if policy.recovery_steps else None
+    vocabulary = VocabularyPruning.for_task(config, tokenizer) if policy.vocab_rows is not None else None
+    with seeded(origin.seed):
+        return Source.build(model, policy, dev=dev, tokenizer_dir=teacher.path, calibration=calibration, recovery=recovery, vocabulary=vocabulary)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import math
 import platform
+import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from autocompress.config import Registration, SearchConfig, parse_config
 from autocompress.cost import is_clearly_infeasible, policy_features
 from autocompress.distill import RecoveryResult
 from autocompress.fidelity import Fidelity
+from autocompress.final_training import enqueue_finals
 from autocompress.models import block_linears, encoder_list_name
 from autocompress.pareto import BASELINE_ATTR, MB, format_table, front_rows, score_drops, select
 from autocompress.paths import study_work_dir
@@ -42,6 +44,7 @@ from autocompress.space import sample_policy, uniform_starts
 from autocompress.study import (
     BUDGET_ATTR,
     FAIL_REASON_ATTR,
+    FINAL_OF_ATTR,
     INTERRUPTED_ATTR,
     OWNER_ATTR,
     PRUNE_REASON_ATTR,
@@ -106,6 +109,9 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         trial.set_user_attr(OWNER_ATTR, trial_owner())  # first: a process killed while sampling leaves a trial resume can fail
         policy = sample_policy(trial, context.config.space, prefix=prefix, num_blocks=num_blocks)
+        final = FINAL_OF_ATTR in trial.user_attrs  # the same student, trained again on the final budget
+        if final:
+            policy = replace(policy, recovery_steps=context.config.search.final_training.recovery_steps)
         seed = trial_seed(context.config.search.seed, trial.user_attrs.get(RETRY_OF_ATTR, trial.number))  # a retry rebuilds the same model
         trial.set_user_attr("policy", policy.to_dict())
         trial.set_user_attr("seed", seed)
@@ -117,8 +123,8 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
             progress.refresh()
         started = time.perf_counter()
         depth = len(policy.kept_blocks) if policy.kept_blocks is not None else num_blocks
-        twin = context.fidelity.twin(trial.number, f"blocks{depth}") if context.fidelity and policy.recovery_steps else None
-        request = TrialRequest(policy.to_dict(), f"trial-{trial.number}", seed, (twin.study.study_name, twin._trial_id) if twin else None)
+        twin = context.fidelity.twin(trial.number, f"blocks{depth}") if context.fidelity and policy.recovery_steps and not final else None
+        request = TrialRequest(policy.to_dict(), f"trial-{trial.number}", seed, (twin.study.study_name, twin._trial_id) if twin else None, final)
         try:
             outcome = workers.run(request)
             if outcome.measurement is not None:
@@ -147,7 +153,7 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
         measurement = outcome.measurement
         if twin is not None:
             Fidelity.finish(twin, outcome.recovery.evaluations[-1][1])
-        if context.costs.add(*context.latency_target, features, measurement.latency_ms) >= MIN_COST_SAMPLES:
+        if context.costs.add(*context.latency_target, features, measurement.relative_latency) >= MIN_COST_SAMPLES:
             context.costs.fit(*context.latency_target)
         for key, value in asdict(measurement).items():
             trial.set_user_attr(key, value)
@@ -155,8 +161,9 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
             trial.set_constraint(key, value)
         metrics = {**trial_metrics(measurement, baseline), "trial_seconds": time.perf_counter() - started, "worker_seconds": outcome.seconds}
         if predicted is not None:
-            metrics["predicted_latency_ms"] = predicted
-            metrics["latency_prediction_error_pct"] = 100 * abs(predicted - measurement.latency_ms) / measurement.latency_ms
+            metrics["predicted_relative_latency"] = predicted
+            metrics["predicted_latency_ms"] = predicted * baseline["latency_ms"]
+            metrics["latency_prediction_error_pct"] = 100 * abs(predicted - measurement.relative_latency) / measurement.relative_latency
         trial.set_user_attr(METRICS_ATTR, metrics)
         return measurement.score(f"dev_{context.config.task.metric}"), measurement.relative_latency, measurement.size_bytes / MB
 
@@ -183,19 +190,25 @@ def _curves(result: RecoveryResult, metric: str = "accuracy") -> dict[str, list[
 
 
 def predict_latency(context: SearchContext, features: dict[str, float], trial: optuna.Trial) -> float | None:
-    """The cost model's latency for this candidate; prune the trial when it confidently breaks the limit."""
+    """The cost model's paired ratio to the teacher for this candidate; prune the trial when it confidently breaks the limit.
+
+    ``max_latency_ms`` is compared as a ratio to the teacher's latency timed at
+    the start of the study, the same scale the model learns on.
+    """
     model = context.costs.load(*context.latency_target)
     if model is None:
         return None
     limit = context.config.search.constraints.max_latency_ms
     if limit is None:
         return float(model.predict([features])[0])
-    reject, predicted = is_clearly_infeasible(model, features, limit=limit)
-    trial.set_user_attr("predicted_latency_ms", predicted)
+    teacher_ms = context.baseline["latency_ms"]
+    reject, predicted = is_clearly_infeasible(model, features, limit=limit / teacher_ms)
+    trial.set_user_attr("predicted_relative_latency", predicted)
     if reject:
         trial.set_user_attr("rejected_by_cost_model", True)
-        trial.set_user_attr(METRICS_ATTR, {"predicted_latency_ms": predicted})
-        reason = f"cost model predicts {predicted:.2f} ms, confidently above max_latency_ms={limit}"
+        trial.set_user_attr(METRICS_ATTR, {"predicted_relative_latency": predicted, "predicted_latency_ms": predicted * teacher_ms})
+        reason = (f"cost model predicts {predicted:.2f}x the teacher's latency ({predicted * teacher_ms:.2f} ms), "
+                  f"confidently above max_latency_ms={limit}")
         trial.set_user_attr(PRUNE_REASON_ATTR, reason)
         raise optuna.TrialPruned(reason)
     return predicted
@@ -322,18 +335,21 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
         workers = make_workers(config, context, references)
         progress = LiveLine(study, workers=workers.size)
         one_ask_at_a_time(study)
+        objective = make_objective(context, workers, progress)
+
+        def optimize(n_trials: int | None, timeout: float | None) -> None:
+            study.optimize(objective, n_trials=n_trials, timeout=timeout, n_jobs=workers.size, gc_after_trial=True, catch=(Exception,),
+                           callbacks=[tracker.callback, progress.callback, stop_when_asked(workers)])
+
         try:
             with interruptible(workers):
                 if remaining != 0:
-                    study.optimize(
-                        make_objective(context, workers, progress),
-                        n_trials=remaining,
-                        timeout=config.search.timeout,
-                        n_jobs=workers.size,
-                        gc_after_trial=True,
-                        catch=(Exception,),
-                        callbacks=[tracker.callback, progress.callback, stop_when_asked(workers)],
-                    )
+                    optimize(remaining, config.search.timeout)
+                if budget is not None and trials_done(study.trials) >= budget and not workers.cancelled.is_set() and not study.user_attrs.get(STOP_ATTR):
+                    finals = enqueue_finals(study, config)
+                    if finals:
+                        log.info("final training: %d front student(s), %d steps each", finals, config.search.final_training.recovery_steps)
+                        optimize(finals, None)
             if workers.cancelled.is_set():
                 raise KeyboardInterrupt("a signal cancelled the search between trials")
         finally:
@@ -365,6 +381,14 @@ def _baseline_metrics(baseline: dict[str, Any]) -> dict[str, float]:
     return teacher | int8
 
 
+def drop_dominated_weights(study: optuna.Study, front: set[int]) -> None:
+    """Delete the kept float weights of distilled trials off the front: a dominated trial never returns to it, so none is exported."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        kept = trial.user_attrs.get("trained_model")
+        if kept and trial.number not in front and Path(kept).is_dir():
+            shutil.rmtree(kept)
+
+
 def finish_search(study: optuna.Study, config: SearchConfig, tracker: Tracker | None = None, *, tokenizer_dir: Path | None = None) -> SearchResult:
     """Write pareto.json, the front's ONNX files, the chosen model and policy, and the reports; tag the front in MLflow.
 
@@ -377,6 +401,7 @@ def finish_search(study: optuna.Study, config: SearchConfig, tracker: Tracker | 
 
     output = Path(config.output)
     rows = front_rows(study) if any(t.state.is_finished() for t in study.trials) else []
+    drop_dominated_weights(study, {row["trial"] for row in rows})
     metric = config.task.metric
     chosen = select([r for r in rows if r["feasible"]], config.search.selection, config.search.constraints.max_accuracy_drop, metric)
     rows, chosen = write_front(output, rows, chosen, tokenizer_dir=tokenizer_dir)

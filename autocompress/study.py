@@ -50,6 +50,8 @@ STATE_ATTR = "autocompress.state"
 OWNER_ATTR = "owner"
 INTERRUPTED_ATTR = "interrupted"
 RETRY_OF_ATTR = "retry_of"
+FINAL_OF_ATTR = "final_of"
+"""On a final training (``search.final_training``): the number of the trial whose student it trains again."""
 FAIL_REASON_ATTR = "fail_reason"
 PRUNE_REASON_ATTR = "prune_reason"
 
@@ -237,7 +239,8 @@ def retry_interrupted(study: optuna.Study, trial: FrozenTrial) -> bool:
         return False
     if any(t.user_attrs.get(RETRY_OF_ATTR) == trial.number for t in study.get_trials(deepcopy=False)):
         return False
-    study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
+    final = {FINAL_OF_ATTR: trial.user_attrs[FINAL_OF_ATTR]} if FINAL_OF_ATTR in trial.user_attrs else {}
+    study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number, **final})
     return True
 
 
@@ -247,9 +250,9 @@ def retry_all_interrupted(study: optuna.Study) -> list[int]:
 
 
 def trials_done(trials: Sequence[FrozenTrial]) -> int:
-    """Finished trials that count against the budget: all but interrupted ones that have a retry."""
+    """Finished trials that count against the budget: all but interrupted ones that have a retry, and final trainings."""
     retried = {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
-    return sum(1 for t in trials if t.state.is_finished() and not (is_interrupted(t) and t.number in retried))
+    return sum(1 for t in trials if t.state.is_finished() and not (is_interrupted(t) and t.number in retried) and FINAL_OF_ATTR not in t.user_attrs)
 
 
 def planned_total(study: optuna.Study, config: SearchConfig, *, added: int | None = None, total: int | None = None) -> int | None:

@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.config import ConfigError
 from autocompress.registry import ARTIFACT_TAG, CHAMPION, Registered, register_run
-from autocompress.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, PRUNE_REASON_ATTR, RETRY_OF_ATTR, STATE_ATTR
+from autocompress.study import FAIL_REASON_ATTR, FINAL_OF_ATTR, INTERRUPTED_ATTR, PRUNE_REASON_ATTR, RETRY_OF_ATTR, STATE_ATTR
 
 if TYPE_CHECKING:
     from autocompress.teacher import Teacher
@@ -150,7 +150,7 @@ class Tracker:
         tags = {"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: str(trial.number), "optuna.state": trial.state.name}
         if trial.state == TrialState.PRUNED:
             tags["pruned"] = "true"
-        for key in (FAIL_REASON_ATTR, PRUNE_REASON_ATTR, RETRY_OF_ATTR, "worker", "rejected_by_cost_model", "pruned_at_step"):
+        for key in (FAIL_REASON_ATTR, PRUNE_REASON_ATTR, RETRY_OF_ATTR, "worker", "rejected_by_cost_model", "pruned_at_step", FINAL_OF_ATTR):
             if key in attrs:
                 tags[key] = str(attrs[key]).lower() if isinstance(attrs[key], bool) else str(attrs[key])
         if trial.state == TrialState.FAIL and FAIL_REASON_ATTR not in attrs:

@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from autocompress.models import load_tokenizer
 from autocompress.paths import cost_models_dir
 from autocompress.policy import Policy
 from autocompress.runtime import dynamic_int8, export_onnx
+from autocompress.shrunk import save_shrunk
 from autocompress.teacher import Teacher, get_teacher
 from autocompress.techniques import Distillation, Quantization, Recovery, RecoveryStopped, VocabularyPruning, float_techniques
 
@@ -86,6 +87,8 @@ class Measurement:
     """The lowered ONNX file that was verified and timed (under the study's work folder)."""
     scores: dict[str, float] = field(default_factory=dict)
     """The task's metrics other than accuracy, by split: ``dev_f1``, ``test_f1`` (binary) or ``dev_macro_f1``, ..."""
+    trained_model: str | None = None
+    """A distilled student's float weights (``save_shrunk`` folder), so exports reuse them instead of training it again."""
 
     def score(self, name: str) -> float:
         """``dev_accuracy``, ``test_macro_f1``, ...: accuracy from its own fields, the other metrics from ``scores``."""
@@ -113,6 +116,12 @@ class SearchContext:
     fidelity: Fidelity | None = None
     scoring_threads: int | None = None
     """Threads for verifying and scoring a trial's artifact (a worker's share); timing always uses ``latency.threads``."""
+
+    @cached_property
+    def final_distillation(self) -> Distillation:
+        """The final trainings' batches and teacher logits (``search.final_training.train_subset`` rows), made the first time one runs."""
+        rows = self.config.search.final_training.train_subset
+        return distillation_setup(self.config, self.model, self.teacher, self.tokenizer, train_subset=rows)
 
     @cached_property
     def vocabulary(self) -> VocabularyPruning:
@@ -152,7 +161,7 @@ class SearchContext:
         fingerprint = hardware_fingerprint(threads=config.latency.threads)
         context = cls(config, teacher, model, tokenizer, dev, test, timing_inputs, calibration, workdir, CostModelStore(cost_models_dir()), fingerprint, probes, baseline)
         if max(config.space.recovery_steps) > 0:
-            context.distillation = distillation_setup(config, model, teacher, tokenizer)
+            context.distillation = distillation_setup(config, model, teacher, tokenizer, train_subset=config.recovery.train_subset)
             context.fidelity = Fidelity(config)
         return context
 
@@ -167,8 +176,13 @@ def task_batches(config: SearchConfig, tokenizer: Any, dev: Examples | None = No
 
 
 def cost_target(model: PreTrainedModel, backend: str) -> str:
-    """The cost-model target name for ``model`` on ``backend``: samples of other models never mix in."""
-    return f"latency_ms.{backend}.{architecture_id(model)}.features{FEATURES_VERSION}"
+    """The cost-model target name for ``model`` on ``backend``: samples of other models never mix in.
+
+    The target is the paired ratio (the candidate's latency over the teacher's,
+    timed in one probe), not milliseconds: the ratio cancels the machine's
+    drift between trials, which raw times carry into the fit.
+    """
+    return f"relative_latency.{backend}.{architecture_id(model)}.features{FEATURES_VERSION}"
 
 
 def measure_references(
@@ -221,10 +235,11 @@ def reference_probes(model: PreTrainedModel, config: SearchConfig, baseline: dic
     return {"teacher": teacher, "int8": OrtProbe(baseline["int8"]["artifact"], threads=threads)}
 
 
-def distillation_setup(config: SearchConfig, model: PreTrainedModel, teacher: Teacher, tokenizer: Any) -> Distillation:
-    """Training batches for recovery, the teacher's logits on them (cached on disk) and dev scoring batches."""
+def distillation_setup(config: SearchConfig, model: PreTrainedModel, teacher: Teacher, tokenizer: Any, *, train_subset: int | None) -> Distillation:
+    """Training batches for recovery (``train_subset`` rows, seeded; None: all), the teacher's logits on them (cached on disk) and dev scoring batches."""
     settings, length = config.recovery, config.task.max_length
-    train = batches(load_split(config, "train").sample(settings.train_subset, seed=config.search.seed), tokenizer, batch_size=settings.batch_size, max_length=length)
+    rows = load_split(config, "train")
+    train = batches(rows.sample(train_subset or len(rows), seed=config.search.seed), tokenizer, batch_size=settings.batch_size, max_length=length)
     scoring = batches(by_length(load_split(config, "dev").head(settings.eval_subset)), tokenizer, batch_size=64, max_length=length)
     logits = cached_teacher_logits(model, train, teacher_key=teacher.key)
     return Distillation(teacher=model, train_batches=train, teacher_logits=logits, eval_batches=scoring, settings=settings, metric=config.task.metric)
@@ -301,13 +316,22 @@ def evaluate(
 ) -> Measurement:
     """One trial: compress the teacher under ``policy`` (recovering with ``recovery``) with ``seed``, and measure it.
 
-    The same policy and seed rebuild the same model.
+    The same policy and seed rebuild the same model. A student that was
+    distilled keeps its float weights beside its ONNX file (``trained/``), so
+    exporting it later costs no second training.
     """
     vocabulary = context.vocabulary if policy.vocab_rows is not None else None
-    techniques = (*float_techniques(vocabulary=vocabulary, recovery=recovery), Quantization())
     with seeded(seed):
-        compressed = compress(context.model, policy, techniques=techniques, calibration=context.calibration)
-    return measure(compressed, policy, context, name=name)
+        float_model = compress(context.model, policy, techniques=float_techniques(vocabulary=vocabulary, recovery=recovery), calibration=context.calibration)
+        compressed = compress(float_model, policy, techniques=(Quantization(),))
+    measurement = measure(compressed, policy, context, name=name)
+    if recovery is None:
+        return measurement
+    trained = save_shrunk(float_model, context.workdir / name / TRAINED_DIR)
+    return replace(measurement, trained_model=str(trained))
+
+
+TRAINED_DIR = "trained"
 
 
 @dataclass(frozen=True)
@@ -319,6 +343,8 @@ class TrialRequest:
     seed: int
     twin: tuple[str, int] | None = None
     """(companion study name, trial id) that recovery reports its accuracy to, in the search's storage."""
+    final: bool = False
+    """A final training (``search.final_training``): distilled on its own rows, never pruned."""
 
 
 @dataclass(frozen=True)
@@ -337,7 +363,8 @@ def run_trial(context: SearchContext, request: TrialRequest) -> TrialOutcome:
     """Compress, deploy and measure one policy (see ``evaluate``); a pruned recovery returns its curves instead of raising."""
     policy = Policy.from_dict(request.policy)
     twin = Fidelity.attach(context.config, *request.twin) if request.twin else None
-    recovery = Recovery(context.distillation, report=Fidelity.reporter(twin) if twin else None) if context.distillation else None
+    distillation = context.final_distillation if request.final else context.distillation
+    recovery = Recovery(distillation, report=Fidelity.reporter(twin) if twin else None) if distillation else None
     worker, started = f"{socket.gethostname()}:{os.getpid()}", time.perf_counter()
     try:
         measurement = evaluate(policy, context, name=request.name, recovery=recovery, seed=request.seed)

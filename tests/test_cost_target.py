@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import optuna
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
@@ -9,6 +12,7 @@ from autocompress.cost import CostModelStore, policy_features
 from autocompress.measure import fingerprint_id, hardware_fingerprint
 from autocompress.models import load_classifier
 from autocompress.policy import LayerSpec, Policy
+from autocompress.search import predict_latency
 from autocompress.trial import cost_target
 
 
@@ -39,3 +43,38 @@ def test_same_architecture_with_other_weights_shares_the_key():
     with torch.no_grad():
         second.classifier.weight.add_(1.0)
     assert cost_target(first, "onnxruntime") == cost_target(second, "onnxruntime")
+
+
+def test_the_latency_limit_is_priced_as_a_ratio_to_the_teacher(tmp_path):
+    """The model learns paired ratios; ``max_latency_ms`` is turned into one with the study's teacher latency."""
+    tiny = tiny_bert()
+    target = ("cpu-a", cost_target(tiny, "onnxruntime"))
+    store = CostModelStore(tmp_path)
+    for repeat in range(3):
+        for bits in (4, 8, 16, 32):
+            ratio = {4: 1.6, 8: 0.5, 16: 1.2, 32: 1.0}[bits] + repeat * 0.001
+            store.add(*target, policy_features(Policy(layers={"re:.*": LayerSpec(bits=bits)}), tiny, seq_len=20), ratio)
+    store.fit(*target)
+
+    def priced(bits: int, limit_ms: float) -> tuple[float | None, optuna.trial.FrozenTrial]:
+        constraints = SimpleNamespace(max_latency_ms=limit_ms)
+        context = SimpleNamespace(costs=store, latency_target=target, baseline={"latency_ms": 4.0},
+                                  config=SimpleNamespace(search=SimpleNamespace(constraints=constraints)))
+        study = optuna.create_study()
+        trial = study.ask()
+        features = policy_features(Policy(layers={"re:.*": LayerSpec(bits=bits)}), tiny, seq_len=20)
+        try:
+            return predict_latency(context, features, trial), study.trials[0]
+        except optuna.TrialPruned:
+            return None, study.trials[0]
+
+    # int8 at 0.5x a 4 ms teacher is 2 ms: within a 3 ms limit, and the prediction is the ratio
+    predicted, trial = priced(8, 3.0)
+    assert abs(predicted - 0.5) < 0.05 and "rejected_by_cost_model" not in trial.user_attrs
+    # 4-bit at 1.6x is 6.4 ms: clearly above 3 ms (0.75x), so it is pruned before it is built, with the ms in the reason
+    predicted, trial = priced(4, 3.0)
+    assert predicted is None and trial.user_attrs["rejected_by_cost_model"]
+    assert "1.60x the teacher's latency (6.40 ms)" in trial.user_attrs["prune_reason"]
+    # the same 1.6x under a 7 ms limit (1.75x) is kept: the limit is not compared with the raw ratio
+    predicted, trial = priced(4, 7.0)
+    assert abs(predicted - 1.6) < 0.05

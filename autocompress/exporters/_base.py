@@ -70,8 +70,13 @@ class Source:
         """Apply ``policy`` to ``teacher`` with the search's techniques, in its order (seed the caller's RNG as the trial did)."""
         techniques = float_techniques(vocabulary=vocabulary, recovery=recovery)
         float_model = compress(teacher, policy, techniques=techniques, calibration=calibration)
+        return cls.from_float(float_model, policy, dev=dev, tokenizer_dir=tokenizer_dir)
+
+    @classmethod
+    def from_float(cls, float_model: PreTrainedModel, policy: Policy, *, dev: Batches, tokenizer_dir: Path) -> Source:
+        """From ``float_model``, the policy's float techniques already applied (a trial's kept weights): quantize it as the trial did."""
         model = compress(float_model, policy, techniques=(Quantization(),))
-        return cls(policy, float_model, model, Path(tokenizer_dir), dev)
+        return cls(policy, float_model.eval(), model, Path(tokenizer_dir), dev)
 
     @cached_property
     def labels(self) -> np.ndarray:

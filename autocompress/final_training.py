@@ -1,0 +1,52 @@
+"""The search's second stage: its best students distilled again on a longer budget.
+
+Trials judge a student after a short proxy budget (``space.recovery_steps``),
+the usual split of architecture search: search short, then train the winners
+long. Once the study's trial budget is spent, the ``top_k`` front students
+that ``search.selection`` picks in turn are enqueued again with their own
+parameters; the objective sees ``FINAL_OF_ATTR`` and distills them for
+``final_training.recovery_steps`` on ``final_training.train_subset`` rows,
+with no early stopping. They are measured like any trial, so they join the
+front by the same rules, and a resumed search never trains one twice.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+from optuna.trial import TrialState
+
+from autocompress.config import SearchConfig
+from autocompress.pareto import BASELINE_ATTR, select, trial_row
+from autocompress.study import FINAL_OF_ATTR
+
+
+def final_candidates(study: optuna.Study, config: SearchConfig) -> list[int]:
+    """Numbers of the feasible front students (among the search's own trials) to train again, in the order selection picks them."""
+    settings = config.search.final_training
+    if settings.top_k == 0:
+        return []
+    students = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if FINAL_OF_ATTR not in t.user_attrs and t.user_attrs.get("policy", {}).get("recovery_steps", 0) > 0
+    ]
+    front = _get_pareto_front_trials_by_trials(students, study.directions, consider_constraint=True)
+    rows = [trial_row(t, study.user_attrs[BASELINE_ATTR]) for t in front]
+    rows = [row for row in rows if row["feasible"]]
+    picked: list[int] = []
+    while rows and len(picked) < settings.top_k:
+        row = select(rows, config.search.selection, config.search.constraints.max_accuracy_drop, config.task.metric)
+        picked.append(row["trial"])
+        rows.remove(row)
+    return picked
+
+
+def enqueue_finals(study: optuna.Study, config: SearchConfig) -> int:
+    """Enqueue the final trainings not run yet; return how many trials wait in the study's queue now."""
+    trials = study.get_trials(deepcopy=False)
+    started = {t.user_attrs[FINAL_OF_ATTR] for t in trials if FINAL_OF_ATTR in t.user_attrs}
+    by_number = {t.number: t for t in trials}
+    for number in final_candidates(study, config):
+        if number not in started:
+            study.enqueue_trial(by_number[number].params, user_attrs={FINAL_OF_ATTR: number})
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))

@@ -1,0 +1,86 @@
+"""search.final_training: the front's best student distilled again on a longer budget, measured as a trial, exported without a third training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from families import save_tiny
+
+import autocompress.rebuild as rebuild_module
+from autocompress.cli import main
+from autocompress.config import ConfigError, load_config
+from autocompress.progress import summarize
+from autocompress.rebuild import from_trial, rebuild
+from autocompress.study import FINAL_OF_ATTR, trials_done
+from autocompress.tracking import CURVES_ATTR
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_chosen_student_is_trained_again_once_and_exported_from_its_kept_weights(tmp_path, data_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    config = {
+        "model": str(save_tiny("bert", tmp_path / "bert")),
+        "task": {"data_root": str(data_root), "train_subset": 64, "dev_size": 32, "test_subset": 32, "max_length": 24},
+        "teacher": {"steps": 4, "batch_size": 8, "learning_rate": 1e-3},
+        "space": {"weight_bits": [8], "group_size": [None], "prune_ratios": [0.0], "embedding_bits": [8], "heads": [2, 4],
+                  "ffn_widths": [32], "num_blocks": [1], "recovery_steps": [2]},
+        "recovery": {"train_subset": 16, "batch_size": 8, "eval_every": 2, "eval_subset": 16, "pruner": "none"},
+        "search": {"n_trials": 2, "sampler": "random", "study_name": "final", "storage": "sqlite:///final.db", "start_uniform": False,
+                   "constraints": {"max_accuracy_drop": None}, "final_training": {"top_k": 1, "recovery_steps": 6, "train_subset": 40}},
+        "latency": {"sentences": 2, "warmup": 1, "repeats": 2, "rounds": 1},
+        "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "final", "registry": "none", "export_formats": ["onnx", "hf"]},
+        "output": "out",
+    }
+    path = tmp_path / "final.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["search", str(path)]) == 0
+
+    study = optuna.load_study(study_name="final", storage="sqlite:///final.db")
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 and trials_done(trials) == 2  # the final training is not a budget trial
+    final = trials[2]
+    origin = trials[final.user_attrs[FINAL_OF_ATTR]]
+    assert final.params == origin.params  # the same student ...
+    assert final.user_attrs["policy"] == {**origin.user_attrs["policy"], "recovery_steps": 6}  # ... on the final budget
+    assert len(final.user_attrs[CURVES_ATTR]["recovery_loss"]) == 6 and len(origin.user_attrs[CURVES_ATTR]["recovery_loss"]) == 2
+    assert (tmp_path / "out" / "exports" / "hf" / "config.json").is_file()
+    assert summarize(study).line().startswith("trials 2/2 + 1 final")
+    front = {row["trial"] for row in json.loads((tmp_path / "out" / "pareto.json").read_text())}
+    for trial in trials:  # only the front keeps its distilled weights: nothing else is ever exported
+        assert Path(trial.user_attrs["trained_model"]).is_dir() == (trial.number in front)
+    rows = {row["trial"]: row for row in json.loads((tmp_path / "out" / "pareto.json").read_text())}
+    assert all(row.get(FINAL_OF_ATTR) == (origin.number if number == final.number else None) for number, row in rows.items())
+
+    # a resumed search neither adds trials nor trains the student a third time
+    assert main(["search", str(path)]) == 0
+    assert len(optuna.load_study(study_name="final", storage="sqlite:///final.db").trials) == 3
+
+    # the export loads the kept weights: with training made impossible it still rebuilds the model the trial measured
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rebuild_module, "_train_again", no_training)
+        source = rebuild(from_trial(study, final.number))
+    assert source.accuracy == pytest.approx(final.user_attrs["dev_accuracy"], abs=1e-9)
+    shorter = rebuild(from_trial(study, origin.number))  # dropped from the front with its weights: trained again, 2 steps
+    assert not np.allclose(source.logits, shorter.logits, atol=1e-4)  # 6 steps moved the student beyond where 2 left it
+    # without them it trains again on the final rows and budget: the same model
+    shutil.rmtree(final.user_attrs["trained_model"])
+    again = rebuild(from_trial(study, final.number))
+    np.testing.assert_allclose(again.logits, source.logits, atol=1e-4)
+
+
+def test_final_training_needs_a_space_of_students(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": "default", "search": {"final_training": {"top_k": 2}}}))
+    with pytest.raises(ConfigError, match=r"c.yaml: search.final_training.top_k > 0 needs space.recovery_steps above 0"):
+        load_config(path)
