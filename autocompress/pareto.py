@@ -75,12 +75,30 @@ def score_drops(scores: Mapping[str, float], baseline: Mapping[str, Any]) -> dic
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Non-dominated trials among feasible ones (Optuna's rule); with none feasible, among all (all infeasible)."""
-    front = study.best_trials
+    """Non-dominated trials among feasible ones (Optuna's rule); with none feasible, among all (all infeasible).
+
+    A final training and the trial it trained again are one architecture
+    timed twice; only the better of the two on dev stands (the final on a
+    tie), so timing noise never picks the short-trained copy.
+    """
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    superseded = superseded_trials(completed)
+    standing = [t for t in completed if t.number not in superseded]
+    front = _get_pareto_front_trials_by_trials(standing, study.directions, consider_constraint=True)
     if not front:
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        front = _get_pareto_front_trials_by_trials(completed, study.directions)
+        front = _get_pareto_front_trials_by_trials(standing, study.directions)
     return sorted(front, key=lambda t: t.number)
+
+
+def superseded_trials(completed: list[FrozenTrial]) -> set[int]:
+    """Of each completed final training and its origin, the number of the one lower on the first objective (dev ``task.metric``)."""
+    by_number = {t.number: t for t in completed}
+    losers = set()
+    for final in completed:
+        origin = by_number.get(final.user_attrs.get(FINAL_OF_ATTR, -1))
+        if origin is not None:
+            losers.add(origin.number if final.values[0] >= origin.values[0] else final.number)
+    return losers
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:

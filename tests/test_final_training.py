@@ -15,6 +15,7 @@ from families import save_tiny
 import autocompress.rebuild as rebuild_module
 from autocompress.cli import main
 from autocompress.config import ConfigError, load_config
+from autocompress.pareto import front_trials
 from autocompress.progress import summarize
 from autocompress.rebuild import from_trial, rebuild
 from autocompress.study import FINAL_OF_ATTR, trials_done
@@ -54,6 +55,7 @@ def test_the_chosen_student_is_trained_again_once_and_exported_from_its_kept_wei
     assert (tmp_path / "out" / "exports" / "hf" / "config.json").is_file()
     assert summarize(study).line().startswith("trials 2/2 + 1 final")
     front = {row["trial"] for row in json.loads((tmp_path / "out" / "pareto.json").read_text())}
+    assert len(front & {final.number, origin.number}) <= 1  # one architecture: only the better on dev stands
     for trial in trials:  # only the front keeps its distilled weights: nothing else is ever exported
         assert Path(trial.user_attrs["trained_model"]).is_dir() == (trial.number in front)
     rows = {row["trial"]: row for row in json.loads((tmp_path / "out" / "pareto.json").read_text())}
@@ -84,3 +86,12 @@ def test_final_training_needs_a_space_of_students(tmp_path):
     path.write_text(yaml.safe_dump({"model": "default", "search": {"final_training": {"top_k": 2}}}))
     with pytest.raises(ConfigError, match=r"c.yaml: search.final_training.top_k > 0 needs space.recovery_steps above 0"):
         load_config(path)
+
+
+def test_a_final_training_supersedes_its_origin_unless_it_scores_lower_on_dev():
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for number, (dev, ratio, final_of) in enumerate([(0.80, 0.30, None), (0.85, 0.40, None), (0.86, 0.45, 1), (0.79, 0.29, 0)]):
+        attrs = {FINAL_OF_ATTR: final_of} if final_of is not None else {}
+        study.add_trial(optuna.trial.create_trial(values=[dev, ratio, 5.0], user_attrs=attrs))
+    # trial 2 (final of 1) beats it on dev, so 1 goes, though it timed faster; trial 3 (final of 0) scored lower, so 0 stays
+    assert [t.number for t in front_trials(study)] == [0, 2]
