@@ -288,6 +288,13 @@ def interruptible(workers: Workers) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def enqueue_uniform_starts(study: optuna.Study, config: SearchConfig, model: Any) -> None:
+    """Queue the space's uniform policies (``search.start_uniform``) as a new study's first trials."""
+    if config.search.start_uniform and not study.trials:
+        for params in uniform_starts(config.space, num_blocks=len(block_linears(model))):
+            study.enqueue_trial(params, skip_if_exists=True)
+
+
 def run_search(config: SearchConfig, *, added: int | None = None, total: int | None = None) -> SearchResult:
     """Run or resume the configured search until the study holds its budget of finished trials, and write its front.
 
@@ -325,9 +332,7 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
     tracker.sync()
     if context.teacher.trained_now:
         tracker.log_teacher(context.teacher)
-    if config.search.start_uniform and not study.trials:
-        for params in uniform_starts(config.space, num_blocks=len(block_linears(context.model))):
-            study.enqueue_trial(params, skip_if_exists=True)
+    enqueue_uniform_starts(study, config, context.model)
     if remaining == 0:
         log.warning("study %r already holds %d finished trials of its budget %s; pass --n-trials N to add more", study.study_name, budget, budget)
     state = "failed"

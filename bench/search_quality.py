@@ -37,12 +37,10 @@ from optuna._hypervolume import compute_hypervolume
 
 from autocompress.config import load_config, parse_config
 from autocompress.cost import FEATURES_VERSION, CostModel, is_clearly_infeasible, policy_features
-from autocompress.models import block_linears
 from autocompress.paths import study_work_dir
 from autocompress.policy import Policy
 from autocompress.preflight import preflight
-from autocompress.search import make_objective
-from autocompress.space import uniform_starts
+from autocompress.search import enqueue_uniform_starts, make_objective
 from autocompress.study import open_study, study_uid
 from autocompress.tracking import Tracker
 from autocompress.trial import SearchContext
@@ -160,9 +158,8 @@ def main() -> None:
             if "baseline" not in study.user_attrs:
                 study.set_user_attr("baseline", context.baseline)
             context.baseline = study.user_attrs["baseline"]
-            if sampler != "random" and config.search.start_uniform and not study.trials:
-                for params in uniform_starts(config.space, num_blocks=len(block_linears(context.model))):
-                    study.enqueue_trial(params, skip_if_exists=True)
+            if sampler != "random":
+                enqueue_uniform_starts(study, config, context.model)
             done = len([t for t in study.trials if t.state.is_finished()])
             if done < budget:
                 tracker = Tracker(study=study, experiment="autocompress-bench", tracking_uri=config.tracking.uri)
