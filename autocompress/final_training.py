@@ -6,8 +6,9 @@ long. Once the study's trial budget is spent, the ``top_k`` front students
 that ``search.selection`` picks in turn are enqueued again with their own
 parameters; the objective sees ``FINAL_OF_ATTR`` and distills them for
 ``final_training.recovery_steps`` on ``final_training.train_subset`` rows,
-with no early stopping. They are measured like any trial, so they join the
-front by the same rules, and a resumed search never trains one twice.
+with no early stopping. They are measured like any trial and join the front
+by the same rules, while the short-trained students leave it
+(``pareto.proxy_trials``); a resumed search never trains one twice.
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ def final_candidates(study: optuna.Study, config: SearchConfig) -> list[int]:
     return picked
 
 
+def pending_finals(study: optuna.Study, config: SearchConfig) -> list[int]:
+    """Numbers of the final candidates whose final training has not started."""
+    started = {t.user_attrs[FINAL_OF_ATTR] for t in study.get_trials(deepcopy=False) if FINAL_OF_ATTR in t.user_attrs}
+    return [number for number in final_candidates(study, config) if number not in started]
+
+
 def enqueue_finals(study: optuna.Study, config: SearchConfig) -> int:
     """Enqueue the final trainings not run yet; return how many trials wait in the study's queue now."""
-    trials = study.get_trials(deepcopy=False)
-    started = {t.user_attrs[FINAL_OF_ATTR] for t in trials if FINAL_OF_ATTR in t.user_attrs}
-    by_number = {t.number: t for t in trials}
-    for number in final_candidates(study, config):
-        if number not in started:
-            study.enqueue_trial(by_number[number].params, user_attrs={FINAL_OF_ATTR: number})
+    for number in pending_finals(study, config):
+        study.enqueue_trial(study.get_trials(deepcopy=False)[number].params, user_attrs={FINAL_OF_ATTR: number})
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))

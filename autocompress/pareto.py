@@ -77,28 +77,27 @@ def score_drops(scores: Mapping[str, float], baseline: Mapping[str, Any]) -> dic
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Non-dominated trials among feasible ones (Optuna's rule); with none feasible, among all (all infeasible).
 
-    A final training and the trial it trained again are one architecture
-    timed twice; only the better of the two on dev stands (the final on a
-    tie), so timing noise never picks the short-trained copy.
+    Once a final training has completed, the students judged on the search's
+    short proxy budget leave the front: their dev scores stood in for a
+    training they never got (short-trained students read higher on dev than
+    on unseen rows), so only finished models (the finals and the trials
+    without distillation) are left to choose from and to export.
     """
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    superseded = superseded_trials(completed)
-    standing = [t for t in completed if t.number not in superseded]
+    proxies = proxy_trials(completed)
+    standing = [t for t in completed if t.number not in proxies]
     front = _get_pareto_front_trials_by_trials(standing, study.directions, consider_constraint=True)
     if not front:
         front = _get_pareto_front_trials_by_trials(standing, study.directions)
     return sorted(front, key=lambda t: t.number)
 
 
-def superseded_trials(completed: list[FrozenTrial]) -> set[int]:
-    """Of each completed final training and its origin, the number of the one lower on the first objective (dev ``task.metric``)."""
-    by_number = {t.number: t for t in completed}
-    losers = set()
-    for final in completed:
-        origin = by_number.get(final.user_attrs.get(FINAL_OF_ATTR, -1))
-        if origin is not None:
-            losers.add(origin.number if final.values[0] >= origin.values[0] else final.number)
-    return losers
+def proxy_trials(completed: list[FrozenTrial]) -> set[int]:
+    """Numbers of the short-trained students (distilled, not a final), once any final training has completed; else none."""
+    if not any(FINAL_OF_ATTR in t.user_attrs for t in completed):
+        return set()
+    return {t.number for t in completed
+            if FINAL_OF_ATTR not in t.user_attrs and t.user_attrs.get("policy", {}).get("recovery_steps", 0) > 0}
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
