@@ -75,8 +75,9 @@ def from_run(run_id: str, *, tracking_uri: str | None = None) -> Origin:
         raise ConfigError(f"run {run_id}: not a trial run of an autocompress search at {client.tracking_uri} ({error})") from None
     recorded = {k: run.data.metrics[k] for k in ("dev_accuracy", "test_accuracy", "latency_ms", "speedup", "size_bytes") if k in run.data.metrics}
     label = f"run {run_id} (trial {run.data.tags.get(TRIAL_TAG)})"
+    trained = Path(run.data.tags["trained_model"]) if "trained_model" in run.data.tags else None
     return Origin(parse_config(config, source=f"run {parent.info.run_id} config.json"), policy, int(run.data.params.get("seed", 0)), label, recorded,
-                  final=FINAL_OF_ATTR in run.data.tags)
+                  trained, FINAL_OF_ATTR in run.data.tags)
 
 
 def from_policy(path: str | Path, *, config: str | Path, seed: int = 0) -> Origin:

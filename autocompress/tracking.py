@@ -150,7 +150,8 @@ class Tracker:
         tags = {"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: str(trial.number), "optuna.state": trial.state.name}
         if trial.state == TrialState.PRUNED:
             tags["pruned"] = "true"
-        for key in (FAIL_REASON_ATTR, PRUNE_REASON_ATTR, RETRY_OF_ATTR, "worker", "rejected_by_cost_model", "pruned_at_step", FINAL_OF_ATTR):
+        for key in (FAIL_REASON_ATTR, PRUNE_REASON_ATTR, RETRY_OF_ATTR, "worker", "rejected_by_cost_model", "pruned_at_step", FINAL_OF_ATTR,
+                    "trained_model"):
             if key in attrs:
                 tags[key] = str(attrs[key]).lower() if isinstance(attrs[key], bool) else str(attrs[key])
         if trial.state == TrialState.FAIL and FAIL_REASON_ATTR not in attrs:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import optuna
 import pytest
@@ -17,9 +18,9 @@ from autocompress.cli import main
 from autocompress.config import ConfigError, load_config
 from autocompress.pareto import front_trials
 from autocompress.progress import summarize
-from autocompress.rebuild import from_trial, rebuild
+from autocompress.rebuild import from_run, from_trial, rebuild
 from autocompress.study import FINAL_OF_ATTR, trials_done
-from autocompress.tracking import CURVES_ATTR
+from autocompress.tracking import CURVES_ATTR, TRIAL_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +73,10 @@ def test_the_chosen_student_is_trained_again_once_and_exported_from_its_kept_wei
     with monkeypatch.context() as patch:
         patch.setattr(rebuild_module, "_train_again", no_training)
         source = rebuild(from_trial(study, final.number))
+        client = mlflow.MlflowClient("sqlite:///mlflow.db")
+        run, = client.search_runs([client.get_experiment_by_name("final").experiment_id], f"tags.`{TRIAL_TAG}` = '{final.number}'")
+        from_mlflow = rebuild(from_run(run.info.run_id, tracking_uri="sqlite:///mlflow.db"))  # the MLflow run knows the weights too
+    np.testing.assert_allclose(from_mlflow.logits, source.logits, atol=1e-6)
     assert source.accuracy == pytest.approx(final.user_attrs["dev_accuracy"], abs=1e-9)
     shorter = rebuild(from_trial(study, origin.number))  # dropped from the front with its weights: trained again, 2 steps
     assert not np.allclose(source.logits, shorter.logits, atol=1e-4)  # 6 steps moved the student beyond where 2 left it
