@@ -67,8 +67,8 @@ def _copy_models(output: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any
 def write_front(
     output: Path, rows: list[dict[str, Any]], chosen: dict[str, Any] | None, *, tokenizer_dir: Path | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Write the front and, if a trial was chosen, its policy and model; return the rows as written."""
-    rows = _copy_models(output, rows)
+    """Write the front (the chosen row marked ``chosen``) and, if a trial was chosen, its policy and model; return the rows as written."""
+    rows = [{**row, "chosen": chosen is not None and row["trial"] == chosen["trial"]} for row in _copy_models(output, rows)]
     write_json(output / "pareto.json", rows)
     best_policy, best_model = output / "best_policy.json", output / "best_model"
     best_policy.unlink(missing_ok=True)
