@@ -5,10 +5,14 @@ exporter's naming works. The integer codes and scales are the ones the torch
 simulation kept (``QuantizedWeight``); nothing is re-quantized here.
 
 - 8-bit per output channel: ``DynamicQuantizeLinear`` + ``MatMulInteger``
-  (int8 codes, zero point 0) + ``Cast`` + ``Mul`` by x_scale * column scales,
-  the structure ``onnxruntime.quantization.quantize_dynamic`` emits (ORT fuses
-  it into ``DynamicQuantizeMatMul``). At batch 1 on AVX2 it ran clearly faster
-  than MatMulNBits with bits=8. Activations are rounded to uint8 per tensor at
+  + ``Cast`` + ``Mul`` by x_scale * column scales, the structure
+  ``onnxruntime.quantization.quantize_dynamic`` emits (ORT fuses it into
+  ``DynamicQuantizeMatMul``). At batch 1 on AVX2 it ran clearly faster than
+  MatMulNBits with bits=8. The int8 codes are stored as uint8 with zero point
+  128 (u8u8): on x86 CPUs without VNNI, ORT's u8s8 kernel adds pairs of
+  products in int16 and saturates (255 x 127 x 2 > 32767), which moved single
+  layers by up to 24 % of their largest output on an AVX2 EPYC; u8u8 is exact
+  on every CPU, about 8 % slower there. Activations are rounded to uint8 per tensor at
   run time; the simulation rounds them the same way (``quantizer.simulate_dynamic_uint8``),
   exact per layer, though float-order differences can flip a rounding that later layers amplify.
 - 2/4/8 bits in blocks: ``com.microsoft.MatMulNBits`` (the CPU kernel accepts
@@ -48,6 +52,8 @@ MAX_BLOCK = {2: 256}
 CODEBOOK_VALUES = 256
 """A float weight with at most this many distinct values is a k-means codebook, not a float layer."""
 MS_DOMAIN = "com.microsoft"
+U8U8_ZERO = 128
+"""Zero point of the 8-bit weight codes stored as uint8 (code + 128): exact where ORT's u8s8 kernel saturates."""
 
 
 class NotDeployable(ValueError):
@@ -190,14 +196,14 @@ def _linear_weights(node: onnx.NodeProto, graph: _Graph) -> np.ndarray | None:
 
 
 def _matmul_integer(graph: _Graph, x: str, out: str, name: str, quantized: QuantizedWeight, tag: str) -> list[onnx.NodeProto]:
-    """``quantize_dynamic``'s structure: uint8 activations x int8 codes, rescaled per output column.
+    """``quantize_dynamic``'s structure: uint8 activations x the int8 codes shifted to uint8, rescaled per output column.
 
     Initializers are named after the layer ``name``, nodes and their outputs after ``tag`` (one per use of a shared weight).
     """
     nodes: list[onnx.NodeProto] = []
     x_q, x_scale, x_zero = graph.quantized_activation(x, nodes)
-    codes = graph.add_initializer(quantized.codes.numpy().T.copy(), f"{name}.weight_int8")
-    zero = graph.add_initializer(np.zeros((), dtype=np.int8), f"{name}.weight_zero_point")
+    codes = graph.add_initializer((quantized.codes.numpy().T.astype(np.int16) + U8U8_ZERO).astype(np.uint8), f"{name}.weight_uint8")
+    zero = graph.add_initializer(np.array(U8U8_ZERO, dtype=np.uint8), f"{name}.weight_zero_point")
     scales = graph.add_initializer(quantized.scales.numpy().reshape(-1).astype(np.float32), f"{name}.weight_scale")
     return nodes + [
         helper.make_node("MatMulInteger", [x_q, codes, x_zero, zero], [f"{tag}_int32"], f"{tag}_MatMulInteger"),
