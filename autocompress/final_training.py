@@ -48,6 +48,12 @@ def pending_finals(study: optuna.Study, config: SearchConfig) -> list[int]:
     return [number for number in final_candidates(study, config) if number not in started]
 
 
+def final_stage_left(study: optuna.Study, config: SearchConfig) -> bool:
+    """Whether final trainings remain: candidates not enqueued yet, or finals waiting in the queue (retries of interrupted ones included)."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return any(FINAL_OF_ATTR in t.user_attrs for t in waiting) or bool(pending_finals(study, config))
+
+
 def enqueue_finals(study: optuna.Study, config: SearchConfig) -> int:
     """Enqueue the final trainings not run yet; return how many trials wait in the study's queue now."""
     for number in pending_finals(study, config):

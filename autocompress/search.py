@@ -32,7 +32,7 @@ from autocompress.config import Registration, SearchConfig, parse_config
 from autocompress.cost import is_clearly_infeasible, policy_features
 from autocompress.distill import RecoveryResult
 from autocompress.fidelity import Fidelity
-from autocompress.final_training import enqueue_finals, pending_finals
+from autocompress.final_training import enqueue_finals, final_stage_left
 from autocompress.models import block_linears, encoder_list_name
 from autocompress.pareto import BASELINE_ATTR, MB, format_table, front_rows, score_drops, select
 from autocompress.paths import study_work_dir
@@ -333,7 +333,7 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
     if context.teacher.trained_now:
         tracker.log_teacher(context.teacher)
     enqueue_uniform_starts(study, config, context.model)
-    if remaining == 0 and pending_finals(study, config):
+    if remaining == 0 and final_stage_left(study, config):
         log.info("study %r has finished its %s trials; only the final training is left", study.study_name, budget)
     elif remaining == 0:
         log.warning("study %r already holds %d finished trials of its budget %s; pass --n-trials N to add more", study.study_name, budget, budget)

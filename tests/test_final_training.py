@@ -15,7 +15,8 @@ from families import save_tiny
 
 import autocompress.rebuild as rebuild_module
 from autocompress.cli import main
-from autocompress.config import ConfigError, load_config
+from autocompress.config import ConfigError, load_config, parse_config
+from autocompress.final_training import final_stage_left
 from autocompress.pareto import front_trials
 from autocompress.progress import summarize
 from autocompress.rebuild import from_run, from_trial, rebuild
@@ -107,3 +108,11 @@ def test_after_a_final_training_only_finished_models_stand_on_the_front():
     add(0.83, 0.45, 1000, final_of=1)  # trained long: lower on dev than its proxy, yet the finished model
     # both proxies leave, the faster one too though it had no final: its dev score stood for a training it never got
     assert [t.number for t in front_trials(study)] == [0, 3]
+
+
+def test_a_final_waiting_in_the_queue_is_final_stage_left():
+    config = parse_config({"model": "default"})  # no final stage configured: nothing to enqueue
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    assert not final_stage_left(study, config)
+    study.enqueue_trial({}, user_attrs={FINAL_OF_ATTR: 0})  # e.g. the retry of an interrupted final
+    assert final_stage_left(study, config)
