@@ -56,6 +56,7 @@ def final_stage_left(study: optuna.Study, config: SearchConfig) -> bool:
 
 def enqueue_finals(study: optuna.Study, config: SearchConfig) -> int:
     """Enqueue the final trainings not run yet; return how many trials wait in the study's queue now."""
+    trials = study.get_trials(deepcopy=False)
     for number in pending_finals(study, config):
-        study.enqueue_trial(study.get_trials(deepcopy=False)[number].params, user_attrs={FINAL_OF_ATTR: number})
+        study.enqueue_trial(trials[number].params, user_attrs={FINAL_OF_ATTR: number})
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))

@@ -323,6 +323,10 @@ def test_int8_per_channel_layers_lower_exactly(base, sentence_batches, tmp_path)
     report = export_and_lower(model, sentence_batches, tmp_path)
     layers = matmul_integer_layers(report.path)
     assert len(layers) == 36 and len({x for x, _ in layers.values()}) == 24  # q/k/v share their activation
+    graph = onnx.load(str(report.path)).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in (n for n in graph.node if n.op_type == "MatMulInteger"):  # u8u8: ORT's u8s8 kernel saturates without VNNI
+        assert weights[node.input[1]].dtype == np.uint8 and weights[node.input[3]] == 128
     onnx.utils.extract_model(
         report.path, str(tmp_path / "layers.onnx"), sorted({x for x, _ in layers.values()}), [out for _, out in layers.values()]
     )
