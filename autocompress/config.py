@@ -309,10 +309,11 @@ class RecoveryConfig(Strict):
         5e-5, gt=0, description="peak AdamW learning rate of recovery (warm-up over the first 10 % of steps, then linear decay to 0)"
     )
     batch_size: int = Field(32, ge=1, description="training rows per recovery step")
-    train_subset: int = Field(
+    train_subset: int | None = Field(
         4096,
         ge=1,
-        description="training rows (drawn with search.seed) cycled through by distillation; the teacher's logits on them are computed once and cached",
+        description="training rows (drawn with search.seed) cycled through by distillation; the teacher's logits on them are computed "
+        "once and cached; null: the whole train split",
     )
     eval_every: int = Field(
         50,

@@ -97,6 +97,8 @@ def _log_and_register(client: MlflowClient, run: Any, artifact: Path, policy: di
                     onnx_execution_providers=["CPUExecutionProvider"],
                     save_as_external_data=False,
                     signature=_signature(artifact),
+                    # what mlflow.onnx's pyfunc needs; spares MLflow inferring them in a subprocess that loads the model (seconds)
+                    pip_requirements=[*mlflow.onnx.get_default_pip_requirements(), f"numpy=={np.__version__}"],
                     extra_files=[str(path) for path in extra.values()],
                     metadata={"autocompress.policy_version": policy.get("version"), "trial": run.data.tags.get("optuna.trial_number"),
                               **_label_names(tokenizer)},

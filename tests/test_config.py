@@ -66,6 +66,12 @@ def test_prune_ratio_out_of_range_is_rejected():
         parse_config({"space": {"prune_ratios": [0.5, 1.5]}})
 
 
+def test_recovery_may_distill_on_the_whole_train_split():
+    assert parse_config({"recovery": {"train_subset": None}}).recovery.train_subset is None  # as final_training.train_subset
+    with pytest.raises(ConfigError, match=r"recovery\.train_subset"):
+        parse_config({"recovery": {"train_subset": 0}})
+
+
 def _models(annotation=SearchConfig) -> set[type[BaseModel]]:
     """``SearchConfig`` and every model nested in it, however deep (also inside ``X | None`` or ``list[X]``)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -70,8 +70,14 @@ def states(name):
     return [t.state for t in study(name).trials]
 
 
+def lifecycle(tiny, name, **search):
+    """A tiny search whose end skips exports and registration: these tests watch the study and its runs (test_search_e2e covers the rest)."""
+    tracking = {"uri": "sqlite:///mlflow.db", "experiment": name, "registry": "none", "export_formats": []}
+    return tiny(name, tracking=tracking, **search)
+
+
 def test_two_ray_workers_run_trials_at_once_but_never_time_at_once(tiny):
-    config = tiny("parallel", n_trials=4)
+    config = lifecycle(tiny, "parallel", n_trials=4)
     assert main(["search", str(config), "--workers", "2", "--threads-per-worker", "1"]) == 0
     trials = study("parallel").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
@@ -125,7 +131,7 @@ def test_a_worker_that_dies_fails_its_trial_and_is_restarted_and_cancel_interrup
 
 
 def test_kill_9_then_resume_keeps_everything_and_honours_the_budget(tiny):
-    config = tiny("crash", n_trials=4)
+    config = lifecycle(tiny, "crash", n_trials=4)
     code, out, err = cli("search", str(config), "--detach")
     assert code == 0, err
     job = out.split()[0]
@@ -169,7 +175,7 @@ def test_kill_9_then_resume_keeps_everything_and_honours_the_budget(tiny):
 
 
 def test_stop_lets_running_trials_finish_and_ctrl_c_marks_them(tiny):
-    config = tiny("stoppable", n_trials=30)
+    config = lifecycle(tiny, "stoppable", n_trials=30)
     code, out, err = cli("search", str(config), "--detach")
     job = out.split()[0]
     wait_for(lambda: sum(s == TrialState.COMPLETE for s in states("stoppable")) >= 1)
@@ -203,7 +209,7 @@ def free_port():
 def test_a_tracking_server_that_is_down_loses_nothing_and_sync_catches_up(tiny, tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    config = tiny("offline", n_trials=2)
+    config = lifecycle(tiny, "offline", n_trials=2)
     assert main(["search", str(config), "--tracking-uri", uri]) == 0  # the server is down: the search still completes
     assert [t.state for t in study("offline").trials] == [TrialState.COMPLETE] * 2
 
@@ -237,7 +243,7 @@ def test_the_same_config_runs_unchanged_on_a_two_node_ray_cluster_as_a_ray_job(t
         subprocess.run([ray_cli, *head], check=True, capture_output=True, timeout=180)
         subprocess.run([ray_cli, "start", "--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1"],
                        check=True, capture_output=True, timeout=180)
-        config = tiny("cluster", n_trials=3)
+        config = lifecycle(tiny, "cluster", n_trials=3)
         code, out, err = cli("search", str(config), "--workers", "2", "--ray-address", f"http://127.0.0.1:{dashboard}", "--detach")
         assert code == 0, err
         job = out.split()[0]

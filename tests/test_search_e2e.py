@@ -166,6 +166,8 @@ def assert_champion_is_the_chosen_model(uri, name, out, children):
     assert {"MLmodel", "model.onnx"} <= set(os.listdir(folder)) and "CPUExecutionProvider" in open(f"{folder}/MLmodel").read()
     assert {"policy.json", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(f"{folder}/extra_files"))  # MLflow keeps extra files there
     assert json.load(open(f"{folder}/extra_files/policy.json")) == chosen
+    requirements = open(f"{folder}/requirements.txt").read().split()  # what serving it installs: pinned to what ran here
+    assert f"onnxruntime=={ort.__version__}" in requirements and f"numpy=={np.__version__}" in requirements
     encoded = AutoTokenizer.from_pretrained(f"{folder}/extra_files")(["a gripping, funny film", "dull"], padding=True, return_tensors="np")
     shipped = ort.InferenceSession(str(out / "best_model" / "model.onnx"), providers=["CPUExecutionProvider"])
     feed = {i.name: encoded[i.name].astype(np.int64) for i in shipped.get_inputs()}

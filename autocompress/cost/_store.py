@@ -20,7 +20,6 @@ import tempfile
 from numbers import Real
 from pathlib import Path
 
-import skops.io as sio
 from sklearn.base import clone
 
 from autocompress.cost._model import CostModel, CostTerms, Features, _check_features
@@ -86,6 +85,8 @@ class CostModelStore:
     def fit(self, fingerprint_id: str, target: str, *, estimator: CostModel | None = None) -> CostModel:
         """Fit a fresh model (a clone of ``estimator``, default ``CostModel()``) on all stored samples and save it."""
         features, values = self.samples(fingerprint_id, target)
+        import skops.io as sio  # here, not at import: skops imports every scikit-learn estimator (seconds) to list trusted types
+
         model = (CostModel() if estimator is None else clone(estimator)).fit(features, values)
         data = sio.dumps(model)
         unknown = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
@@ -103,6 +104,8 @@ class CostModelStore:
         path = self._path(fingerprint_id, target, ".skops")
         if not path.exists():
             return None
+        import skops.io as sio
+
         try:
             model = sio.load(path, trusted=TRUSTED_TYPES)
         except Exception as exc:  # skops raises many types for a damaged file; all mean "do not use it"
