@@ -259,7 +259,7 @@ def test_teacher_logits_are_cached_and_spare_the_teacher(teacher, train_batches,
     try:
         first = cached_teacher_logits(teacher, train_batches, teacher_key="t1", cache_dir=tmp_path)
         assert len(calls) == len(train_batches)
-        assert logits_cache_path("t1", train_batches, cache_dir=tmp_path).is_file()
+        assert logits_cache_path("t1", cache_dir=tmp_path).is_file()
         second = cached_teacher_logits(teacher, train_batches, teacher_key="t1", cache_dir=tmp_path)
         assert len(calls) == len(train_batches), "the second call ran the teacher"
         assert all(torch.equal(a, b) for a, b in zip(first, second))
@@ -267,9 +267,21 @@ def test_teacher_logits_are_cached_and_spare_the_teacher(teacher, train_batches,
             assert torch.allclose(first[0], teacher(**{k: v for k, v in train_batches[0].items() if k != "labels"}).logits, atol=1e-5)
         calls.clear()
 
-        shorter = batches(train_sample(data_root, 384).head(128), tokenizer, batch_size=16, max_length=8)
-        assert logits_cache_path("t1", shorter, cache_dir=tmp_path) != logits_cache_path("t1", train_batches, cache_dir=tmp_path)
-        assert logits_cache_path("t2", train_batches, cache_dir=tmp_path) != logits_cache_path("t1", train_batches, cache_dir=tmp_path)
+        rows = train_sample(data_root, 384).head(128)  # the rows of train_batches (see the fixture)
+        reordered = batches(rows.subset(list(range(127, -1, -1))), tokenizer, batch_size=8, max_length=MAX_LENGTH)
+        again = cached_teacher_logits(teacher, reordered, teacher_key="t1", cache_dir=tmp_path)
+        assert not calls, "the same rows in another order and batching ran the teacher"
+        assert torch.allclose(again[-1][-1], first[0][0], atol=1e-5)  # row 0, now last, read back by its tokens
+        with torch.no_grad():  # padded to another length, the logits of a row are the same to float noise
+            assert torch.allclose(again[0], teacher(**{k: v for k, v in reordered[0].items() if k != "labels"}).logits, atol=1e-4)
+        calls.clear()
+
+        shorter = batches(rows, tokenizer, batch_size=16, max_length=8)  # other tokens: a miss, not stale logits
+        cached_teacher_logits(teacher, shorter, teacher_key="t1", cache_dir=tmp_path)
+        assert len(calls) == len(shorter)
+        cached_teacher_logits(teacher, train_batches[:1], teacher_key="t2", cache_dir=tmp_path)  # another teacher: its own file
+        assert len(calls) == len(shorter) + 1 and logits_cache_path("t2", cache_dir=tmp_path) != logits_cache_path("t1", cache_dir=tmp_path)
+        calls.clear()
 
         recover(student, teacher, train_batches, steps=3, teacher_logits=second)
         assert not calls, "recovery ran the teacher although its logits were given"

@@ -251,7 +251,7 @@ def test_a_trial_that_raises_returns_nan_or_runs_out_of_memory_fails_alone(tiny_
     monkeypatch.setattr(trial_module, "evaluate", flaky)
     config = yaml.safe_load(tiny_config.read_text())
     config["search"].update({"n_trials": 4, "study_name": "faulty"})
-    config["tracking"]["experiment"] = "faulty"
+    config["tracking"].update({"experiment": "faulty", "registry": "none", "export_formats": []})  # the trials are what is watched
     tiny_config.write_text(yaml.safe_dump(config))
     assert main(["search", str(tiny_config)]) == 0
     study = optuna.load_study(study_name="faulty", storage=f"sqlite:///{tmp_path}/study.db")

@@ -1,18 +1,20 @@
-"""Teacher logits on the training batches, computed once and cached on disk.
+"""Teacher logits on the training rows, computed once and cached on disk.
 
-Every trial of a search distils from the same teacher on the same batches, so
-the teacher's forward passes are paid once. The file name hashes the teacher's
-key with every batch's model inputs (token ids, masks): those encode the texts,
-the tokenizer, ``max_length`` and the batching, so any change there misses the
-cache instead of returning stale logits. Hidden states and attentions are not
-cached (they are large); recovery computes them on the fly when those losses
-are on.
+Every trial of a search distils from the same teacher on the same rows, so the
+teacher's forward passes are paid once. The cache is one file per teacher
+(its key hashed) holding logits by row: a row is named by the hash of its
+model inputs where the attention mask is on (token ids, token types), which
+encode the text, the tokenizer and ``max_length``, so any change there misses
+the cache instead of returning stale logits, while another order, subset or
+batch size of the same rows (another ``search.seed``, the final stage's whole
+split after a search's subset) reuses what was computed. Hidden states and
+attentions are not cached (they are large); recovery computes them on the fly
+when those losses are on.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,18 +28,25 @@ from transformers import PreTrainedModel
 from autocompress.paths import teacher_logits_dir
 
 
-def logits_cache_path(
-    teacher_key: str, batches: Sequence[Mapping[str, torch.Tensor]], *, cache_dir: str | Path | None = None
-) -> Path:
-    """Where the teacher's logits for these batches live: ``<cache>/teacher_logits/<hash>.safetensors``."""
-    digest = hashlib.sha256(teacher_key.encode())
-    for batch in batches:
-        for name in sorted(k for k in batch if k != "labels"):
-            tensor = batch[name].detach().cpu().contiguous()
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.numpy().tobytes())
+def logits_cache_path(teacher_key: str, *, cache_dir: str | Path | None = None) -> Path:
+    """Where the teacher's logits by row live: ``<cache>/teacher_logits/<hash of the key>.safetensors``."""
     folder = Path(cache_dir) if cache_dir is not None else teacher_logits_dir()
-    return folder / f"{digest.hexdigest()[:24]}.safetensors"
+    return folder / f"{hashlib.sha256(teacher_key.encode()).hexdigest()[:24]}.safetensors"
+
+
+def row_keys(batch: Mapping[str, torch.Tensor]) -> list[bytes]:
+    """One digest per row of ``batch``: its model inputs at the positions its attention mask keeps (padding does not count)."""
+    inputs = {name: batch[name].detach().cpu().numpy() for name in sorted(batch) if name != "labels"}
+    rows = len(next(iter(inputs.values())))
+    kept = inputs["attention_mask"].astype(bool) if "attention_mask" in inputs else None
+    keys = []
+    for row in range(rows):
+        digest = hashlib.sha256()
+        for name, values in inputs.items():
+            values = values[row] if kept is None else values[row][kept[row]]
+            digest.update(f"{name}:{values.dtype}:".encode() + values.tobytes())
+        keys.append(digest.digest())
+    return keys
 
 
 def cached_teacher_logits(
@@ -47,29 +56,45 @@ def cached_teacher_logits(
     teacher_key: str,
     cache_dir: str | Path | None = None,
 ) -> list[torch.Tensor]:
-    """The teacher's logits for each batch, read from the cache or computed once (eval mode) and stored."""
+    """The teacher's logits for each batch: rows already cached are read, the batches holding any other row run the teacher (eval mode)."""
     if not batches:
         raise ValueError("batches is empty; give at least one tokenized batch")
-    sizes = [len(next(iter(b.values()))) for b in batches]
-    path = logits_cache_path(teacher_key, batches, cache_dir=cache_dir)
-    if path.is_file():
-        logits = load_file(path)["logits"]
-        if logits.shape[0] == sum(sizes):
-            return list(logits.split(sizes))
-    logits = _teacher_forward(teacher, batches)
+    path = logits_cache_path(teacher_key, cache_dir=cache_dir)
+    stored = _load(path)
+    keys = [row_keys(b) for b in batches]
+    missing = [i for i, batch_keys in enumerate(keys) if any(k not in stored for k in batch_keys)]
+    if missing:
+        computed = _teacher_forward(teacher, [batches[i] for i in missing])
+        for i, logits in zip(missing, computed):
+            stored.update(zip(keys[i], logits))
+        _save(path, stored, teacher_key)
+    return [torch.stack([stored[k] for k in batch_keys]) for batch_keys in keys]
+
+
+def _load(path: Path) -> dict[bytes, torch.Tensor]:
+    if not path.is_file():
+        return {}
+    content = load_file(path)
+    if "keys" not in content:  # a file of the older per-batch layout
+        return {}
+    return {bytes(key.tolist()): logits for key, logits in zip(content["keys"], content["logits"])}
+
+
+def _save(path: Path, stored: dict[bytes, torch.Tensor], teacher_key: str) -> None:
+    """Write every known row atomically: concurrent trials never read a half-written file (one may drop the other's new rows: recomputed later)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    keys = torch.tensor([list(k) for k in stored], dtype=torch.uint8)
     partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
-    save_file({"logits": logits.contiguous()}, partial, metadata={"teacher_key": teacher_key, "sizes": json.dumps(sizes)})
-    partial.replace(path)  # atomic: concurrent trials never read a half-written file
-    return list(logits.split(sizes))
+    save_file({"keys": keys, "logits": torch.stack(list(stored.values())).contiguous()}, partial, metadata={"teacher_key": teacher_key})
+    partial.replace(path)
 
 
 @torch.no_grad()  # not inference_mode: the logits later enter autograd as KD targets
-def _teacher_forward(teacher: PreTrainedModel, batches: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+def _teacher_forward(teacher: PreTrainedModel, batches: Sequence[Mapping[str, torch.Tensor]]) -> list[torch.Tensor]:
     was_training = teacher.training
     teacher.eval()
     try:
         progress = tqdm(batches, desc="teacher logits (cached once)", unit="batch", leave=False, file=sys.stderr)
-        return torch.cat([teacher(**{k: v for k, v in b.items() if k != "labels"}).logits.float() for b in progress])
+        return [teacher(**{k: v for k, v in b.items() if k != "labels"}).logits.float() for b in progress]
     finally:
         teacher.train(was_training)
