@@ -32,7 +32,7 @@ def apply_policy(config: SearchConfig, policy: Policy, *, output: Path, seed: in
     check_fits(policy, config.teacher.checkpoint or config.model)
     digest = hashlib.sha256(json.dumps([config.model, config.teacher.model_dump(mode="json"), policy.to_dict()]).encode()).hexdigest()[:12]
     context = SearchContext.build(config, cache_root() / "work" / f"apply-{digest}")
-    recovery = Recovery(distillation_setup(config, context.model, context.teacher, context.tokenizer, train_subset=config.recovery.train_subset)) if policy.recovery_steps else None
+    recovery = Recovery(distillation_setup(config, context.model, context.teacher, context.tokenizer)) if policy.recovery_steps else None
     try:
         measurement = evaluate(policy, context, name="apply", recovery=recovery, seed=seed)
     except ValueError as error:  # heads or widths beyond the model's, a group size that does not tile a layer

@@ -381,6 +381,20 @@ class FinalTrainingConfig(Strict):
     train_subset: int | None = Field(
         None, ge=1, description="training rows the final distillation cycles through (teacher logits computed once, cached); null: the whole train split"
     )
+    hidden_weight: float | None = Field(
+        None,
+        ge=0,
+        description="recovery.hidden_weight for the final trainings only: intermediate-layer targets run the teacher at every step, "
+        "which a few long trainings afford better than every proxy trial; null: recovery.hidden_weight",
+    )
+    attention_weight: float | None = Field(
+        None, ge=0, description="recovery.attention_weight for the final trainings only; null: recovery.attention_weight"
+    )
+
+    def recovery(self, recovery: RecoveryConfig) -> RecoveryConfig:
+        """The distillation settings of a final training: ``recovery`` with this stage's loss weights where set."""
+        weights = {"hidden_weight": self.hidden_weight, "attention_weight": self.attention_weight}
+        return recovery.model_copy(update={name: value for name, value in weights.items() if value is not None})
 
 
 class SearchSettings(Strict):

@@ -5,7 +5,8 @@ the usual split of architecture search: search short, then train the winners
 long. Once the study's trial budget is spent, the ``top_k`` front students
 that ``search.selection`` picks in turn are enqueued again with their own
 parameters; the objective sees ``FINAL_OF_ATTR`` and distills them for
-``final_training.recovery_steps`` on ``final_training.train_subset`` rows,
+``final_training.recovery_steps`` on ``final_training.train_subset`` rows (with its own
+loss weights where set, e.g. intermediate-layer targets only for the finals),
 with no early stopping. They are measured like any trial and join the front
 by the same rules, while the short-trained students leave it
 (``pareto.proxy_trials``); a resumed search never trains one twice.

@@ -39,7 +39,7 @@ class Origin:
     trained: Path | None = None
     """The trial's distilled float weights (``save_shrunk`` folder), if it kept them."""
     final: bool = False
-    """A final training: distilled on ``search.final_training.train_subset`` rows."""
+    """A final training: distilled on ``search.final_training``'s rows and loss weights."""
 
 
 def from_trial(study: Any, number: int) -> Origin:
@@ -116,8 +116,7 @@ def _train_again(origin: Origin, teacher: Any, tokenizer: Any, *, dev: Any, cali
 
     config, policy = origin.config, origin.policy
     model = teacher.load()
-    rows = config.search.final_training.train_subset if origin.final else config.recovery.train_subset
-    recovery = Recovery(distillation_setup(config, model, teacher, tokenizer, train_subset=rows)) if policy.recovery_steps else None
+    recovery = Recovery(distillation_setup(config, model, teacher, tokenizer, final=origin.final)) if policy.recovery_steps else None
     vocabulary = VocabularyPruning.for_task(config, tokenizer) if policy.vocab_rows is not None else None
     with seeded(origin.seed):
         return Source.build(model, policy, dev=dev, tokenizer_dir=teacher.path, calibration=calibration, recovery=recovery, vocabulary=vocabulary)

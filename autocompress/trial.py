@@ -119,9 +119,8 @@ class SearchContext:
 
     @cached_property
     def final_distillation(self) -> Distillation:
-        """The final trainings' batches and teacher logits (``search.final_training.train_subset`` rows), made the first time one runs."""
-        rows = self.config.search.final_training.train_subset
-        return distillation_setup(self.config, self.model, self.teacher, self.tokenizer, train_subset=rows)
+        """The final trainings' batches, teacher logits and loss weights (``search.final_training``), made the first time one runs."""
+        return distillation_setup(self.config, self.model, self.teacher, self.tokenizer, final=True)
 
     @cached_property
     def vocabulary(self) -> VocabularyPruning:
@@ -161,7 +160,7 @@ class SearchContext:
         fingerprint = hardware_fingerprint(threads=config.latency.threads)
         context = cls(config, teacher, model, tokenizer, dev, test, timing_inputs, calibration, workdir, CostModelStore(cost_models_dir()), fingerprint, probes, baseline)
         if max(config.space.recovery_steps) > 0:
-            context.distillation = distillation_setup(config, model, teacher, tokenizer, train_subset=config.recovery.train_subset)
+            context.distillation = distillation_setup(config, model, teacher, tokenizer)
             context.fidelity = Fidelity(config)
         return context
 
@@ -235,9 +234,14 @@ def reference_probes(model: PreTrainedModel, config: SearchConfig, baseline: dic
     return {"teacher": teacher, "int8": OrtProbe(baseline["int8"]["artifact"], threads=threads)}
 
 
-def distillation_setup(config: SearchConfig, model: PreTrainedModel, teacher: Teacher, tokenizer: Any, *, train_subset: int | None) -> Distillation:
-    """Training batches for recovery (``train_subset`` rows, seeded; None: all), the teacher's logits on them (cached on disk) and dev scoring batches."""
-    settings, length = config.recovery, config.task.max_length
+def distillation_setup(config: SearchConfig, model: PreTrainedModel, teacher: Teacher, tokenizer: Any, *, final: bool = False) -> Distillation:
+    """Training batches for recovery (its ``train_subset`` rows, seeded; None: all), the teacher's logits on them (cached on disk) and dev scoring batches.
+
+    ``final``: a final training's rows and loss weights (``search.final_training``) instead of ``recovery``'s.
+    """
+    stage, length = config.search.final_training, config.task.max_length
+    settings = stage.recovery(config.recovery) if final else config.recovery
+    train_subset = stage.train_subset if final else settings.train_subset
     rows = load_split(config, "train")
     train = batches(rows.sample(train_subset or len(rows), seed=config.search.seed), tokenizer, batch_size=settings.batch_size, max_length=length)
     scoring = batches(by_length(load_split(config, "dev").head(settings.eval_subset)), tokenizer, batch_size=64, max_length=length)

@@ -45,7 +45,7 @@ def main() -> None:
     teacher = get_teacher(config)
     model = teacher.load()
     tokenizer = load_tokenizer(str(teacher.path))
-    kd = distillation_setup(config, model, teacher, tokenizer, train_subset=config.recovery.train_subset)
+    kd = distillation_setup(config, model, teacher, tokenizer)
     validation = batches(by_length(load_split(config, "test")), tokenizer, batch_size=64, max_length=config.task.max_length)
     kept = evenly_spaced(args.blocks, len(block_linears(model)))
     policy = Policy(kept_blocks=kept)

@@ -72,6 +72,16 @@ def test_recovery_may_distill_on_the_whole_train_split():
         parse_config({"recovery": {"train_subset": 0}})
 
 
+def test_final_trainings_may_add_intermediate_layer_targets_the_proxy_trials_skip():
+    config = parse_config({"recovery": {"hidden_weight": 0.0, "attention_weight": 0.2, "alpha": 0.3},
+                           "search": {"final_training": {"hidden_weight": 1.0}}})
+    final = config.search.final_training.recovery(config.recovery)
+    assert (final.hidden_weight, final.attention_weight, final.alpha) == (1.0, 0.2, 0.3)  # unset weights stay recovery's
+    assert config.recovery.hidden_weight == 0.0
+    with pytest.raises(ConfigError, match=r"search\.final_training\.hidden_weight"):
+        parse_config({"search": {"final_training": {"hidden_weight": -1}}})
+
+
 def _models(annotation=SearchConfig) -> set[type[BaseModel]]:
     """``SearchConfig`` and every model nested in it, however deep (also inside ``X | None`` or ``list[X]``)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -37,7 +37,7 @@ def test_the_chosen_student_is_trained_again_once_and_exported_from_its_kept_wei
                   "ffn_widths": [32], "num_blocks": [1], "recovery_steps": [2]},
         "recovery": {"train_subset": 16, "batch_size": 8, "eval_every": 2, "eval_subset": 16, "pruner": "none"},
         "search": {"n_trials": 2, "sampler": "random", "study_name": "final", "storage": "sqlite:///final.db", "start_uniform": False,
-                   "constraints": {"max_accuracy_drop": None}, "final_training": {"top_k": 1, "recovery_steps": 6, "train_subset": 40}},
+                   "constraints": {"max_accuracy_drop": None}, "final_training": {"top_k": 1, "recovery_steps": 6, "train_subset": 40, "hidden_weight": 1.0}},
         "latency": {"sentences": 2, "warmup": 1, "repeats": 2, "rounds": 1},
         "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "final", "registry": "none", "export_formats": ["onnx", "hf"]},
         "output": "out",
