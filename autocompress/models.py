@@ -8,6 +8,8 @@ the family's adapter (``autocompress.architectures``).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -73,3 +75,14 @@ def block_linears(model: PreTrainedModel) -> list[dict[str, torch.nn.Linear]]:
         {names[m]: m for m in block.modules() if isinstance(m, torch.nn.Linear)}
         for block in encoder_blocks(model)
     ]
+
+
+@contextlib.contextmanager
+def eager_attention(model: PreTrainedModel) -> Iterator[None]:
+    """Run ``model`` with eager attention: it returns attention probabilities (SDPA does not) and exports to a plainer graph."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)

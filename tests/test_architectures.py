@@ -122,7 +122,7 @@ def test_compressed_model_lowers_to_integer_kernels_and_verifies(family, batch, 
     )
     compressed = compress(model, policy, calibration=batch)
     example = {k: v[:2] for k, v in inputs_of(model, batch).items()}
-    exported = export_onnx(compressed, tmp_path / "fp32.onnx", example=example)
+    exported = export_onnx(compressed, tmp_path / "fp32.onnx", example=example, lean=True)  # as a trial deploys it
     report = lower(compressed, exported, tmp_path / "model.onnx", accuracy_level=0)
     ops = {layer.op for layer in report.layers.values()}
     assert ops >= {"MatMulNBits"} and len(report.layers) >= 6, report.layers

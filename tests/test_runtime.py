@@ -95,6 +95,24 @@ def test_fp32_export_matches_torch_on_other_shapes(base, fp32_onnx, sentence_bat
         np.testing.assert_allclose(session.run(["logits"], ort_feed(session, batch))[0], expected, atol=1e-4)
 
 
+def test_lean_export_drops_the_shape_arithmetic_and_still_matches_torch(base, fp32_onnx, sentence_batches, tokenizer, sentences, tmp_path):
+    lean = export_onnx(base, tmp_path / "lean.onnx", example=sentence_batches[0], lean=True)
+    graph = onnx.load(lean).graph
+    constants = {t.name for t in graph.initializer}
+    reshapes = [n for n in graph.node if n.op_type == "Reshape"]
+    assert len(reshapes) == 4 * 6 and all(n.input[1] in constants for n in reshapes)  # q, k, v, context of 6 blocks
+    assert not {n.op_type for n in graph.node} & {"IsNaN", "Range", "Expand"}  # no SDPA guards, no mask built in the graph
+    assert len(graph.node) < len(onnx.load(fp32_onnx).graph.node) / 2
+    assert base.config._attn_implementation == "sdpa"  # eager only while exporting
+    session = ort_session(lean, threads=2)
+    single = dict(tokenizer([sentences.texts[5]], return_tensors="pt"))
+    wide = dict(tokenizer(list(sentences.texts[:40]), padding=True, return_tensors="pt"))  # padded rows of many lengths
+    for batch in (single, wide):
+        with torch.no_grad():
+            expected = base(**batch).logits.numpy()
+        np.testing.assert_allclose(session.run(["logits"], ort_feed(session, batch))[0], expected, atol=1e-4)
+
+
 def test_export_restores_training_flags(base, sentence_batches, tmp_path):
     model = copy.deepcopy(base).train()
     model.bert.pooler.eval()

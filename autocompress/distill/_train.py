@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 from autocompress.architectures import layout_for
 from autocompress.distill._losses import attention_loss, hidden_state_loss, kd_loss, uniform_layer_map
 from autocompress.measure import model_scores
-from autocompress.models import encoder_blocks
+from autocompress.models import eager_attention, encoder_blocks
 from autocompress.quantizer import quantize_weight, runs_as_matmul_integer, simulate_dynamic_uint8
 
 Batch = Mapping[str, torch.Tensor]
@@ -101,8 +101,8 @@ def recover(
         stack.callback(student.eval)
         stack.enter_context(_fake_quantized(student, fake_quant or {}))
         if attention_weight > 0:
-            stack.enter_context(_eager_attention(student))
-            stack.enter_context(_eager_attention(teacher))
+            stack.enter_context(eager_attention(student))
+            stack.enter_context(eager_attention(teacher))
         masks = _zero_masks(student)
         parameters = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
@@ -219,17 +219,6 @@ def _fake_quantized(model: nn.Module, plan: Mapping[str, tuple[int, int | None]]
         for module, _ in linears:
             if parametrize.is_parametrized(module, "weight"):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-
-
-@contextlib.contextmanager
-def _eager_attention(model: PreTrainedModel) -> Iterator[None]:
-    """transformers 5 BERT defaults to SDPA, which returns no attention probabilities; eager does."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
 
 
 @dataclass

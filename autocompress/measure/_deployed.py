@@ -56,7 +56,7 @@ def deploy(
     """Export, lower to ORT kernels, verify against torch and score on ``dev`` (``metric`` among the scores); the artifact is ``workdir/model.onnx``."""
     workdir.mkdir(parents=True, exist_ok=True)
     example = {k: v[:2] for k, v in dev[0].items() if k != "labels"}
-    exported = export_onnx(model, workdir / "model.fp32.onnx", example=example)
+    exported = export_onnx(model, workdir / "model.fp32.onnx", example=example, lean=True)
     report = lower(model, exported, workdir / "model.onnx", accuracy_level=EXACT_NBITS)
     exported.unlink()
     return report, verify(report.path, model, dev, threads=threads, metric=metric)
