@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections import Counter
 
 import numpy as np
@@ -25,6 +26,7 @@ from autocompress.runtime import (
     verify,
 )
 from autocompress.shrunk import shrink_
+from families import tiny_model
 
 BITS_CYCLE = (8, 4, 16, 32)
 
@@ -111,6 +113,26 @@ def test_lean_export_drops_the_shape_arithmetic_and_still_matches_torch(base, fp
         with torch.no_grad():
             expected = base(**batch).logits.numpy()
         np.testing.assert_allclose(session.run(["logits"], ort_feed(session, batch))[0], expected, atol=1e-4)
+
+
+def test_lean_export_keeps_the_2d_mask_where_a_family_reads_a_4d_one_otherwise(tmp_path):
+    model = tiny_model("bert")
+    forward = model.forward
+
+    @functools.wraps(forward)  # the same signature: the export reads the inputs from it
+    def reads_4d_masks_as_2d(*args, attention_mask=None, **kwargs):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = attention_mask[:, 0, 0, :]
+        return forward(*args, attention_mask=attention_mask, **kwargs)
+
+    model.forward = reads_4d_masks_as_2d
+    ids = torch.randint(5, 90, (2, 9))
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}  # no padding in it
+    ops = {n.op_type for n in onnx.load(export_onnx(model, tmp_path / "m.onnx", example=example, lean=True)).graph.node}
+    assert "Range" in ops  # the mask is built in the graph from the 2D one, as the model does
+    del model.forward
+    ops = {n.op_type for n in onnx.load(export_onnx(model, tmp_path / "m.onnx", example=example, lean=True)).graph.node}
+    assert "Range" not in ops
 
 
 def test_export_restores_training_flags(base, sentence_batches, tmp_path):
