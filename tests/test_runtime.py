@@ -11,6 +11,7 @@ import onnx
 import onnx.utils
 import pytest
 import torch
+from families import tiny_model
 from onnx import numpy_helper
 
 from autocompress.models import block_linears, load_classifier
@@ -26,7 +27,6 @@ from autocompress.runtime import (
     verify,
 )
 from autocompress.shrunk import shrink_
-from families import tiny_model
 
 BITS_CYCLE = (8, 4, 16, 32)
 
