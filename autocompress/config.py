@@ -375,7 +375,8 @@ class FinalTrainingConfig(Strict):
         0,
         ge=0,
         description="front students (policies with recovery_steps > 0) picked in turn by search.selection, each distilled "
-        "again for recovery_steps and measured as a new trial of the study; 0: off",
+        "again for recovery_steps and measured as a new trial of the study; where fewer are feasible, students short only of "
+        "max_accuracy_drop after their proxy budget fill in, most accurate first; 0: off",
     )
     recovery_steps: int = Field(4000, ge=1, description="distillation steps of each final training (the search's trials use space.recovery_steps)")
     train_subset: int | None = Field(

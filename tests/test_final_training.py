@@ -16,8 +16,8 @@ from families import save_tiny
 import autocompress.rebuild as rebuild_module
 from autocompress.cli import main
 from autocompress.config import ConfigError, load_config, parse_config
-from autocompress.final_training import final_stage_left
-from autocompress.pareto import front_trials
+from autocompress.final_training import final_candidates, final_stage_left
+from autocompress.pareto import BASELINE_ATTR, front_trials
 from autocompress.progress import summarize
 from autocompress.rebuild import from_run, from_trial, rebuild
 from autocompress.study import FINAL_OF_ATTR, trials_done
@@ -108,6 +108,31 @@ def test_after_a_final_training_only_finished_models_stand_on_the_front():
     add(0.83, 0.45, 1000, final_of=1)  # trained long: lower on dev than its proxy, yet the finished model
     # both proxies leave, the faster one too though it had no final: its dev score stood for a training it never got
     assert [t.number for t in front_trials(study)] == [0, 3]
+
+
+def test_students_short_of_the_accuracy_limit_fill_the_final_stage_most_accurate_first():
+    def config(top_k: int):
+        return parse_config({"model": "default", "space": {"recovery_steps": [100]}, "search": {
+            "selection": "fastest_within_budget", "constraints": {"max_accuracy_drop": 0.01, "max_size_mb": 8},
+            "final_training": {"top_k": top_k}}})
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr(BASELINE_ATTR, {"dev_accuracy": 0.90, "test_accuracy": 0.88, "size_bytes": 90e6, "int8": {"size_bytes": 23e6}})
+
+    def add(dev: float, ratio: float, mb: float) -> None:
+        attrs = {"policy": {"recovery_steps": 100}, "dev_accuracy": dev, "test_accuracy": dev, "latency_ms": ratio, "reference_latency_ms": 1.0,
+                 "speedup": 1 / ratio, "relative_latency_ci_low": ratio, "relative_latency_ci_high": ratio, "speedup_vs_int8": 1 / ratio,
+                 "size_bytes": mb * 1e6, "size_is_estimate": False, "sparsity": 0.0, "seed": 0}
+        limits = {"accuracy_drop": round(0.90 - dev - 0.01, 9), "size_mb": mb - 8}
+        study.add_trial(optuna.trial.create_trial(values=[dev, ratio, mb], user_attrs=attrs, constraints=limits))
+
+    add(0.895, 0.50, 7)  # 0: feasible
+    add(0.880, 0.30, 7)  # 1: 2 pt short on dev, fast
+    add(0.885, 0.40, 7)  # 2: 1.5 pt short, more accurate than 1
+    add(0.899, 0.20, 9)  # 3: accurate and fast, but over the size limit: more training will not shrink it
+    add(0.870, 0.45, 7)  # 4: short of accuracy and dominated by 1
+    assert final_candidates(study, config(3)) == [0, 2, 1]
+    assert final_candidates(study, config(1)) == [0]
 
 
 def test_a_final_waiting_in_the_queue_is_final_stage_left():
