@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import psutil
 import sqlalchemy
@@ -56,8 +57,11 @@ FAIL_REASON_ATTR = "fail_reason"
 PRUNE_REASON_ATTR = "prune_reason"
 
 
-def make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
-    seed = config.search.seed
+def make_sampler(config: SearchConfig, *, drawn: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured sampler. ``drawn``: trials the study already holds. A sampler's random state restarts with the
+    process, so a resumed study seeded as before would propose again what it proposed first; it is seeded from
+    (``search.seed``, ``drawn``) instead, still reproducible."""
+    seed = config.search.seed if drawn == 0 else int(np.random.SeedSequence([config.search.seed, drawn]).generate_state(1)[0])
     if config.search.sampler is SamplerName.NSGA2:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=config.search.population_size)
     if config.search.sampler is SamplerName.TPE:
@@ -135,9 +139,11 @@ def make_storage(config: SearchConfig) -> str | optuna.storages.BaseStorage:
 def load_existing(config: SearchConfig) -> optuna.Study | None:
     """The configured study if its storage already holds it, else None; creates nothing."""
     try:
-        return optuna.load_study(study_name=config.search.study_name, storage=make_storage(config), sampler=make_sampler(config))
+        study = optuna.load_study(study_name=config.search.study_name, storage=make_storage(config), sampler=make_sampler(config))
     except KeyError:
         return None
+    study.sampler = make_sampler(config, drawn=len(study.get_trials(deepcopy=False)))
+    return study
 
 
 def check_resumable(study: optuna.Study, config: SearchConfig, expected: Mapping[str, Any]) -> None:

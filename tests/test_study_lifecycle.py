@@ -20,6 +20,7 @@ from autocompress.study import (
     OWNER_ATTR,
     RETRY_OF_ATTR,
     fail_orphans,
+    load_existing,
     make_storage,
     planned_total,
     retry_all_interrupted,
@@ -159,6 +160,25 @@ def test_mlflow_down_loses_nothing_and_sync_catches_up(tmp_path, caplog):
     assert runs["trial-2"].data.tags["mlflow.note.content"].startswith("pruned: cost model predicts 9.00 ms")
     complete(study)
     assert Tracker(study=study, experiment="life", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").sync() == 1  # a later process too
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
+def test_a_resumed_study_does_not_propose_again_what_it_proposed_before(tmp_path, sampler):
+    def two_processes(folder) -> list[int]:
+        folder.mkdir()
+        config = config_for(folder, sampler=sampler, seed=3)
+        new_study(config)
+        proposed = []
+        for _ in range(2):  # each load is what a new process (a resume) does
+            study = load_existing(config)
+            trial = study.ask()
+            proposed.append(trial.suggest_int("x", 0, 10**9))
+            study.tell(trial, state=TrialState.FAIL)
+        return proposed
+
+    first, second = two_processes(tmp_path / "a"), two_processes(tmp_path / "b")
+    assert first[0] != first[1]  # the sampler's seed moved on with the study, as one long process's would
+    assert first == second  # and stays reproducible
 
 
 @pytest.mark.parametrize("bad", ["0", "-1"])
