@@ -49,7 +49,7 @@ def final_candidates(study: optuna.Study, config: SearchConfig) -> list[int]:
         rows.remove(row)
     short = [t for t in students if t.number not in picked and _misses_only_accuracy(t, metric)]
     short_front = [trial_row(t, baseline) for t in _get_pareto_front_trials_by_trials(short, study.directions)]
-    short_front.sort(key=lambda row: row[f"dev_{metric}"], reverse=True)
+    short_front.sort(key=lambda row: (row[f"dev_{metric}"], row["speedup"]), reverse=True)  # as the most_accurate selection ranks
     return picked + [row["trial"] for row in short_front[: settings.top_k - len(picked)]]
 
 
