@@ -386,7 +386,7 @@ def _write_exports(origin, formats: list[str], output: Path) -> int:
     failed = 0
     for target in chosen:
         try:
-            print(target.export(source, output / target.name).line())
+            print(target.export(source, output / target.name, origin=origin.provenance()).line())
         except ExportMismatch as error:
             print(f"autocompress: error: {error}", file=sys.stderr)
             failed += 1

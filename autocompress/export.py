@@ -109,7 +109,7 @@ def export_chosen(study: Any, trial: int, formats: list[str], output: Path) -> l
     source, reports = rebuild(origin), []
     for target in targets:
         try:
-            reports.append(target.export(source, output / "exports" / target.name))
+            reports.append(target.export(source, output / "exports" / target.name, origin=origin.provenance()))
         except ExportMismatch as error:
             log.warning("chosen trial %d: %s", trial, error)
     return reports

@@ -40,6 +40,12 @@ class Origin:
     """The trial's distilled float weights (``save_shrunk`` folder), if it kept them."""
     final: bool = False
     """A final training: distilled on ``search.final_training``'s rows and loss weights."""
+    source: dict[str, Any] = field(default_factory=dict)
+    """Where it was found, for the export report: ``study`` and ``trial``, ``run_id``, or ``policy_file``."""
+
+    def provenance(self) -> dict[str, Any]:
+        """What an export records of its model's origin: where it was found and what its trial measured."""
+        return {"label": self.label, **self.source, "final": self.final, "recorded": self.recorded}
 
 
 def from_trial(study: Any, number: int) -> Origin:
@@ -56,7 +62,7 @@ def from_trial(study: Any, number: int) -> Origin:
     recorded = {k: attrs[k] for k in ("dev_accuracy", "test_accuracy", "latency_ms", "speedup", "size_bytes") if k in attrs}
     trained = Path(attrs["trained_model"]) if attrs.get("trained_model") else None
     return Origin(config, Policy.from_dict(attrs["policy"], source=f"trial {number}"), int(attrs["seed"]), f"trial {number} of study {study.study_name!r}",
-                  recorded, trained, FINAL_OF_ATTR in attrs)
+                  recorded, trained, FINAL_OF_ATTR in attrs, {"study": study.study_name, "trial": number})
 
 
 def from_run(run_id: str, *, tracking_uri: str | None = None) -> Origin:
@@ -77,12 +83,12 @@ def from_run(run_id: str, *, tracking_uri: str | None = None) -> Origin:
     label = f"run {run_id} (trial {run.data.tags.get(TRIAL_TAG)})"
     trained = Path(run.data.tags["trained_model"]) if "trained_model" in run.data.tags else None
     return Origin(parse_config(config, source=f"run {parent.info.run_id} config.json"), policy, int(run.data.params.get("seed", 0)), label, recorded,
-                  trained, FINAL_OF_ATTR in run.data.tags)
+                  trained, FINAL_OF_ATTR in run.data.tags, {"run_id": run_id})
 
 
 def from_policy(path: str | Path, *, config: str | Path, seed: int = 0) -> Origin:
     """A policy file, applied under a search config (its model, task and teacher)."""
-    return Origin(load_config(config), Policy.load(path), seed, f"policy {path}")
+    return Origin(load_config(config), Policy.load(path), seed, f"policy {path}", source={"policy_file": str(path)})
 
 
 def rebuild(origin: Origin) -> Source:

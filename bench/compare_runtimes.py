@@ -142,6 +142,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("--pareto", type=Path, nargs="*", default=[], help="pareto.json files of searches; their policies are re-measured here")
+    parser.add_argument("--exported", type=Path, nargs="*", default=[], metavar="DIR",
+                        help="`autocompress export --format onnx` folders of study trials: the file a user gets from that trial today, "
+                        "timed as a searched model (its export_report.json names the study and trial)")
     parser.add_argument("--onnx", nargs="*", default=[], metavar="LABEL=PATH", help="more exported ONNX files to time side by side")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=60, help="timed batch-1 calls per variant per round")
@@ -219,6 +222,24 @@ def main() -> None:
             "study": path.parent.name,
             "trial": row["trial"],
             "policy": row["policy"],
+        }
+    for folder in args.exported:
+        report = json.loads((folder / "export_report.json").read_text())
+        origin = report.get("origin", {})
+        if "study" not in origin:
+            parser.error(f"--exported {folder}: its export_report.json names no study and trial (made by `autocompress export` from a study?)")
+        onnx_path = folder / "model.onnx"
+        variants[f"{origin['study']} trial {origin['trial']}, exported"] = {
+            "probe": OrtProbe(onnx_path, threads=args.threads),
+            "accuracy": onnx_accuracy(onnx_path, validation, threads=args.threads),
+            "bytes": shipped_bytes(onnx_path),
+            "search_dev_accuracy": origin["recorded"]["dev_accuracy"],
+            "search_test_accuracy": origin["recorded"].get("test_accuracy"),
+            "search_chosen": False,
+            "re_compressed": False,
+            "study": origin["study"],
+            "trial": origin["trial"],
+            "policy": json.loads((folder / "policy.json").read_text()),
         }
     for item in args.onnx:
         label, _, onnx_path = item.partition("=")

@@ -13,7 +13,7 @@ import copy
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -125,6 +125,8 @@ class ExportReport:
     max_abs_logit_diff: float
     tolerance: float
     notes: list[str] = field(default_factory=list)
+    origin: dict[str, Any] = field(default_factory=dict)
+    """Where the model came from (``autocompress export`` fills it: study and trial, run or policy file, what its trial measured)."""
 
     def save(self) -> Path:
         path = Path(self.folder) / "export_report.json"
@@ -162,13 +164,15 @@ class Exporter(ABC):
     def write(self, source: Source, folder: Path) -> tuple[list[str], np.ndarray, list[str]]:
         """Write the format into ``folder``; return its files, the reloaded output's logits on ``source.dev``, and notes."""
 
-    def export(self, source: Source, folder: Path) -> ExportReport:
+    def export(self, source: Source, folder: Path, *, origin: dict[str, Any] | None = None) -> ExportReport:
+        """Write, reload and compare; the report (``export_report.json``) records ``origin``, where the model was found."""
         self.check(source.policy)
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         files, logits, notes = self.write(source, folder)
         report = compare(self.name, folder, source, logits, tolerance=self.tolerance_for(source, folder),
                          files=[*source.write_common(folder), *files], notes=notes, reference=self.reference(source))
+        report = replace(report, origin=origin or {})
         report.save()
         return report
 
