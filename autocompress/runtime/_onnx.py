@@ -95,7 +95,7 @@ def export_onnx(
     user: eager attention (no SDPA scaling and NaN guards per block), the
     padding mask expanded once where the family accepts an additive mask, and
     constant Reshape targets (``_lean``). Half the nodes after ONNX Runtime's
-    own fusions, 9-14 % faster at batch 1 on a 3-block MiniLM student
+    own fusions, 6-17 % faster at batch 1 on 3- and 4-block MiniLM students
     (bench/RESULTS.md); checked against the model's own call like any export.
     """
     path = Path(path)
