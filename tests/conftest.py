@@ -53,14 +53,17 @@ def sentence_batches(sentences, tokenizer):
 
 @pytest.fixture()
 def tiny(tmp_path, data_root, monkeypatch):
-    """Writes the YAML of a search with tiny budgets on the real model and data; runs in ``tmp_path`` with its own cache."""
+    """Writes the YAML of a search with tiny budgets on the real model and data; runs in ``tmp_path`` with its own cache.
+
+    ``tiny_bert=True``: a random 2-block BERT (tests/families.py) instead of MiniLM, for tests of processes and services, not of the model.
+    """
     import yaml
 
     monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
 
-    def write(name: str = "tiny", *, tracking: dict | None = None, output: str | None = None, **search) -> Path:
+    def write(name: str = "tiny", *, tracking: dict | None = None, output: str | None = None, tiny_bert: bool = False, **search) -> Path:
         config = {
             "task": {"data_root": str(data_root), "train_subset": 256, "dev_size": 96, "test_subset": 96, "max_length": 48},
             "teacher": {"steps": 6, "batch_size": 16, "learning_rate": 1e-4},
@@ -71,6 +74,12 @@ def tiny(tmp_path, data_root, monkeypatch):
             "tracking": tracking or {"uri": "sqlite:///mlflow.db", "experiment": name},
             "output": output or f"out-{name}",
         }
+        if tiny_bert:
+            from families import save_tiny
+
+            config["model"] = str(save_tiny("bert", tmp_path / "tiny-bert"))
+            config["task"].update(train_subset=64, dev_size=32, test_subset=32, max_length=24)
+            config["teacher"].update(steps=4, batch_size=8, learning_rate=1e-3)
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         return path

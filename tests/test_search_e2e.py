@@ -20,6 +20,13 @@ def tiny_config(tiny, tmp_path):
                 tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tiny"})
 
 
+@pytest.fixture()
+def tiny_bert_config(tiny, tmp_path):
+    """The same search on a random 2-block BERT: for tests of how trials fail and what is recorded, not of the model."""
+    return tiny(n_trials=3, storage=f"sqlite:///{tmp_path}/study.db", output=str(tmp_path / "out"),
+                tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "tiny"}, tiny_bert=True)
+
+
 def child_runs(tracking_uri):
     mlflow.set_tracking_uri(tracking_uri)
     runs = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
@@ -232,11 +239,11 @@ def test_joint_search_distills_students_and_logs_recovery_curves(tiny_config, tm
     assert len(client.get_metric_history(runs[0].info.run_id, "recovery_loss")) == 8
 
 
-def test_a_trial_that_raises_returns_nan_or_runs_out_of_memory_fails_alone(tiny_config, tmp_path, monkeypatch):
+def test_a_trial_that_raises_returns_nan_or_runs_out_of_memory_fails_alone(tiny_bert_config, tmp_path, monkeypatch):
     import dataclasses
-    import sys
+    import importlib
 
-    trial_module = sys.modules["autocompress.trial"]
+    trial_module = importlib.import_module("autocompress.trial")  # the module, not a name the package may re-export
     real = trial_module.evaluate
     calls = []
 
@@ -251,11 +258,11 @@ def test_a_trial_that_raises_returns_nan_or_runs_out_of_memory_fails_alone(tiny_
         return real(policy, context, **options)
 
     monkeypatch.setattr(trial_module, "evaluate", flaky)
-    config = yaml.safe_load(tiny_config.read_text())
+    config = yaml.safe_load(tiny_bert_config.read_text())
     config["search"].update({"n_trials": 4, "study_name": "faulty"})
     config["tracking"].update({"experiment": "faulty", "registry": "none", "export_formats": []})  # the trials are what is watched
-    tiny_config.write_text(yaml.safe_dump(config))
-    assert main(["search", str(tiny_config)]) == 0
+    tiny_bert_config.write_text(yaml.safe_dump(config))
+    assert main(["search", str(tiny_bert_config)]) == 0
     study = optuna.load_study(study_name="faulty", storage=f"sqlite:///{tmp_path}/study.db")
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "FAIL", "COMPLETE"]
     reasons = [t.user_attrs["fail_reason"] for t in study.trials[:3]]
@@ -268,17 +275,17 @@ def test_a_trial_that_raises_returns_nan_or_runs_out_of_memory_fails_alone(tiny_
     assert runs["search-faulty"].info.status == "FINISHED"
 
     # the budget is the study's: a re-run with the same config has nothing left to do (failures count, they are not retried)
-    assert main(["search", str(tiny_config)]) == 0
+    assert main(["search", str(tiny_bert_config)]) == 0
     assert len(optuna.load_study(study_name="faulty", storage=f"sqlite:///{tmp_path}/study.db").trials) == 4
 
 
-def test_a_macro_f1_search_optimizes_records_and_prints_its_metric(tiny_config, tmp_path, capsys):
-    config = yaml.safe_load(tiny_config.read_text())
+def test_a_macro_f1_search_optimizes_records_and_prints_its_metric(tiny_bert_config, tmp_path, capsys):
+    config = yaml.safe_load(tiny_bert_config.read_text())
     config["task"]["metric"] = "macro_f1"
     config["search"].update({"n_trials": 2, "study_name": "macro", "constraints": {"max_accuracy_drop": 0.5}})
     config["tracking"].update({"experiment": "macro", "registry": "none", "export_formats": []})
-    tiny_config.write_text(yaml.safe_dump(config))
-    assert main(["search", str(tiny_config)]) == 0
+    tiny_bert_config.write_text(yaml.safe_dump(config))
+    assert main(["search", str(tiny_bert_config)]) == 0
     header = next(line for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["trial"])
     assert header.split()[2:6] == ["dev", "macro_f1", "test", "macro_f1"]
 
@@ -299,7 +306,7 @@ def test_a_macro_f1_search_optimizes_records_and_prints_its_metric(tiny_config, 
     assert {"teacher_dev_macro_f1", "teacher_test_f1", "int8_dev_macro_f1"} <= set(runs["search-macro"].data.metrics)
 
     config["task"]["metric"] = "accuracy"  # the study optimized macro-F1: resuming it under accuracy is refused
-    tiny_config.write_text(yaml.safe_dump(config))
-    assert main(["search", str(tiny_config), "--n-trials", "1"]) == 2
+    tiny_bert_config.write_text(yaml.safe_dump(config))
+    assert main(["search", str(tiny_bert_config), "--n-trials", "1"]) == 2
     error = capsys.readouterr().err.strip()
     assert "task.metric" in error and "--study-name" in error and len(error.splitlines()) == 1

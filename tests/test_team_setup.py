@@ -1,6 +1,6 @@
 """The team set-up for real: PostgreSQL holds the Optuna study and MLflow's runs, mlflow_server/ serves them.
 
-A tiny search on the real model runs against both; then the registry, the
+A tiny search (on a random 2-block BERT: the services are under test) runs against both; then the registry, the
 ``register`` command and the MLflow UI, opened in headless Chromium, are
 checked. Screenshots are kept in ``test-artifacts/ui/``.
 """
@@ -44,7 +44,7 @@ def test_a_search_on_postgresql_behind_mlflow_server_registers_its_champion_and_
         tmp_path / "server", MLFLOW_BACKEND_STORE_URI=f"{database}/mlflow", MLFLOW_ARTIFACTS_DESTINATION=str(store)
     ) as url:
         storage = f"{database}/optuna".replace("postgres@", "postgres:s3cret@")  # trust auth ignores it; MLflow must not show it
-        config = tiny("team", n_trials=3, storage=storage, tracking={"uri": url, "experiment": "team"})
+        config = tiny("team", n_trials=3, storage=storage, tracking={"uri": url, "experiment": "team"}, tiny_bert=True)
         assert main(["search", str(config)]) == 0
         printed = capsys.readouterr().out
         assert "registered models:/autocompress-team@champion" in printed and f"MLflow: {url}/#/experiments/" in printed
@@ -76,7 +76,7 @@ def test_a_search_on_postgresql_behind_mlflow_server_registers_its_champion_and_
         )  # fmt: skip
         assert fetched.returncode == 0, fetched.stderr
         assert json.loads((download / "extra_files" / "policy.json").read_text()) == chosen
-        assert (download / "model.onnx").stat().st_size > 1e6
+        assert (download / "model.onnx").stat().st_size > 1e5
 
         # Any front trial can be registered by run id; registering the champion's run again reuses its version.
         front = [r for r in trials if r.data.tags.get("pareto") == "true"]
@@ -93,7 +93,7 @@ def test_a_search_on_postgresql_behind_mlflow_server_registers_its_champion_and_
         page_text(f"{url}/#/experiments/{eid}/runs/{parent.info.run_id}?{ML}",
                   expect=["search-team", "Child runs", "trial-0", "trial-2", "teacher_dev_accuracy"], screenshot=shots / "search_run.png")
         page_text(f"{url}/#/experiments/{eid}/runs/{champion.run_id}?{ML}",
-                  expect=["Parent run", "search-team", "block0.bits", "block5.heads", "dev_accuracy", "speedup_vs_int8", "pareto"],
+                  expect=["Parent run", "search-team", "block0.bits", "block1.heads", "dev_accuracy", "speedup_vs_int8", "pareto"],
                   screenshot=shots / "champion_run.png")
         page_text(f"{url}/#/models/autocompress-team", expect=["autocompress-team", "champion", f"Version {champion.version}"],
                   screenshot=shots / "registered_model.png")
