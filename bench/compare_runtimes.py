@@ -174,10 +174,15 @@ def main() -> None:
     example = {k: v[:2] for k, v in validation[0].items() if k != "labels"}
     torch.set_num_threads(args.threads)
 
+    def timed(onnx_path: Path) -> dict:
+        """An ONNX file as a variant: its probe, accuracy on the untouched split and shipped bytes."""
+        return {"probe": OrtProbe(onnx_path, threads=args.threads), "accuracy": onnx_accuracy(onnx_path, validation, threads=args.threads),
+                "bytes": shipped_bytes(onnx_path)}
+
     variants: dict[str, dict] = {}
     fp32 = export_onnx(model, workdir / "fp32.onnx", example=example)
     variants["fp32 torch"] = {"probe": TorchProbe(model, threads=args.threads), "accuracy": accuracy(model, validation), "bytes": torch_bytes(model)}
-    variants["fp32 ONNX Runtime"] = {"probe": OrtProbe(fp32, threads=args.threads), "accuracy": onnx_accuracy(fp32, validation, threads=args.threads), "bytes": shipped_bytes(fp32)}
+    variants["fp32 ONNX Runtime"] = timed(fp32)
 
     dynamic = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     variants["torch dynamic int8"] = {"probe": TorchProbe(dynamic, threads=args.threads), "accuracy": accuracy(dynamic, validation), "bytes": torch_bytes(dynamic)}
@@ -186,9 +191,9 @@ def main() -> None:
 
     ort_int8 = workdir / "ort_dynamic_int8.onnx"
     quantize_dynamic(str(fp32), str(ort_int8), weight_type=QuantType.QInt8)
-    variants[INT8] = {"probe": OrtProbe(ort_int8, threads=args.threads), "accuracy": onnx_accuracy(ort_int8, validation, threads=args.threads), "bytes": shipped_bytes(ort_int8)}
+    variants[INT8] = timed(ort_int8)
     fused = fused_int8(model, example, workdir)
-    variants[FUSED_INT8] = {"probe": OrtProbe(fused, threads=args.threads), "accuracy": onnx_accuracy(fused, validation, threads=args.threads), "bytes": shipped_bytes(fused)}
+    variants[FUSED_INT8] = timed(fused)
 
     rows_in = [(path, row) for path in args.pareto for row in json.loads(path.read_text())]
     rows_in = [(path, {**row, "artifact": str(path.parent / row["artifact"]) if row.get("artifact") else None}) for path, row in rows_in]
@@ -207,11 +212,8 @@ def main() -> None:
             onnx_path = report.path
         else:
             onnx_path = Path(row["artifact"])
-        onnx_acc = onnx_accuracy(onnx_path, validation, threads=args.threads)
         variants[f"{path.parent.name} trial {row['trial']}"] = {
-            "probe": OrtProbe(onnx_path, threads=args.threads),
-            "accuracy": onnx_acc,
-            "bytes": shipped_bytes(onnx_path),
+            **timed(onnx_path),
             "search_dev_accuracy": row["dev_accuracy"],
             "search_test_accuracy": row["test_accuracy"],
             "search_speedup": row["speedup"],
@@ -228,11 +230,8 @@ def main() -> None:
         origin = report.get("origin", {})
         if "study" not in origin:
             parser.error(f"--exported {folder}: its export_report.json names no study and trial (made by `autocompress export` from a study?)")
-        onnx_path = folder / "model.onnx"
         variants[f"{origin['study']} trial {origin['trial']}, exported"] = {
-            "probe": OrtProbe(onnx_path, threads=args.threads),
-            "accuracy": onnx_accuracy(onnx_path, validation, threads=args.threads),
-            "bytes": shipped_bytes(onnx_path),
+            **timed(folder / "model.onnx"),
             "search_dev_accuracy": origin["recorded"]["dev_accuracy"],
             "search_test_accuracy": origin["recorded"].get("test_accuracy"),
             "search_chosen": False,
@@ -245,8 +244,7 @@ def main() -> None:
         label, _, onnx_path = item.partition("=")
         if not onnx_path or not Path(onnx_path).is_file():
             parser.error(f"--onnx {item!r}: expected LABEL=PATH to an existing ONNX file")
-        variants[label] = {"probe": OrtProbe(onnx_path, threads=args.threads), "accuracy": onnx_accuracy(Path(onnx_path), validation, threads=args.threads),
-                           "bytes": shipped_bytes(onnx_path)}
+        variants[label] = timed(Path(onnx_path))
 
     medians: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):

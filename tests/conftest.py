@@ -75,11 +75,11 @@ def tiny(tmp_path, data_root, monkeypatch):
             "output": output or f"out-{name}",
         }
         if tiny_bert:
-            from families import save_tiny
+            from families import TINY_TASK, TINY_TEACHER, save_tiny
 
             config["model"] = str(save_tiny("bert", tmp_path / "tiny-bert"))
-            config["task"].update(train_subset=64, dev_size=32, test_subset=32, max_length=24)
-            config["teacher"].update(steps=4, batch_size=8, learning_rate=1e-3)
+            config["task"].update(TINY_TASK)
+            config["teacher"] = TINY_TEACHER
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         return path

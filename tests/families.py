@@ -35,6 +35,12 @@ FAMILIES: dict[str, transformers.PretrainedConfig] = {
 }
 
 
+TINY_TASK = {"train_subset": 64, "dev_size": 32, "test_subset": 32, "max_length": 24}
+"""Rows and sequence length a search on a tiny model needs (with ``data_root`` added)."""
+TINY_TEACHER = {"steps": 4, "batch_size": 8, "learning_rate": 1e-3}
+"""A few steps of fine-tuning: a tiny model's teacher is a stand-in, not a classifier."""
+
+
 def tiny_model(family: str, seed: int = 0) -> transformers.PreTrainedModel:
     torch.manual_seed(seed)
     config = copy.deepcopy(FAMILIES[family])  # shrinking records shapes in the model's config, which from_config shares

@@ -8,7 +8,7 @@ import json
 import onnx
 import pytest
 import yaml
-from families import FAMILIES, save_tiny
+from families import FAMILIES, TINY_TASK, TINY_TEACHER, save_tiny
 
 from autocompress.architectures import adapter_for
 from autocompress.cli import main
@@ -38,8 +38,8 @@ def test_a_short_search_runs_on_every_family(family, workdir, data_root, monkeyp
         space["num_blocks"] = [1]
     config = {
         "model": str(save_tiny(family, workdir / family)),
-        "task": {"data_root": str(data_root), "train_subset": 64, "dev_size": 32, "test_subset": 32, "max_length": 24},
-        "teacher": {"steps": 4, "batch_size": 8, "learning_rate": 1e-3},
+        "task": {"data_root": str(data_root), **TINY_TASK},
+        "teacher": TINY_TEACHER,
         "space": space,
         "recovery": {"train_subset": 16, "batch_size": 8, "eval_every": 2, "eval_subset": 16, "pruner": "none",
                      "hidden_weight": 1.0, "attention_weight": 1.0},

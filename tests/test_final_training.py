@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from families import save_tiny
+from families import TINY_TASK, TINY_TEACHER, save_tiny
 
 import autocompress.rebuild as rebuild_module
 from autocompress.cli import main
@@ -31,8 +31,8 @@ def test_the_chosen_student_is_trained_again_once_and_exported_from_its_kept_wei
     monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
     config = {
         "model": str(save_tiny("bert", tmp_path / "bert")),
-        "task": {"data_root": str(data_root), "train_subset": 64, "dev_size": 32, "test_subset": 32, "max_length": 24},
-        "teacher": {"steps": 4, "batch_size": 8, "learning_rate": 1e-3},
+        "task": {"data_root": str(data_root), **TINY_TASK},
+        "teacher": TINY_TEACHER,
         "space": {"weight_bits": [8], "group_size": [None], "prune_ratios": [0.0], "embedding_bits": [8], "heads": [2, 4],
                   "ffn_widths": [32], "num_blocks": [1], "recovery_steps": [2]},
         "recovery": {"train_subset": 16, "batch_size": 8, "eval_every": 2, "eval_subset": 16, "pruner": "none"},
