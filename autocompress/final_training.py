@@ -9,7 +9,8 @@ parameters; the objective sees ``FINAL_OF_ATTR`` and distills them for
 loss weights where set, e.g. intermediate-layer targets only for the finals),
 with no early stopping. They are measured like any trial and join the front
 by the same rules, while the short-trained students leave it
-(``pareto.proxy_trials``); a resumed search never trains one twice.
+(``pareto.proxy_trials``); a resumed search never trains one twice, and
+trains again one whose every attempt was interrupted.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from optuna.trial import TrialState
 
 from autocompress.config import SearchConfig
 from autocompress.pareto import BASELINE_ATTR, select, trial_row
-from autocompress.study import FINAL_OF_ATTR
+from autocompress.study import FINAL_OF_ATTR, is_interrupted
 
 
 def final_candidates(study: optuna.Study, config: SearchConfig) -> list[int]:
@@ -60,8 +61,13 @@ def _misses_only_accuracy(trial: optuna.trial.FrozenTrial, metric: str) -> bool:
 
 
 def pending_finals(study: optuna.Study, config: SearchConfig) -> list[int]:
-    """Numbers of the final candidates whose final training has not started."""
-    started = {t.user_attrs[FINAL_OF_ATTR] for t in study.get_trials(deepcopy=False) if FINAL_OF_ATTR in t.user_attrs}
+    """Numbers of the final candidates with no final training done, running, queued or failed on its own.
+
+    A final whose every attempt was interrupted (Ctrl-C, ``stop --now``, a killed
+    process; its one retry included) is pending again: unlike a search trial,
+    whose budget a new sample fills, nothing else would ever train that student.
+    """
+    started = {t.user_attrs[FINAL_OF_ATTR] for t in study.get_trials(deepcopy=False) if FINAL_OF_ATTR in t.user_attrs and not is_interrupted(t)}
     return [number for number in final_candidates(study, config) if number not in started]
 
 

@@ -12,15 +12,16 @@ import optuna
 import pytest
 import yaml
 from families import TINY_TASK, TINY_TEACHER, save_tiny
+from optuna.trial import TrialState
 
 import autocompress.rebuild as rebuild_module
 from autocompress.cli import main
 from autocompress.config import ConfigError, load_config, parse_config
-from autocompress.final_training import final_candidates, final_stage_left
+from autocompress.final_training import enqueue_finals, final_candidates, final_stage_left, pending_finals
 from autocompress.pareto import BASELINE_ATTR, front_trials
 from autocompress.progress import summarize
 from autocompress.rebuild import from_run, from_trial, rebuild
-from autocompress.study import FINAL_OF_ATTR, trials_done
+from autocompress.study import FINAL_OF_ATTR, RETRY_OF_ATTR, retry_all_interrupted, trials_done
 from autocompress.tracking import CURVES_ATTR, TRIAL_TAG
 
 pytestmark = pytest.mark.slow
@@ -141,3 +142,28 @@ def test_a_final_waiting_in_the_queue_is_final_stage_left():
     assert not final_stage_left(study, config)
     study.enqueue_trial({}, user_attrs={FINAL_OF_ATTR: 0})  # e.g. the retry of an interrupted final
     assert final_stage_left(study, config)
+
+
+@pytest.mark.parametrize("interrupted", [True, False])
+def test_a_final_interrupted_on_every_attempt_is_trained_again_one_that_failed_on_its_own_is_not(interrupted):
+    config = parse_config({"model": "default", "space": {"recovery_steps": [100]}, "search": {"final_training": {"top_k": 1}}})
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr(BASELINE_ATTR, {"dev_accuracy": 0.90, "test_accuracy": 0.88, "size_bytes": 90e6, "int8": {"size_bytes": 23e6}})
+    attrs = {"policy": {"recovery_steps": 100}, "dev_accuracy": 0.89, "test_accuracy": 0.87, "latency_ms": 0.5, "reference_latency_ms": 1.0,
+             "speedup": 2.0, "relative_latency_ci_low": 0.5, "relative_latency_ci_high": 0.5, "speedup_vs_int8": 1.2,
+             "size_bytes": 7e6, "size_is_estimate": False, "sparsity": 0.0, "seed": 0}
+    study.add_trial(optuna.trial.create_trial(values=[0.89, 0.5, 7.0], user_attrs=attrs))
+    assert pending_finals(study, config) == [0]
+    failure = {"interrupted": True, "fail_reason": "interrupted: its process 1 on host is gone"} if interrupted else {"fail_reason": "RuntimeError: out of range"}
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={FINAL_OF_ATTR: 0, **failure}))
+    if interrupted:
+        assert retry_all_interrupted(study) == [1] and pending_finals(study, config) == []  # its retry waits: not queued twice
+        retry = study.ask()  # the retry starts, and is interrupted too (a machine stop): a retry is not retried
+        retry.set_user_attr("interrupted", True)
+        retry.set_user_attr("fail_reason", "interrupted: its process 2 on host is gone")
+        study.tell(retry, state=TrialState.FAIL)
+        assert study.trials[2].user_attrs[RETRY_OF_ATTR] == 1 and retry_all_interrupted(study) == []
+        assert pending_finals(study, config) == [0]  # so the final stage trains the student again
+        assert enqueue_finals(study, config) == 1 and pending_finals(study, config) == []
+    else:
+        assert pending_finals(study, config) == [] and not final_stage_left(study, config)  # a real failure is not re-run
