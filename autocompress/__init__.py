@@ -1,4 +1,4 @@
-"""autocompress: search compression policies for Transformer classifiers.
+"""autocompress: search compression policies for Transformer models.
 
 The public verbs, in the order data flows::
 
@@ -6,16 +6,18 @@ The public verbs, in the order data flows::
     result = autocompress.search(config)                 # Optuna study -> Pareto front
     model = autocompress.compress(teacher, autocompress.Policy.load("out/best_policy.json"))
     deployment = autocompress.measure(model, ...)        # lower to ONNX Runtime, verify, time
+    autocompress.export(origin, ["onnx", "hf"], "out/exports")
 
-The verbs shadow the submodules of the same name on this package: import
-internals with ``from autocompress.search import ...``. They load torch on
-first use, so ``autocompress status`` and the other job commands start fast.
+The layers, each a subpackage: ``tasks`` (data, metrics, teacher), ``models``
+(loading, families, shrunk models), ``techniques``, ``distill``, ``runtime``,
+``measurement``, ``cost``, ``controller`` (the search), ``tracking`` (MLflow)
+and ``exporters``. The verbs that need torch load it on first use, so
+``autocompress status`` and the other job commands start fast.
 """
 
 import importlib
 import logging
-import sys
-import types
+from typing import Any
 
 from autocompress.config import ConfigError, SearchConfig, load_config
 from autocompress.policy import Policy
@@ -25,26 +27,23 @@ from autocompress.policy import Policy
 for _noisy in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_noisy).setLevel(logging.ERROR)
 
-__all__ = ["ConfigError", "Policy", "SearchConfig", "compress", "load_config", "measure", "search"]
+_VERBS = {
+    "search": ("autocompress.controller.run", "run_search"),
+    "compress": ("autocompress.techniques", "compress"),
+    "measure": ("autocompress.measurement", "deploy_and_measure"),
+    "export": ("autocompress.exporters.workflow", "export"),
+}
+
+__all__ = ["ConfigError", "Policy", "SearchConfig", "compress", "export", "load_config", "measure", "search"]
 
 
-class _Verb:
-    """A package attribute imported on first use; the import system binding the same-named submodule is ignored."""
-
-    def __init__(self, module: str, name: str) -> None:
-        self.module, self.name = module, name
-
-    def __get__(self, package: object, owner: type | None = None) -> object:
-        return getattr(importlib.import_module(self.module), self.name)
-
-    def __set__(self, package: object, submodule: object) -> None:
-        """``import autocompress.search`` sets the submodule here; the verb stays (internals use ``from ... import``)."""
+def __getattr__(name: str) -> Any:
+    """The verbs that import torch, loaded on first use (PEP 562)."""
+    if name in _VERBS:
+        module, attribute = _VERBS[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _Package(types.ModuleType):
-    search = _Verb("autocompress.search", "run_search")
-    compress = _Verb("autocompress.compress", "compress")
-    measure = _Verb("autocompress.measure", "deploy_and_measure")
-
-
-sys.modules[__name__].__class__ = _Package
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

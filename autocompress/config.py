@@ -2,6 +2,8 @@
 
 Every model forbids unknown fields, so a misspelt key fails at load time with
 the file, the field's path and what is allowed, as one line (``ConfigError``).
+A field renamed since an earlier release (``RENAMED_FIELDS``) still loads,
+with a one-line warning naming the new name.
 Relative data paths resolve against the data root: ``$AUTOCOMPRESS_DATA_ROOT``
 if set, else ``task.data_root`` (relative to the config file).
 """
@@ -16,10 +18,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from autocompress.deprecation import rename_deprecated
+
 DATA_ROOT_ENV = "AUTOCOMPRESS_DATA_ROOT"
+RENAMED_FIELDS = {
+    "task.validation": "test",
+    "task.validation_subset": "test_subset",
+    "task.hf_validation_split": "hf_test_split",
+}
+"""Old dotted field path -> its name now (same section): the test split was called validation before dev was split off."""
 DEPLOYABLE_BITS = (2, 4, 8, 16, 32)
 MetricName = Literal["accuracy", "f1", "macro_f1"]
-"""The task metrics a search can optimize (``autocompress.metrics`` computes them)."""
+"""The task metrics a search can optimize (``autocompress.tasks.metrics`` computes them)."""
 
 
 class ConfigError(ValueError):
@@ -609,6 +619,10 @@ def parse_config(data: Any, source: str = "<dict>") -> SearchConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        data = rename_deprecated(data, RENAMED_FIELDS, source=source)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     try:
         return SearchConfig.model_validate({**data, "source": source})
     except ValidationError as exc:

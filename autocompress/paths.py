@@ -1,12 +1,15 @@
-"""Where autocompress keeps what it computes once and reuses: one root, one function per kind.
+"""Where autocompress keeps what it computes once and reuses: one root, one function per kind; and atomic writes.
 
 The root is ``$AUTOCOMPRESS_CACHE`` if set, else ``~/.cache/autocompress``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 CACHE_ENV = "AUTOCOMPRESS_CACHE"
 
@@ -38,3 +41,13 @@ def study_work_dir(study_uid: str) -> Path:
 def latency_lock_path() -> Path:
     """The lock that keeps any two latency measurements on this machine from overlapping."""
     return cache_root() / "latency.lock"
+
+
+def write_json(path: Path, content: Any) -> Path:
+    """Write atomically, so an interrupted search never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        json.dump(content, handle, indent=2)
+        handle.write("\n")
+    Path(handle.name).replace(path)
+    return path

@@ -34,10 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autocompress.compress import compress
 from autocompress.config import load_config
-from autocompress.data import batches, load_split
-from autocompress.measure import (
+from autocompress.controller.trial import by_length, distillation_setup, seeded
+from autocompress.measurement import (
     OrtProbe,
     TorchProbe,
     accuracy,
@@ -47,13 +46,13 @@ from autocompress.measure import (
     pick_sentences,
     shipped_bytes,
 )
-from autocompress.measure._deployed import onnx_scores
-from autocompress.models import load_tokenizer
+from autocompress.measurement._deployed import onnx_scores
+from autocompress.models.loading import load_tokenizer
 from autocompress.policy import Policy
 from autocompress.runtime import export_onnx
-from autocompress.teacher import get_teacher
-from autocompress.techniques import Quantization, Recovery, VocabularyPruning, float_techniques
-from autocompress.trial import by_length, distillation_setup, seeded
+from autocompress.tasks.data import batches, load_split
+from autocompress.tasks.teacher import get_teacher
+from autocompress.techniques import Quantization, Recovery, VocabularyPruning, compress, float_techniques
 
 INT8, FUSED_INT8 = "ONNX Runtime dynamic int8", "ONNX Runtime optimized + dynamic int8"
 G1_DROP_PT, STRICT_DROP_PT = 1.0, 0.3

@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 
 from autocompress.config import load_config
-from autocompress.data import batches, load_split
+from autocompress.controller.trial import by_length, distillation_setup
 from autocompress.distill import recover
-from autocompress.measure import accuracy
-from autocompress.models import block_linears, load_tokenizer
+from autocompress.measurement import accuracy
+from autocompress.models.loading import block_linears, load_tokenizer
 from autocompress.policy import Policy
 from autocompress.space import evenly_spaced
-from autocompress.teacher import get_teacher
+from autocompress.tasks.data import batches, load_split
+from autocompress.tasks.teacher import get_teacher
 from autocompress.techniques import StructuredPruning
-from autocompress.trial import by_length, distillation_setup
 
 
 def main() -> None:

@@ -23,18 +23,17 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.fusion_options import AttentionOpType, FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 
-from autocompress.compress import compress
 from autocompress.config import load_config
-from autocompress.data import batches, load_split
-from autocompress.measure import OrtProbe, latency_inputs, pick_sentences
-from autocompress.measure._deployed import deploy, onnx_scores
-from autocompress.models import load_tokenizer
+from autocompress.controller.trial import by_length
+from autocompress.measurement import OrtProbe, latency_inputs, pick_sentences
+from autocompress.measurement._deployed import deploy, onnx_scores
+from autocompress.models.loading import load_tokenizer
 from autocompress.policy import Policy
 from autocompress.runtime import export_onnx
 from autocompress.runtime._lower import lower
-from autocompress.teacher import get_teacher
-from autocompress.techniques import Quantization, VocabularyPruning, float_techniques
-from autocompress.trial import by_length
+from autocompress.tasks.data import batches, load_split
+from autocompress.tasks.teacher import get_teacher
+from autocompress.techniques import Quantization, VocabularyPruning, compress, float_techniques
 
 
 def main(heads: int, ffn: int, width: int, workdir: Path = Path("/tmp/autocompress-fused")) -> None:

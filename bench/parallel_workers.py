@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from autocompress.cli import setup_logging
 from autocompress.config import load_config, parse_config
-from autocompress.search import run_search
+from autocompress.controller.run import run_search
 
 
 def one_run(config_path: str, workers: int, trials: int, scratch: Path) -> dict:

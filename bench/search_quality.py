@@ -36,15 +36,15 @@ import optuna
 from optuna._hypervolume import compute_hypervolume
 
 from autocompress.config import load_config, parse_config
+from autocompress.controller.preflight import preflight
+from autocompress.controller.run import enqueue_uniform_starts, make_objective
+from autocompress.controller.study import open_study, study_uid
+from autocompress.controller.trial import SearchContext
+from autocompress.controller.workers import InProcess
 from autocompress.cost import FEATURES_VERSION, CostModel, is_clearly_infeasible, policy_features
 from autocompress.paths import study_work_dir
 from autocompress.policy import Policy
-from autocompress.preflight import preflight
-from autocompress.search import enqueue_uniform_starts, make_objective
-from autocompress.study import open_study, study_uid
-from autocompress.tracking import Tracker
-from autocompress.trial import SearchContext
-from autocompress.workers import InProcess
+from autocompress.tracking.runs import Tracker
 
 REFERENCE = np.array([10.0, 1.1, 1.1])  # 10 pt drop, 110 % of teacher latency and size
 CLEAR_MARGIN = 1.2  # "clearly infeasible": measured latency at least 20 % over the limit, beyond this VM's 8-19 % noise

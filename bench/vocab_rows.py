@@ -21,13 +21,12 @@ from pathlib import Path
 import torch
 
 from autocompress.config import load_config
-from autocompress.data import batches, load_split
-from autocompress.measure import accuracy, hardware_fingerprint
-from autocompress.models import load_tokenizer
-from autocompress.shrunk import prune_vocabulary_
-from autocompress.teacher import get_teacher
-from autocompress.techniques import VocabularyPruning
-from autocompress.trial import by_length
+from autocompress.controller.trial import by_length
+from autocompress.measurement import accuracy, hardware_fingerprint
+from autocompress.models.loading import load_tokenizer
+from autocompress.tasks.data import batches, load_split
+from autocompress.tasks.teacher import get_teacher
+from autocompress.techniques import VocabularyPruning, prune_vocabulary_
 
 
 def main() -> None:

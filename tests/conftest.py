@@ -21,7 +21,7 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from autocompress.models import load_tokenizer
+    from autocompress.models.loading import load_tokenizer
 
     return load_tokenizer("default")
 
@@ -31,7 +31,7 @@ def model():
     """A fresh all-MiniLM-L6-v2 with a (seeded) classification head."""
     import torch
 
-    from autocompress.models import load_classifier
+    from autocompress.models.loading import load_classifier
 
     torch.manual_seed(0)
     return load_classifier("default")
@@ -39,14 +39,14 @@ def model():
 
 @pytest.fixture(scope="session")
 def sentences(data_root):
-    from autocompress.data import read_file
+    from autocompress.tasks.data import read_file
 
     return read_file(data_root / "sst2" / "validation.tsv", "sentence", "label").head(48)
 
 
 @pytest.fixture(scope="session")
 def sentence_batches(sentences, tokenizer):
-    from autocompress.data import batches
+    from autocompress.tasks.data import batches
 
     return batches(sentences, tokenizer, batch_size=16, max_length=64)
 
@@ -90,7 +90,7 @@ def tiny(tmp_path, data_root, monkeypatch):
 @pytest.fixture(scope="session")
 def export_dev(data_root, tokenizer):
     """128 labelled SST-2 dev rows, the batches exporters verify on."""
-    from autocompress.data import batches, read_file
+    from autocompress.tasks.data import batches, read_file
 
     return batches(read_file(data_root / "sst2" / "validation.tsv", "sentence", "label").head(128), tokenizer, batch_size=32, max_length=64)
 
@@ -104,8 +104,8 @@ def probe_head(data_root, tokenizer):
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from autocompress.data import batches, read_file
-    from autocompress.models import load_classifier
+    from autocompress.models.loading import load_classifier
+    from autocompress.tasks.data import batches, read_file
 
     torch.manual_seed(0)
     model = load_classifier("default").eval()
@@ -124,7 +124,7 @@ def probe_model(probe_head):
     """The packaged MiniLM with ``probe_head``: a real (if simple) SST-2 classifier."""
     import torch
 
-    from autocompress.models import load_classifier
+    from autocompress.models.loading import load_classifier
 
     torch.manual_seed(0)
     model = load_classifier("default")
@@ -135,7 +135,7 @@ def probe_model(probe_head):
 @pytest.fixture(scope="session")
 def train_vocabulary(data_root, tokenizer):
     """Vocabulary pruning with the token counts of 2,000 SST-2 training rows."""
-    from autocompress.data import read_file, token_counts
+    from autocompress.tasks.data import read_file, token_counts
     from autocompress.techniques import VocabularyPruning
 
     train = read_file(data_root / "sst2" / "train.tsv", "sentence", "label").head(2000)
@@ -148,7 +148,7 @@ def export_source(probe_model, export_dev, sentence_batches, train_vocabulary):
     import torch
 
     from autocompress.exporters import Source
-    from autocompress.models import resolve_model_path
+    from autocompress.models.loading import resolve_model_path
     from autocompress.policy import Policy
 
     def build(policy: dict | Policy) -> Source:

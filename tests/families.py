@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from autocompress.models import load_tokenizer
+from autocompress.models.loading import load_tokenizer
 
 SHAPE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 COMMON = {"vocab_size": 30522, "max_position_embeddings": 130, "pad_token_id": 0, "num_labels": 2}

@@ -17,13 +17,13 @@ import torch
 from families import FAMILIES, tiny_model
 from transformers import AutoModelForSequenceClassification, DebertaConfig
 
-from autocompress.architectures import adapter_for, encoder_blocks, ffn_width, len_blocks, model_inputs
-from autocompress.compress import compress
 from autocompress.config import ConfigError, parse_config
+from autocompress.controller.space_check import check_space
+from autocompress.models.families import adapter_for, encoder_blocks, ffn_width, len_blocks, model_inputs
+from autocompress.models.shrunk import load_shrunk, save_shrunk
 from autocompress.policy import LayerSpec, Policy
 from autocompress.runtime import export_onnx, lower, verify
-from autocompress.shrunk import head_importance, load_shrunk, neuron_importance, save_shrunk, shrink_
-from autocompress.space_check import check_space
+from autocompress.techniques import compress, head_importance, neuron_importance, shrink_
 
 HEAD = 8  # 32 hidden / 4 heads
 
@@ -173,7 +173,7 @@ def test_zero_heads_are_allowed_where_the_family_has_a_headless_block():
 def test_the_tokenizer_emits_only_inputs_the_model_takes(tmp_path):
     from families import save_tiny
 
-    from autocompress.models import load_tokenizer
+    from autocompress.models.loading import load_tokenizer
 
     assert "token_type_ids" in load_tokenizer(str(save_tiny("bert", tmp_path / "bert")))("a", "b")
     assert set(load_tokenizer(str(save_tiny("distilbert", tmp_path / "distil")))("a", "b")) == {"input_ids", "attention_mask"}

@@ -28,7 +28,7 @@ EMBEDDING_MS = {4: 0.06, 8: 0.04, 32: 0.02}
 
 @pytest.fixture(scope="module")
 def minilm():
-    from autocompress.models import load_classifier
+    from autocompress.models.loading import load_classifier
 
     return load_classifier("default")
 

@@ -8,12 +8,12 @@ import optuna
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from autocompress.controller.run import predict_latency
+from autocompress.controller.trial import cost_target
 from autocompress.cost import CostModelStore, policy_features
-from autocompress.measure import fingerprint_id, hardware_fingerprint
-from autocompress.models import load_classifier
+from autocompress.measurement import fingerprint_id, hardware_fingerprint
+from autocompress.models.loading import load_classifier
 from autocompress.policy import LayerSpec, Policy
-from autocompress.search import predict_latency
-from autocompress.trial import cost_target
 
 
 def tiny_bert() -> BertForSequenceClassification:

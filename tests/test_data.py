@@ -3,7 +3,7 @@ import json
 import pytest
 
 from autocompress.config import ConfigError, parse_config
-from autocompress.data import batches, load_split, read_file
+from autocompress.tasks.data import batches, load_split, read_file
 
 
 def test_reads_the_real_sst2_validation_split_in_place(data_root):
@@ -92,7 +92,7 @@ def test_unreadable_empty_and_one_class_files_are_one_line_errors(tmp_path):
 
 
 def test_too_few_rows_for_one_teacher_batch_fails_before_training(tmp_path):
-    from autocompress.preflight import preflight
+    from autocompress.controller.preflight import preflight
 
     (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"t{i}\t{i % 2}\n" for i in range(6)))
     task = {"data_root": str(tmp_path), "train": "train.tsv", "dev": "train.tsv", "test": "train.tsv"}

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.data import Examples, batches, read_file
 from autocompress.distill import (
     attention_loss,
     cached_teacher_logits,
@@ -29,11 +28,12 @@ from autocompress.distill import (
     recover,
     uniform_layer_map,
 )
-from autocompress.measure import accuracy
-from autocompress.models import load_classifier
-from autocompress.quantizer import quantize_linear_
-from autocompress.shrunk import shrink_
+from autocompress.measurement import accuracy
+from autocompress.models.loading import load_classifier
+from autocompress.tasks.data import Examples, batches, read_file
+from autocompress.techniques import shrink_
 from autocompress.techniques._magnitude import prune_smallest_
+from autocompress.techniques.quantizer import quantize_linear_
 
 MAX_LENGTH = 32
 

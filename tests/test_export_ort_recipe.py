@@ -14,8 +14,8 @@ import torch
 
 from autocompress.exporters import ExportMismatch, NotExpressible, Source, exporter
 from autocompress.exporters._ort_recipe import OrtRecipeExporter
-from autocompress.measure._deployed import EXACT_NBITS
-from autocompress.models import load_classifier, resolve_model_path
+from autocompress.measurement._deployed import EXACT_NBITS
+from autocompress.models.loading import load_classifier, resolve_model_path
 from autocompress.policy import Policy
 from autocompress.runtime import export_onnx, lower, ort_feed, ort_session
 

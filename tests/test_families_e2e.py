@@ -10,8 +10,8 @@ import pytest
 import yaml
 from families import FAMILIES, TINY_TASK, TINY_TEACHER, save_tiny
 
-from autocompress.architectures import adapter_for
 from autocompress.cli import main
+from autocompress.models.families import adapter_for
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import optuna
 
 from autocompress.config import parse_config
-from autocompress.fidelity import Fidelity
+from autocompress.controller.fidelity import Fidelity
 
 
 def test_pruner_stops_a_bad_trial_through_its_twin(tmp_path):

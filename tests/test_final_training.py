@@ -14,15 +14,15 @@ import yaml
 from families import TINY_TASK, TINY_TEACHER, save_tiny
 from optuna.trial import TrialState
 
-import autocompress.rebuild as rebuild_module
+import autocompress.exporters.rebuild as rebuild_module
 from autocompress.cli import main
 from autocompress.config import ConfigError, load_config, parse_config
-from autocompress.final_training import enqueue_finals, final_candidates, final_stage_left, pending_finals
-from autocompress.pareto import BASELINE_ATTR, front_trials
-from autocompress.progress import summarize
-from autocompress.rebuild import from_run, from_trial, rebuild
-from autocompress.study import FINAL_OF_ATTR, RETRY_OF_ATTR, retry_all_interrupted, trials_done
-from autocompress.tracking import CURVES_ATTR, TRIAL_TAG
+from autocompress.controller.final_training import enqueue_finals, final_candidates, final_stage_left, pending_finals
+from autocompress.controller.pareto import BASELINE_ATTR, front_trials
+from autocompress.controller.progress import summarize
+from autocompress.controller.study import FINAL_OF_ATTR, RETRY_OF_ATTR, retry_all_interrupted, trials_done
+from autocompress.exporters.rebuild import from_run, from_trial, rebuild
+from autocompress.tracking.runs import CURVES_ATTR, TRIAL_TAG
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from autocompress.measure._latency import (
+from autocompress.measurement._latency import (
     LatencyProbe,
     LatencyResult,
     OrtProbe,
@@ -34,7 +34,7 @@ from autocompress.runtime import export_onnx
 
 @pytest.fixture(scope="module")
 def texts(data_root):
-    from autocompress.data import read_file
+    from autocompress.tasks.data import read_file
 
     return read_file(data_root / "sst2" / "validation.tsv", "sentence", "label").texts
 
@@ -46,7 +46,7 @@ def inputs(texts, tokenizer):
 
 @pytest.fixture(scope="module")
 def classifier():
-    from autocompress.models import load_classifier
+    from autocompress.models.loading import load_classifier
 
     return load_classifier("default")
 
@@ -120,7 +120,7 @@ def test_lock_excludes_another_process(onnx_path, inputs, tmp_path):
     lock = tmp_path / "lock"
     holder = (
         "import sys, time\n"
-        "from autocompress.measure._latency import exclusive_lock\n"
+        "from autocompress.measurement._latency import exclusive_lock\n"
         f"with exclusive_lock({str(lock)!r}):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(1.0)\n"

@@ -26,8 +26,8 @@ import ray
 from optuna.trial import TrialState
 
 from autocompress.cli import main
-from autocompress.study import trial_seed
-from autocompress.trial import TrialOutcome, TrialRequest
+from autocompress.controller.study import trial_seed
+from autocompress.controller.trial import TrialOutcome, TrialRequest
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def job_record(job_id):
 
 def job_state(job_id):
     """What `autocompress status` prints first, read in this process (a CLI call per poll would steal the job's CPU)."""
-    from autocompress.jobs import load
+    from autocompress.controller.jobs import load
 
     return load(job_id).state()
 
@@ -113,7 +113,7 @@ class Fragile:
 
 def test_a_worker_that_dies_fails_its_trial_and_is_restarted_and_cancel_interrupts(tmp_path):
     from autocompress.config import parse_config
-    from autocompress.workers import Interrupted, RayWorkers, WorkerDied
+    from autocompress.controller.workers import Interrupted, RayWorkers, WorkerDied
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers get this test's class by value
     workers = RayWorkers(parse_config({}), references={}, workdir=tmp_path, workers=1, threads=1, address=None, worker_class=Fragile)

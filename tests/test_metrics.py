@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from autocompress.config import ConfigError, parse_config
-from autocompress.metrics import check_metric, classification_scores, task_metrics
-from autocompress.study import check_resumable, open_study, signature, study_metric
+from autocompress.controller.study import check_resumable, open_study, signature, study_metric
+from autocompress.tasks.metrics import check_metric, classification_scores, task_metrics
 
 # label 1: TP 2 (rows 0, 1), FN 2 (rows 2, 7), FP 1 (row 3) -> F1 = 4 / 7; label 0: TP 3, FP 2, FN 1 -> 6 / 9
 BINARY_LABELS = [1, 1, 1, 0, 0, 0, 0, 1]
@@ -50,7 +50,7 @@ def write_task(folder, classes=3):
 
 
 def test_f1_on_a_multi_class_task_is_refused_in_one_line_before_training(tmp_path, monkeypatch):
-    from autocompress.preflight import preflight
+    from autocompress.controller.preflight import preflight
 
     monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
     write_task(tmp_path)
@@ -95,16 +95,16 @@ class OneMeasurement:
         self.measurement, self.cancelled = measurement, threading.Event()
 
     def run(self, request):
-        from autocompress.trial import TrialOutcome
+        from autocompress.controller.trial import TrialOutcome
 
         return TrialOutcome(self.measurement, None, None, "test:0", 0.1)
 
 
 def test_the_objective_constraint_and_logged_metrics_use_the_selected_metric(model, tmp_path):
+    from autocompress.controller.run import make_objective
+    from autocompress.controller.trial import Measurement, SearchContext
     from autocompress.cost import CostModelStore
-    from autocompress.search import make_objective
-    from autocompress.tracking import METRICS_ATTR
-    from autocompress.trial import Measurement, SearchContext
+    from autocompress.tracking.runs import METRICS_ATTR
 
     baseline = {"dev_accuracy": 0.90, "test_accuracy": 0.89, "dev_macro_f1": 0.80, "test_macro_f1": 0.78, "size_bytes": 90e6,
                 "int8": {"size_bytes": 23e6}}

@@ -4,8 +4,8 @@ import optuna
 import pytest
 
 from autocompress.config import Selection
-from autocompress.pareto import BASELINE_ATTR, format_table, front_rows, select
-from autocompress.study import DIRECTIONS
+from autocompress.controller.pareto import BASELINE_ATTR, format_table, front_rows, select
+from autocompress.controller.study import DIRECTIONS
 
 INT8 = {"dev_accuracy": 0.89, "test_accuracy": 0.88, "size_bytes": 23e6, "latency_ms": 5.0, "speedup": 2.0}
 BASELINE = {"dev_accuracy": 0.90, "test_accuracy": 0.89, "latency_ms": 10.0, "size_bytes": 90e6, "int8": INT8}
@@ -95,8 +95,8 @@ def test_a_drop_of_exactly_the_budget_is_feasible():
     from dataclasses import fields
 
     from autocompress.config import parse_config
-    from autocompress.search import _constraints
-    from autocompress.trial import Measurement
+    from autocompress.controller.run import _constraints
+    from autocompress.controller.trial import Measurement
 
     values = {f.name: 0 for f in fields(Measurement)} | {"dev_accuracy": 0.891, "size_bytes": 10}
     config = parse_config({"search": {"constraints": {"max_accuracy_drop": 0.01}}})

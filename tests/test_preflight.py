@@ -3,7 +3,7 @@
 import pytest
 
 from autocompress.config import ConfigError, parse_config
-from autocompress.preflight import model_config, preflight
+from autocompress.controller.preflight import model_config, preflight
 
 
 def test_a_missing_model_folder_or_offline_id_is_one_line(tmp_path):
@@ -26,8 +26,8 @@ def test_preflight_reports_splits_and_an_untrained_teacher(data_root, tmp_path, 
 
 
 def test_a_teacher_keeps_its_own_head_size_and_a_mismatched_checkpoint_fails_early(tmp_path, data_root):
-    from autocompress.models import load_classifier
-    from autocompress.teacher import Teacher
+    from autocompress.models.loading import load_classifier
+    from autocompress.tasks.teacher import Teacher
 
     load_classifier("default", num_labels=4).save_pretrained(tmp_path / "four")
     assert Teacher(path=tmp_path / "four", key="k", trained_now=False).load().classifier.out_features == 4  # was loaded with 2: crash

@@ -7,10 +7,10 @@ import numpy as np
 import optuna
 import pytest
 
-from autocompress.pareto import BASELINE_ATTR, COLUMNS, front_rows
-from autocompress.reports import _layer_grid, progress_series, write_reports
-from autocompress.study import DIRECTIONS
-from autocompress.tracking import PARAMS_ATTR
+from autocompress.controller.pareto import BASELINE_ATTR, COLUMNS, front_rows
+from autocompress.controller.study import DIRECTIONS
+from autocompress.tracking.reports import _layer_grid, progress_series, write_reports
+from autocompress.tracking.runs import PARAMS_ATTR
 
 INT8 = {"dev_accuracy": 0.89, "test_accuracy": 0.88, "size_bytes": 23e6, "latency_ms": 5.0, "speedup": 2.0}
 BASELINE = {"dev_accuracy": 0.90, "test_accuracy": 0.89, "latency_ms": 10.0, "size_bytes": 90e6, "int8": INT8}

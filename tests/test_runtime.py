@@ -14,8 +14,7 @@ import torch
 from families import tiny_model
 from onnx import numpy_helper
 
-from autocompress.models import block_linears, load_classifier
-from autocompress.quantizer import QUANT_ATTR, float_activations, quantize_embedding_, quantize_linear_
+from autocompress.models.loading import block_linears, load_classifier
 from autocompress.runtime import (
     LoweringMismatch,
     NotDeployable,
@@ -26,7 +25,8 @@ from autocompress.runtime import (
     ort_session,
     verify,
 )
-from autocompress.shrunk import shrink_
+from autocompress.techniques import shrink_
+from autocompress.techniques.quantizer import QUANT_ATTR, float_activations, quantize_embedding_, quantize_linear_
 
 BITS_CYCLE = (8, 4, 16, 32)
 
@@ -331,7 +331,7 @@ def test_verify_needs_labels(base, fp32_onnx, sentence_batches):
 
 def test_verify_scores_the_graph_on_the_task_metrics(base, fp32_onnx, sentence_batches):
     """The report carries the graph's accuracy, F1 and the selected metric, equal to torch's on an exact graph."""
-    from autocompress.measure import model_scores
+    from autocompress.measurement import model_scores
 
     report = verify(fp32_onnx, base, sentence_batches, metric="macro_f1")
     assert set(report.onnx_scores) == {"accuracy", "f1", "macro_f1"} and report.onnx_scores["accuracy"] == report.onnx_accuracy

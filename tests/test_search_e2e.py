@@ -243,7 +243,7 @@ def test_a_trial_that_raises_returns_nan_or_runs_out_of_memory_fails_alone(tiny_
     import dataclasses
     import importlib
 
-    trial_module = importlib.import_module("autocompress.trial")  # the module, not a name the package may re-export
+    trial_module = importlib.import_module("autocompress.controller.trial")  # the module, not a name the package may re-export
     real = trial_module.evaluate
     calls = []
 

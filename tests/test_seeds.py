@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autocompress.compress import compress
 from autocompress.config import RecoveryConfig
-from autocompress.data import batches, read_file
-from autocompress.models import load_classifier
+from autocompress.controller.study import trial_seed
+from autocompress.controller.trial import seeded
+from autocompress.models.loading import load_classifier
 from autocompress.policy import LayerSpec, Policy
-from autocompress.study import trial_seed
-from autocompress.techniques import Distillation, MagnitudePruning, Quantization, Recovery, StructuredPruning
-from autocompress.trial import seeded
+from autocompress.tasks.data import batches, read_file
+from autocompress.techniques import Distillation, MagnitudePruning, Quantization, Recovery, StructuredPruning, compress
 
 POLICY = Policy(layers={"re:bert\\.encoder\\.layer\\..*": LayerSpec(bits=4)}, group_size=32, heads={0: 6}, kept_blocks=(1, 3, 5), recovery_steps=4)
 

@@ -9,8 +9,8 @@ import pytest
 from transformers import AutoConfig, BertConfig, DebertaConfig
 
 from autocompress.config import ConfigError, load_config, parse_config
-from autocompress.models import resolve_model_path
-from autocompress.space_check import SpaceSummary, check_space
+from autocompress.controller.space_check import SpaceSummary, check_space
+from autocompress.models.loading import resolve_model_path
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
 

@@ -11,19 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-from autocompress.measure import OrtProbe, latency_inputs
-from autocompress.models import load_classifier, load_tokenizer
+from autocompress.measurement import OrtProbe, latency_inputs
+from autocompress.models.loading import load_classifier, load_tokenizer
+from autocompress.models.shrunk import BLOCKS_ATTR, MODELING_FILE, count_parameters, load_shrunk, save_shrunk
 from autocompress.runtime import export_onnx
-from autocompress.shrunk import (
-    BLOCKS_ATTR,
-    MODELING_FILE,
-    count_parameters,
-    head_importance,
-    load_shrunk,
-    neuron_importance,
-    save_shrunk,
-    shrink_,
-)
+from autocompress.techniques import head_importance, neuron_importance, shrink_
 
 HIDDEN, HEAD, FFN, HEADS, BLOCKS = 384, 32, 1536, 12, 6
 

@@ -14,8 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from autocompress.config import parse_config
-from autocompress.progress import summarize
-from autocompress.study import (
+from autocompress.controller.progress import summarize
+from autocompress.controller.study import (
     BUDGET_ATTR,
     OWNER_ATTR,
     RETRY_OF_ATTR,
@@ -27,7 +27,7 @@ from autocompress.study import (
     trial_owner,
     trials_done,
 )
-from autocompress.tracking import METRICS_ATTR, PARAMS_ATTR, Tracker
+from autocompress.tracking.runs import METRICS_ATTR, PARAMS_ATTR, Tracker
 
 
 def config_for(tmp_path, **search):
@@ -191,7 +191,7 @@ def test_heartbeat_must_be_positive(bad):
 
 def test_two_optimize_threads_never_pop_the_same_enqueued_trial(tmp_path):
     """Without the lock, 14 of 100 rounds popped one enqueued trial twice on SQLite under CPU contention (measured)."""
-    from autocompress.search import one_ask_at_a_time
+    from autocompress.controller.run import one_ask_at_a_time
 
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
     try:
@@ -219,7 +219,7 @@ class Terminal(io.StringIO):
 
 
 def test_the_live_line_redraws_in_a_terminal_and_stays_silent_elsewhere(tmp_path):
-    from autocompress.progress import LiveLine
+    from autocompress.controller.progress import LiveLine
 
     study = new_study(config_for(tmp_path))
     study.set_user_attr(BUDGET_ATTR, 4)

@@ -16,7 +16,7 @@ import yaml
 from transformers import AutoModelForSequenceClassification
 
 from autocompress.config import ConfigError, parse_config
-from autocompress.data import batches, load_split, read_file, task_labels
+from autocompress.tasks.data import batches, load_split, read_file, task_labels
 
 DATA = Path(__file__).resolve().parent / "data"
 TOPICS = ("Business", "Sci/Tech", "Sports", "World")  # sorted by name: the class ids without task.labels
@@ -98,8 +98,8 @@ def test_integer_labels_keep_their_ids_and_infer_num_labels(tmp_path):
 
 
 def test_sentence_pairs_are_tokenized_together_everywhere(tokenizer):
-    from autocompress.measure import latency_inputs, pick_sentences
-    from autocompress.trial import task_batches
+    from autocompress.controller.trial import task_batches
+    from autocompress.measurement import latency_inputs, pick_sentences
 
     config = config_of(PAIR_TASK, search={"seed": 3})
     assert task_labels(config).names == ("entailment", "not_entailment")
@@ -180,7 +180,7 @@ def test_hugging_face_datasets_give_class_label_names_and_pairs(tmp_path):
 
 
 def test_the_teacher_key_follows_the_label_names_and_the_pairs():
-    from autocompress.teacher import teacher_key
+    from autocompress.tasks.teacher import teacher_key
 
     config = config_of(TOPIC_TASK)
     train = load_split(config, "train")
@@ -194,7 +194,7 @@ def test_the_teacher_key_follows_the_label_names_and_the_pairs():
 
 
 def test_a_new_teacher_names_its_classes(tmp_path, monkeypatch):
-    from autocompress.teacher import get_teacher
+    from autocompress.tasks.teacher import get_teacher
 
     monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path))
     config = config_of({**TOPIC_TASK, "train_subset": 8, "max_length": 16}, teacher={"steps": 1, "batch_size": 4})
@@ -204,8 +204,8 @@ def test_a_new_teacher_names_its_classes(tmp_path, monkeypatch):
 
 
 def test_preflight_refuses_a_checkpoint_with_other_label_names_or_head_size(tmp_path):
-    from autocompress.models import load_classifier
-    from autocompress.preflight import preflight
+    from autocompress.controller.preflight import preflight
+    from autocompress.models.loading import load_classifier
 
     def checkpoint(name: str, **labels) -> str:
         model = load_classifier("default", num_labels=len(labels.get("id2label", {0: 0, 1: 1})))

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from autocompress.compress import compress, layer_plan
-from autocompress.measure._size import estimated_size_bytes, sparsity
-from autocompress.models import block_linears
+from autocompress.measurement._size import estimated_size_bytes, sparsity
+from autocompress.models.loading import block_linears
 from autocompress.policy import LayerSpec, Policy
-from autocompress.quantizer import QUANT_ATTR, kmeans_codebook, quantize_weight
+from autocompress.techniques import compress, layer_plan
+from autocompress.techniques.quantizer import QUANT_ATTR, kmeans_codebook, quantize_weight
 
 ALL_BLOCKS = "re:bert\\.encoder\\.layer\\.\\d+\\..*"
 
@@ -125,14 +125,14 @@ def test_structured_policy_shrinks_and_specs_follow_their_original_blocks(model,
     assert getattr(layers[2].intermediate.dense, QUANT_ATTR).bits == 4
     assert not hasattr(layers[1].intermediate.dense, QUANT_ATTR)
     assert (layers[3].output.dense.weight == 0).float().mean().item() == pytest.approx(0.5, abs=1e-6)
-    from autocompress.shrunk import count_parameters
+    from autocompress.models.shrunk import count_parameters
 
     assert count_parameters(compressed) < count_parameters(model)
     assert estimated_size_bytes(compressed, layer_plan(compressed, policy)) < estimated_size_bytes(model, layer_plan(model, Policy()))
 
 
 def test_eight_bit_per_channel_layers_round_activations_like_matmulinteger(model):
-    from autocompress.quantizer import float_activations
+    from autocompress.techniques.quantizer import float_activations
 
     compressed = compress(model, Policy(layers={ALL_BLOCKS: LayerSpec(bits=8)}))
     linear = compressed.bert.encoder.layer[0].intermediate.dense

@@ -13,7 +13,8 @@ from transformers import AutoModelForSequenceClassification
 
 from autocompress.exporters import exporter
 from autocompress.exporters._base import torch_logits
-from autocompress.shrunk import VOCAB_ATTR, RemappedEmbedding, load_shrunk, prune_vocabulary_, save_shrunk
+from autocompress.models.shrunk import VOCAB_ATTR, RemappedEmbedding, load_shrunk, save_shrunk
+from autocompress.techniques import prune_vocabulary_
 
 ROWS = 3000
 BLOCKS = "re:bert\\.encoder\\.layer\\.[0-5]\\..*"

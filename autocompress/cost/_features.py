@@ -18,10 +18,10 @@ import json
 
 from transformers import PreTrainedModel
 
-from autocompress.architectures import ffn_width
-from autocompress.models import block_linears
+from autocompress.models.families import ffn_width
+from autocompress.models.loading import block_linears
 from autocompress.policy import LayerSpec, Policy
-from autocompress.quantizer import runs_as_matmul_integer
+from autocompress.techniques.quantizer import runs_as_matmul_integer
 
 FEATURES_VERSION = 3
 """Bumped whenever the features change meaning, so stored measurements of an older schema are not mixed in."""

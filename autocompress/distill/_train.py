@@ -23,11 +23,11 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-from autocompress.architectures import layout_for
 from autocompress.distill._losses import attention_loss, hidden_state_loss, kd_loss, uniform_layer_map
-from autocompress.measure import model_scores
-from autocompress.models import eager_attention, encoder_blocks
-from autocompress.quantizer import quantize_weight, runs_as_matmul_integer, simulate_dynamic_uint8
+from autocompress.measurement import model_scores
+from autocompress.models.families import layout_for
+from autocompress.models.loading import eager_attention, encoder_blocks
+from autocompress.techniques.quantizer import quantize_weight, runs_as_matmul_integer, simulate_dynamic_uint8
 
 Batch = Mapping[str, torch.Tensor]
 

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from autocompress.compress import compress
-from autocompress.export import copy_tokenizer
+from autocompress.models.loading import copy_tokenizer
 from autocompress.policy import Policy
-from autocompress.techniques import Quantization, Technique, float_techniques
+from autocompress.techniques import Quantization, Technique, compress, float_techniques
 
 Batches = Sequence[Mapping[str, torch.Tensor]]
 MAX_ACCURACY_DROP = 0.005
@@ -94,7 +93,7 @@ class Source:
     @cached_property
     def float_activation_logits(self) -> np.ndarray:
         """``model``'s logits without the run-time activation rounding of its 8-bit per-channel layers: what a float runtime computes."""
-        from autocompress.quantizer import float_activations
+        from autocompress.techniques.quantizer import float_activations
 
         with float_activations():
             return torch_logits(self.model, self.dev)
@@ -211,6 +210,6 @@ def torch_logits(model: PreTrainedModel, batches: Batches) -> np.ndarray:
 
 def quantized_layers(source: Source) -> dict[str, Any]:
     """The Linear layers the policy quantizes, by name in ``source.model``, with their ``QuantizedWeight``."""
-    from autocompress.quantizer import QUANT_ATTR
+    from autocompress.techniques.quantizer import QUANT_ATTR
 
     return {name: getattr(m, QUANT_ATTR) for name, m in source.model.named_modules() if isinstance(m, torch.nn.Linear) and hasattr(m, QUANT_ATTR)}

@@ -21,8 +21,8 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from autocompress.exporters._base import Exporter, Source, torch_logits
-from autocompress.quantizer import QUANT_ATTR, runs_as_matmul_integer
-from autocompress.shrunk import BLOCKS_ATTR, LAYOUT_ATTR, MODELING_FILE, VOCAB_ATTR, save_shrunk
+from autocompress.models.shrunk import BLOCKS_ATTR, LAYOUT_ATTR, MODELING_FILE, VOCAB_ATTR, save_shrunk
+from autocompress.techniques.quantizer import QUANT_ATTR, runs_as_matmul_integer
 
 EXACT = 1e-4
 """Reloaded weights run the same float math as the source (without run-time activation rounding)."""

@@ -44,11 +44,11 @@ import torch
 import yaml
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from autocompress.compress import layer_plan
 from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
+from autocompress.models.shrunk import is_shrunk, save_shrunk
 from autocompress.policy import Policy
-from autocompress.quantizer import QUANT_ATTR, runs_as_matmul_integer
-from autocompress.shrunk import is_shrunk, save_shrunk
+from autocompress.techniques import layer_plan
+from autocompress.techniques.quantizer import QUANT_ATTR, runs_as_matmul_integer
 
 RECIPE = "recipe.yaml"
 MODEL_DIR = "model"

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from autocompress.exporters._base import Exporter, Source
-from autocompress.measure._deployed import deploy
-from autocompress.runtime import ort_feed, ort_session
-from autocompress.runtime._verify import MATMUL_INTEGER_RTOL, rounds_activations
+from autocompress.measurement import deploy
+from autocompress.runtime import MATMUL_INTEGER_RTOL, ort_feed, ort_session, rounds_activations
 
 EXACT = 1e-4
 """Without run-time activation rounding the file does the simulation's float math on the same codes (seen: 7e-6)."""

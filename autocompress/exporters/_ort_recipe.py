@@ -62,12 +62,11 @@ import numpy as np
 import onnx
 import torch
 
-from autocompress.compress import layer_plan
 from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
 from autocompress.policy import Policy
-from autocompress.quantizer import QUANT_ATTR, QuantizedWeight, runs_as_matmul_integer
-from autocompress.runtime import export_onnx, ort_feed, ort_session
-from autocompress.runtime._lower import _digest
+from autocompress.runtime import export_onnx, ort_feed, ort_session, weight_digest
+from autocompress.techniques import layer_plan
+from autocompress.techniques.quantizer import QUANT_ATTR, QuantizedWeight, runs_as_matmul_integer
 
 RECIPE_VERSION = 1
 RECIPE_FILE = "recipe.json"
@@ -168,7 +167,7 @@ class OrtRecipeExporter(Exporter):
         by_digest: dict[tuple, list[tuple[str, torch.nn.Linear]]] = {}
         for name, module in source.float_model.named_modules():
             if isinstance(module, torch.nn.Linear) and module.weight.numel():
-                by_digest.setdefault(_digest(module.weight.detach().numpy().T), []).append((name, module))
+                by_digest.setdefault(weight_digest(module.weight.detach().numpy().T), []).append((name, module))
         quantized: dict[str, QuantizedWeight] = quantized_layers(source)
         plan = layer_plan(source.float_model, source.policy)
         for name, spec in plan.items():
@@ -186,7 +185,7 @@ class OrtRecipeExporter(Exporter):
             weight = onnx.numpy_helper.to_array(initializers[node.input[1]])
             if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
                 weight = weight.T
-            candidates = by_digest.get(_digest(weight), []) if weight.ndim == 2 else []
+            candidates = by_digest.get(weight_digest(weight), []) if weight.ndim == 2 else []
             if not candidates:
                 continue
             name, linear = candidates.pop(0)
@@ -263,12 +262,12 @@ class OrtRecipeExporter(Exporter):
             raise NotExpressible(
                 f"embedding {name!r}: rows of {q.group_size} have no power-of-two block >= 16 for GatherBlockQuantized"
             )
-        table = _digest(source.float_model.get_input_embeddings().weight.detach().numpy())
+        table = weight_digest(source.float_model.get_input_embeddings().weight.detach().numpy())
         gathers = [node for node in graph.node if node.op_type == "Gather"]
         match = [
             n.name
             for n in gathers
-            if n.input[0] in initializers and _digest(onnx.numpy_helper.to_array(initializers[n.input[0]])) == table
+            if n.input[0] in initializers and weight_digest(onnx.numpy_helper.to_array(initializers[n.input[0]])) == table
         ]
         if len(match) != 1:
             raise ValueError(f"expected one Gather of the word embedding table in the fp32 graph, found {match}")

@@ -17,7 +17,7 @@ an ``FqnToConfig`` naming every quantized module by its fully qualified name:
 
 A user applies it with::
 
-    model = AutoModelForSequenceClassification.from_pretrained(folder / "model")  # or autocompress.shrunk.load_shrunk
+    model = AutoModelForSequenceClassification.from_pretrained(folder / "model")  # or autocompress.models.shrunk.load_shrunk
     config = config_from_dict(json.loads((folder / "torchao_config.json").read_text()))
     torchao.quantize_(model, config, filter_fn=None)
 
@@ -50,11 +50,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from autocompress.compress import layer_plan
 from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
+from autocompress.models.shrunk import is_shrunk, load_shrunk, save_shrunk
 from autocompress.policy import Policy
-from autocompress.quantizer import QUANT_ATTR, runs_as_matmul_integer
-from autocompress.shrunk import is_shrunk, load_shrunk, save_shrunk
+from autocompress.techniques import layer_plan
+from autocompress.techniques.quantizer import QUANT_ATTR, runs_as_matmul_integer
 
 CONFIG_FILE = "torchao_config.json"
 MODEL_DIR = "model"
@@ -113,7 +113,7 @@ class TorchaoExporter(Exporter):
         if is_shrunk(source.float_model.config):
             save_shrunk(source.float_model, model_dir)
             notes.append(
-                f"reshaped blocks or vocabulary: load {MODEL_DIR}/ with autocompress.shrunk.load_shrunk "
+                f"reshaped blocks or vocabulary: load {MODEL_DIR}/ with autocompress.models.shrunk.load_shrunk "
                 "or from_pretrained(..., trust_remote_code=True)"
             )
         else:

@@ -1,12 +1,30 @@
 """Deployment: export a compressed model to ONNX, lower its quantization to ONNX Runtime kernels, verify."""
 
-from autocompress.runtime._lower import LayerLowering, LoweringReport, NotDeployable, deployable, lower
+from autocompress.runtime._lower import (
+    LayerLowering,
+    LoweringReport,
+    NotDeployable,
+    deployable,
+    kernel_refusal,
+    lower,
+    nbits_block,
+    weight_digest,
+)
 from autocompress.runtime._onnx import export_onnx
 from autocompress.runtime._reference import dynamic_int8
-from autocompress.runtime._verify import LoweringMismatch, VerifyReport, ort_feed, ort_session, verify
+from autocompress.runtime._verify import (
+    MATMUL_INTEGER_RTOL,
+    LoweringMismatch,
+    VerifyReport,
+    ort_feed,
+    ort_session,
+    rounds_activations,
+    verify,
+)
 
 __all__ = [
     "LayerLowering",
+    "MATMUL_INTEGER_RTOL",
     "LoweringMismatch",
     "LoweringReport",
     "NotDeployable",
@@ -14,8 +32,12 @@ __all__ = [
     "deployable",
     "dynamic_int8",
     "export_onnx",
+    "kernel_refusal",
     "lower",
+    "nbits_block",
     "ort_feed",
     "ort_session",
+    "rounds_activations",
     "verify",
+    "weight_digest",
 ]

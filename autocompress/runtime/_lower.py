@@ -43,7 +43,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from transformers import PreTrainedModel
 
-from autocompress.quantizer import QUANT_ATTR, QuantizedWeight, runs_as_matmul_integer
+from autocompress.techniques.quantizer import QUANT_ATTR, QuantizedWeight, runs_as_matmul_integer
 
 NBITS_BITS = (2, 4, 8)
 MIN_BLOCK = 16
@@ -83,14 +83,14 @@ class LoweringReport:
         return {"path": self.path, "file_bytes": self.file_bytes, "layers": layers}
 
 
-def _block_for(bits: int, group: int) -> int | None:
+def nbits_block(bits: int, group: int) -> int | None:
     """Largest block MatMulNBits / GatherBlockQuantized accept that tiles a quantization group, or None."""
     block = group & -group  # largest power of two dividing group
     block = min(block, MAX_BLOCK.get(bits, block))
     return block if block >= MIN_BLOCK else None
 
 
-def _reason(bits: int, group_size: int | None, in_features: int, scheme: str) -> str | None:
+def kernel_refusal(bits: int, group_size: int | None, in_features: int, scheme: str) -> str | None:
     """Why (bits, group_size) cannot run on ONNX Runtime's CPU kernels, or None if it can."""
     if bits >= 16:
         return None
@@ -103,7 +103,7 @@ def _reason(bits: int, group_size: int | None, in_features: int, scheme: str) ->
         return f"group_size={group_size} does not divide in_features={in_features}"
     if runs_as_matmul_integer(bits, group, in_features):
         return None
-    if _block_for(bits, group) is None:
+    if nbits_block(bits, group) is None:
         return f"group_size={group} with bits={bits}: MatMulNBits needs a multiple of a power-of-two block >= {MIN_BLOCK}" + (
             f" and <= {MAX_BLOCK[bits]}" if bits in MAX_BLOCK else ""
         )
@@ -112,10 +112,10 @@ def _reason(bits: int, group_size: int | None, in_features: int, scheme: str) ->
 
 def deployable(bits: int, group_size: int | None, in_features: int, *, scheme: str = "linear") -> bool:
     """Whether a Linear quantized this way can be lowered to ONNX Runtime's CPU kernels."""
-    return _reason(bits, group_size, in_features, scheme) is None
+    return kernel_refusal(bits, group_size, in_features, scheme) is None
 
 
-def _digest(array: np.ndarray) -> tuple[tuple[int, ...], str]:
+def weight_digest(array: np.ndarray) -> tuple[tuple[int, ...], str]:
     data = np.ascontiguousarray(array, dtype=np.float32)
     return data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
 
@@ -249,13 +249,13 @@ def _lower_linear(
     weight = linear.weight.detach()
     if quantized is not None:
         bits, group = quantized.bits, quantized.group_size
-        reason = _reason(bits, group, linear.in_features, "linear")
+        reason = kernel_refusal(bits, group, linear.in_features, "linear")
         if reason:
             raise NotDeployable(f"layer {name!r}: {reason}")
         if runs_as_matmul_integer(bits, group, linear.in_features):
             nodes, lowered = _matmul_integer(graph, x, out, name, quantized, tag), LayerLowering("MatMulInteger", bits, group)
         else:
-            block = _block_for(bits, group)
+            block = nbits_block(bits, group)
             nodes = [_matmul_nbits(graph, x, out, name, quantized, block, accuracy_level, tag)]
             lowered = LayerLowering("MatMulNBits", bits, group, block)
     elif _is_codebook(weight):
@@ -288,7 +288,7 @@ def _lower_embedding(
         ]
         return nodes, LayerLowering("Gather(int8)", 8, cols)
     group = quantized.group_size
-    block = _block_for(4, group)
+    block = nbits_block(4, group)
     if quantized.bits == 4 and block is not None and cols % group == 0:
         unsigned = (quantized.codes.numpy().astype(np.int16) + 8).astype(np.uint8)
         packed = graph.add_initializer(unsigned[:, 0::2] | (unsigned[:, 1::2] << 4), f"{name}.weight_uint4")
@@ -346,12 +346,12 @@ def lower(
     graph = _Graph(proto)
     linears: dict[tuple, list[tuple[str, torch.nn.Linear]]] = {}
     for name, module in _modules(model):  # equal weights (e.g. fully pruned) are assigned in graph order
-        linears.setdefault(_digest(module.weight.detach().numpy().T), []).append((name, module))
+        linears.setdefault(weight_digest(module.weight.detach().numpy().T), []).append((name, module))
     expected = sorted(name for group in linears.values() for name, _ in group)
     embedding = model.get_input_embeddings()
     embedding_name = next(name for name, module in model.named_modules() if module is embedding)
     embedding_quant: QuantizedWeight | None = getattr(embedding, QUANT_ATTR, None)
-    embedding_key = _digest(embedding.weight.detach().numpy()) if embedding_quant is not None else None
+    embedding_key = weight_digest(embedding.weight.detach().numpy()) if embedding_quant is not None else None
 
     report: dict[str, LayerLowering] = {}
     new_nodes: list[onnx.NodeProto] = []
@@ -359,7 +359,7 @@ def lower(
     for node in graph.graph.node:
         replacement = [_copy(node)]
         weight = _linear_weights(node, graph)
-        candidates = linears.get(_digest(weight), []) if weight is not None else []
+        candidates = linears.get(weight_digest(weight), []) if weight is not None else []
         if candidates:
             name, linear = candidates.pop(0)
             shared[node.input[1]] = (name, linear, 1)
@@ -370,7 +370,7 @@ def lower(
             shared[node.input[1]] = (name, linear, uses + 1)
             replacement = _lower_linear(graph, node, name, linear, accuracy_level=accuracy_level, use=uses)[0] or replacement
         elif node.op_type == "Gather" and embedding_key is not None and node.input[0] in graph.initializers:
-            if _digest(graph.array(node.input[0])) == embedding_key:
+            if weight_digest(graph.array(node.input[0])) == embedding_key:
                 replacement, report[embedding_name] = _lower_embedding(graph, node, embedding_name, embedding_quant)
         new_nodes.extend(replacement)
 

@@ -19,11 +19,11 @@ import onnx
 import torch
 from transformers import PreTrainedModel
 
-from autocompress.architectures import TOKENIZER_INPUTS, model_inputs
-from autocompress.models import eager_attention
-from autocompress.quantizer import float_activations
+from autocompress.models.families import TOKENIZER_INPUTS, model_inputs
+from autocompress.models.loading import eager_attention
 from autocompress.runtime._lean import constant_reshapes
 from autocompress.runtime._verify import LoweringMismatch, ort_feed, ort_session
+from autocompress.techniques.quantizer import float_activations
 
 EXPORT_ATOL = 1e-4
 

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import torch
 from transformers import PreTrainedModel
 
-from autocompress.metrics import classification_scores
+from autocompress.tasks.metrics import classification_scores
 
 MATMUL_INTEGER_RTOL = 0.2
 """Relative logit tolerance for graphs with MatMulInteger layers (see ``verify``); others must be exact."""

@@ -3,36 +3,21 @@
 One module per technique: ``_structured`` (heads, FFN neurons, blocks),
 ``_vocabulary`` (word-embedding rows the task does not use), ``_magnitude``
 (unstructured pruning), ``_distillation`` (recovery training),
-``_quantization`` (weight bits). The integer grid they share with the runtime
-is ``autocompress.quantizer``; the shrunk-model code is ``autocompress.shrunk``.
+``_quantization`` (weight bits, on the integer grid of ``quantizer``, which the
+runtime's lowering shares). ``compress`` applies them in order on a copy.
+
+Names load on first use: the runtime imports ``quantizer`` without pulling
+in distillation and the rest.
 """
 
-from autocompress.techniques._base import Technique
-from autocompress.techniques._distillation import Distillation, Recovery, RecoveryStopped
-from autocompress.techniques._magnitude import MagnitudePruning, prune_smallest_
-from autocompress.techniques._quantization import Quantization
-from autocompress.techniques._structured import StructuredPruning
-from autocompress.techniques._vocabulary import VocabularyPruning
+from autocompress._lazy import lazy_exports
 
-
-def float_techniques(*, vocabulary: Technique | None = None, recovery: Technique | None = None) -> tuple[Technique, ...]:
-    """The search's techniques that run before quantization, in order: shrink blocks and vocabulary, zero weights, recover."""
-    return (StructuredPruning(), *([vocabulary] if vocabulary else []), MagnitudePruning(), *([recovery] if recovery else []))
-
-
-DEFAULT_TECHNIQUES: tuple[Technique, ...] = (*float_techniques(), Quantization())
-"""Order matters: shrink first (new matrices), then zero weights, then quantize what remains."""
-
-__all__ = [
-    "DEFAULT_TECHNIQUES",
-    "Distillation",
-    "MagnitudePruning",
-    "Quantization",
-    "Recovery",
-    "RecoveryStopped",
-    "StructuredPruning",
-    "Technique",
-    "VocabularyPruning",
-    "float_techniques",
-    "prune_smallest_",
-]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "Technique": "_base",
+    **dict.fromkeys(["DEFAULT_TECHNIQUES", "compress", "float_techniques", "layer_plan"], "_compress"),
+    **dict.fromkeys(["Distillation", "Recovery", "RecoveryStopped"], "_distillation"),
+    **dict.fromkeys(["MagnitudePruning", "prune_smallest_"], "_magnitude"),
+    "Quantization": "_quantization",
+    **dict.fromkeys(["StructuredPruning", "head_importance", "neuron_importance", "shrink_"], "_structured"),
+    **dict.fromkeys(["VocabularyPruning", "prune_vocabulary_"], "_vocabulary"),
+})

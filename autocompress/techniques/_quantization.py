@@ -8,8 +8,8 @@ import torch
 from transformers import PreTrainedModel
 
 from autocompress.policy import LayerSpec, Policy
-from autocompress.quantizer import quantize_embedding_, quantize_linear_
 from autocompress.techniques._base import Technique
+from autocompress.techniques.quantizer import quantize_embedding_, quantize_linear_
 
 
 class Quantization(Technique):

@@ -6,10 +6,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
+from autocompress.models.shrunk import VOCAB_ATTR, RemappedEmbedding
 from autocompress.policy import LayerSpec, Policy
-from autocompress.shrunk import prune_vocabulary_
 from autocompress.techniques._base import Technique
 
 
@@ -32,7 +33,7 @@ class VocabularyPruning(Technique):
     @classmethod
     def for_task(cls, config: Any, tokenizer: Any) -> VocabularyPruning:
         """Counts from ``config``'s training split as the model sees it (tokenized, truncated); the tokenizer's special ids."""
-        from autocompress.data import load_split, token_counts
+        from autocompress.tasks.data import load_split, token_counts
 
         return cls(token_counts(load_split(config, "train"), tokenizer, max_length=config.task.max_length), tokenizer.all_special_ids)
 
@@ -46,3 +47,40 @@ class VocabularyPruning(Technique):
     ) -> None:
         if policy.vocab_rows is not None:
             prune_vocabulary_(model, policy.vocab_rows, counts=self.counts, always=self.always)
+
+
+def prune_vocabulary_(model: PreTrainedModel, rows: int, *, counts: torch.Tensor, always: Sequence[int]) -> None:
+    """Keep ``rows`` word-embedding rows: the ``always`` ids, then the most counted; map every other id to its nearest.
+
+    ``counts`` holds how often the task's training text produces each token
+    id. Nearest is by cosine similarity of the rows as they are now, so a
+    token the task never produced reads a row that means something like it,
+    not ``[UNK]``'s.
+    """
+    embedding = model.get_input_embeddings()
+    if isinstance(embedding, RemappedEmbedding):
+        raise ValueError("the vocabulary is already pruned")
+    vocab, dim = embedding.weight.shape
+    always = sorted(set(always))
+    if not len(always) < rows < vocab:
+        raise ValueError(f"vocab_rows={rows}: keep more than the {len(always)} special tokens and fewer than the {vocab} rows there are")
+    if counts.dim() != 1 or len(counts) > vocab:
+        raise ValueError(f"token counts cover {tuple(counts.shape)} ids; the embedding has {vocab} rows")
+    counts = nn.functional.pad(counts, (0, vocab - len(counts)))  # rows past the tokenizer's ids: never produced
+    special = set(always)
+    ranked = [i for i in torch.argsort(-counts.long(), stable=True).tolist() if i not in special]  # ties: lower id first
+    keep = torch.tensor(sorted(always + ranked[: rows - len(always)]))
+    weight = embedding.weight.detach()
+    remap = torch.full((vocab,), -1, dtype=torch.int32)
+    remap[keep] = torch.arange(rows, dtype=torch.int32)
+    kept = nn.functional.normalize(weight[keep], dim=1)
+    for chunk in (remap < 0).nonzero().flatten().split(4096):
+        remap[chunk] = (nn.functional.normalize(weight[chunk], dim=1) @ kept.T).argmax(1).int()
+    padding = embedding.padding_idx
+    smaller = RemappedEmbedding(vocab, rows, dim, padding_idx=int(remap[padding]) if padding in special else None)
+    smaller.to(weight.dtype)
+    with torch.no_grad():
+        smaller.weight.copy_(weight[keep])
+        smaller.remap.copy_(remap)
+    model.set_input_embeddings(smaller)
+    setattr(model.config, VOCAB_ATTR, rows)

@@ -1,0 +1,140 @@
+"""Everything a search can check before it trains anything, and the ``--dry-run`` report of it.
+
+The teacher's fine-tuning can take an hour; a bad space, an unreadable data
+file or a study that cannot be resumed must fail before it, with one line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from transformers import AutoConfig, PretrainedConfig
+
+from autocompress.config import ConfigError, SearchConfig
+from autocompress.controller.space_check import SpaceSummary, check_space
+from autocompress.controller.study import check_resumable, load_existing, signature
+from autocompress.models.loading import resolve_model_path
+from autocompress.tasks.data import TaskLabels, load_split, task_labels
+from autocompress.tasks.metrics import check_metric
+from autocompress.tasks.teacher import TeacherLocation, locate_teacher
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What was checked: the space against the model, the data, the teacher's cache and the study."""
+
+    config: SearchConfig
+    space: SpaceSummary
+    teacher: TeacherLocation
+    signature: dict[str, Any]
+    study: optuna.Study | None
+    rows: dict[str, int]
+    labels: TaskLabels | None = None
+    """The task's classes in id order, as the teacher's head and the exports name them."""
+
+    def describe(self) -> str:
+        """A few lines for ``autocompress search CONFIG --dry-run``."""
+        config, task = self.config, self.config.task
+        dev_source = "its own file" if (task.hf_dev_split if task.hf_dataset else task.dev) else f"carved from train, seed {task.split_seed}"
+        lines = [
+            f"config: {config.source} (valid)",
+            self.space.describe(),
+            f"data: {self.rows['train']} train rows, {self.rows['dev']} dev rows ({dev_source}), {self.rows['test']} test rows (report only)",
+            *([self._task_shape()] if self.labels else []),
+            f"teacher: {self._teacher_state()}",
+            f"study: {self._study_state()}",
+        ]
+        latency = config.latency
+        steps = sorted(set(config.space.recovery_steps))
+        deploy = "lower to ONNX Runtime, verify and score" if latency.backend == "onnxruntime" else "score the torch simulation"
+        lines.append(
+            f"each trial: compress (recovery steps {steps}), {deploy} on {self.rows['dev']} dev rows, "
+            f"score {self.rows['test']} test rows, time 3 models (trial, teacher, ORT int8) x {latency.repeats} calls in {latency.rounds} rounds"
+        )
+        return "\n".join(lines)
+
+    def _task_shape(self) -> str:
+        task, labels = self.config.task, self.labels
+        texts = f"sentence pairs ({task.text_column} + {task.text_pair_column})" if task.text_pair_column else f"one text per row ({task.text_column})"
+        return f"task: {texts}, {labels.num_labels} labels in id order: {', '.join(labels.names)} ({labels.origin})"
+
+    def _teacher_state(self) -> str:
+        if self.config.teacher.checkpoint:
+            return f"checkpoint {self.teacher.path}"
+        if self.teacher.ready:
+            return f"cached at {self.teacher.path}"
+        recipe = self.config.teacher
+        return f"not cached: fine-tunes {recipe.steps} steps at batch {recipe.batch_size} on {self.rows['train']} rows, then cached at {self.teacher.path}"
+
+    def _study_state(self) -> str:
+        settings = self.config.search
+        where = f"{settings.study_name!r} in {settings.storage}"
+        budget = f"{settings.n_trials} trials this run" if settings.n_trials else "no trial limit"
+        if self.study is None:
+            return f"{where}: new; {budget}"
+        trials = self.study.get_trials(deepcopy=False)
+        states = {state.name.lower(): sum(t.state == state for t in trials) for state in {t.state for t in trials}}
+        durations = [t.duration.total_seconds() for t in trials if t.duration is not None and t.state.name == "COMPLETE"]
+        line = f"{where}: {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}); {budget}"
+        if durations and settings.n_trials:
+            mean = sum(durations) / len(durations)
+            line += f", about {mean * settings.n_trials / 60:.0f} min at its mean {mean:.0f} s per trial"
+        return line
+
+
+def model_config(config: SearchConfig) -> PretrainedConfig:
+    """The config of the model the teacher is (or will be) built from, without loading weights."""
+    name = config.teacher.checkpoint or config.model
+    field = "teacher.checkpoint" if config.teacher.checkpoint else "model"
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+        raise ConfigError(f"{config.source}: field '{field}': folder {name!r} does not exist")
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{config.source}: field '{field}': cannot load {name!r} (a local folder or a Hugging Face id in the cache): {reason}") from None
+
+
+def check_checkpoint_labels(config: SearchConfig, shape: PretrainedConfig, labels: TaskLabels) -> None:
+    """Refuse a fine-tuned checkpoint whose head has another size or, when both name their classes in words, another order."""
+    where = f"{config.source}: field 'teacher.checkpoint': {config.teacher.checkpoint!r}"
+    if shape.num_labels != labels.num_labels:
+        raise ConfigError(f"{where} has a {shape.num_labels}-label head, the task has task.num_labels={labels.num_labels} "
+                          f"({', '.join(labels.names)})")
+    theirs = tuple(str(shape.id2label[i]) for i in range(shape.num_labels))
+    named = not all(re.fullmatch(r"LABEL_\d+", name) for name in theirs)  # transformers' placeholder names say nothing
+    if labels.words and named and theirs != labels.names:
+        raise ConfigError(f"{where} has id2label [{', '.join(theirs)}], the task has [{', '.join(labels.names)}] ({labels.origin}); "
+                          "set task.labels to the checkpoint's names in its order")
+
+
+def check_task_metric(config: SearchConfig, num_labels: int) -> None:
+    """Refuse, in one line, a ``task.metric`` this task cannot have: ``f1`` (of label 1) on more than two labels."""
+    try:
+        check_metric(config.task.metric, num_labels)
+    except ValueError as error:
+        raise ConfigError(f"{config.source}: field 'task.metric': {error}") from None
+
+
+def preflight(config: SearchConfig) -> Preflight:
+    """Run every check that needs no training; raise a one-line ``ConfigError`` on the first failure."""
+    shape = model_config(config)
+    if config.teacher.checkpoint:
+        check_checkpoint_labels(config, shape, task_labels(config))
+    space = check_space(config, shape)
+    rows = {split: len(load_split(config, split)) for split in ("dev", "test")}
+    check_task_metric(config, task_labels(config).num_labels)
+    teacher = locate_teacher(config)
+    rows["train"] = len(teacher.train) if teacher.train is not None else len(load_split(config, "train"))
+    if not teacher.ready and rows["train"] < config.teacher.batch_size:
+        raise ConfigError(f"{config.source}: field 'teacher.batch_size' ({config.teacher.batch_size}) exceeds the {rows['train']} "
+                          "training rows; fine-tuning needs at least one full batch")
+    expected = signature(config, teacher.key)
+    study = load_existing(config)
+    if study is not None:
+        check_resumable(study, config, expected)
+    return Preflight(config, space, teacher, expected, study, rows, task_labels(config))

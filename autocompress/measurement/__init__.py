@@ -1,0 +1,47 @@
+"""Measurements of a compressed model: accuracy and the task's F1, storage size and real latency."""
+
+from autocompress.measurement._accuracy import accuracy, model_scores, predict
+from autocompress.measurement._deployed import Deployment, deploy, deploy_and_measure, onnx_scores
+from autocompress.measurement._latency import (
+    LatencyProbe,
+    LatencyResult,
+    OrtProbe,
+    PairedLatency,
+    TorchProbe,
+    fingerprint_id,
+    hardware_fingerprint,
+    latency_inputs,
+    measure_paired,
+    pick_sentences,
+)
+from autocompress.measurement._size import estimated_size_bytes, shipped_bytes, sparsity
+from autocompress.tasks.metrics import METRICS, MetricName, check_metric, classification_scores, split_scores, task_metrics
+
+__all__ = [
+    "Deployment",
+    "LatencyProbe",
+    "LatencyResult",
+    "METRICS",
+    "MetricName",
+    "OrtProbe",
+    "PairedLatency",
+    "TorchProbe",
+    "accuracy",
+    "check_metric",
+    "classification_scores",
+    "deploy",
+    "deploy_and_measure",
+    "fingerprint_id",
+    "hardware_fingerprint",
+    "latency_inputs",
+    "measure_paired",
+    "model_scores",
+    "onnx_scores",
+    "estimated_size_bytes",
+    "pick_sentences",
+    "predict",
+    "shipped_bytes",
+    "sparsity",
+    "split_scores",
+    "task_metrics",
+]

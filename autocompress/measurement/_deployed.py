@@ -1,0 +1,128 @@
+"""Measure what would really be deployed: the lowered ONNX artifact, or the torch model.
+
+With the ONNX Runtime backend the compressed model is exported, its
+quantization lowered to ORT's integer kernels, the artifact checked against
+the torch simulation on the dev split (a mismatch raises), scored on the
+untouched test split, and timed interleaved with its reference models (the
+teacher, ORT's dynamic int8) in one paired probe. Accuracies and the task's
+other metrics (``autocompress.tasks.metrics``) are the artifact's own; the size is
+the file's bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from autocompress.measurement._accuracy import model_scores
+from autocompress.measurement._latency import LatencyProbe, OrtProbe, PairedLatency, TorchProbe, measure_paired
+from autocompress.measurement._size import shipped_bytes
+from autocompress.runtime import LoweringReport, VerifyReport, export_onnx, lower, ort_feed, ort_session, verify
+from autocompress.tasks.metrics import classification_scores, split_scores
+
+Batches = Sequence[Mapping[str, torch.Tensor]]
+CANDIDATE = "candidate"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A measured model: paired latency, dev and test accuracy and other metrics, and (for ONNX) its file and check."""
+
+    latency: PairedLatency
+    dev_accuracy: float
+    test_accuracy: float
+    simulated_dev_accuracy: float
+    artifact: Path | None = None
+    artifact_bytes: int | None = None
+    check: VerifyReport | None = None
+    lowering: LoweringReport | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    """The task's metrics other than accuracy, by split: ``dev_f1``, ``test_f1`` (binary) or ``dev_macro_f1``, ..."""
+
+
+EXACT_NBITS = 0
+"""MatMulNBits accuracy level 0: float math on the dequantized weights, exactly the simulation.
+Level 4 (int8 activations) was ~15 % faster here but drifts from the simulation."""
+
+
+def deploy(
+    model: PreTrainedModel, *, dev: Batches, threads: int, workdir: Path, metric: str = "accuracy"
+) -> tuple[LoweringReport, VerifyReport]:
+    """Export, lower to ORT kernels, verify against torch and score on ``dev`` (``metric`` among the scores); the artifact is ``workdir/model.onnx``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    example = {k: v[:2] for k, v in dev[0].items() if k != "labels"}
+    exported = export_onnx(model, workdir / "model.fp32.onnx", example=example, lean=True)
+    report = lower(model, exported, workdir / "model.onnx", accuracy_level=EXACT_NBITS)
+    exported.unlink()
+    return report, verify(report.path, model, dev, threads=threads, metric=metric)
+
+
+def onnx_scores(path: str | Path, batches: Batches, *, threads: int, metric: str = "accuracy") -> dict[str, float]:
+    """Accuracy and the task's other metrics (``metric`` among them) of an ONNX classifier (output ``logits``) on labelled batches."""
+    session = ort_session(path, threads=threads)
+    predictions, labels, num_labels = [], [], 0
+    for batch in batches:
+        (logits,) = session.run(["logits"], ort_feed(session, batch))
+        predictions.append(logits.argmax(-1))
+        labels.append(np.asarray(batch["labels"]))
+        num_labels = logits.shape[-1]
+    return classification_scores(np.concatenate(predictions), np.concatenate(labels), num_labels=num_labels, metric=metric)
+
+
+def deploy_and_measure(
+    model: PreTrainedModel,
+    *,
+    dev: Batches,
+    test: Batches,
+    latency_inputs: Sequence[Mapping[str, torch.Tensor]],
+    references: Mapping[str, LatencyProbe] | None = None,
+    backend: str = "onnxruntime",
+    threads: int = 2,
+    warmup: int = 10,
+    repeats: int = 100,
+    rounds: int = 10,
+    workdir: Path,
+    scoring_threads: int | None = None,
+    metric: str = "accuracy",
+) -> Deployment:
+    """Lower (for ``onnxruntime``), verify on ``dev``, score on ``test``, then time ``model`` beside ``references``.
+
+    ``threads`` is the deployment target's, used for timing; verification and
+    scoring run with ``scoring_threads`` (default: the same), a parallel
+    worker's share of the machine.
+
+    ``references`` are probes of the models every ratio is taken against
+    (e.g. ``{"teacher": ..., "int8": ...}``); the candidate and they share
+    every timing round, so a noisy minute slows all of them alike.
+    ``metric`` (``task.metric``) is scored beside accuracy and the task's F1.
+    """
+    timing = dict(references or {})
+    if CANDIDATE in timing:
+        raise ValueError(f"reference name {CANDIDATE!r} is reserved for the model being measured")
+    if backend == "torch":
+        timing[CANDIDATE] = TorchProbe(model, threads=threads)
+        paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, warmup=warmup, repeats=repeats, rounds=rounds)
+        dev_scores, test_scores = (model_scores(model, list(split), metric=metric) for split in (dev, test))
+        return Deployment(latency=paired, dev_accuracy=dev_scores["accuracy"], test_accuracy=test_scores["accuracy"],
+                          simulated_dev_accuracy=dev_scores["accuracy"], scores=split_scores("dev", dev_scores) | split_scores("test", test_scores))
+    scoring = scoring_threads or threads
+    report, check = deploy(model, dev=dev, threads=scoring, workdir=workdir, metric=metric)
+    timing[CANDIDATE] = OrtProbe(report.path, threads=threads)
+    paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, warmup=warmup, repeats=repeats, rounds=rounds)
+    test_scores = onnx_scores(report.path, test, threads=scoring, metric=metric)
+    return Deployment(
+        latency=paired,
+        dev_accuracy=check.onnx_accuracy,
+        test_accuracy=test_scores["accuracy"],
+        simulated_dev_accuracy=check.torch_accuracy,
+        artifact=Path(report.path),
+        artifact_bytes=shipped_bytes(report.path),
+        check=check,
+        lowering=report,
+        scores=split_scores("dev", check.onnx_scores) | split_scores("test", test_scores),
+    )

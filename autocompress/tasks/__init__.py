@@ -1,0 +1,14 @@
+"""The task: how its data is read and split, its teacher, and the metrics a search maximizes.
+
+``data`` reads the task's files or Hugging Face datasets into splits,
+``teacher`` fine-tunes (once, cached) the model the policies compress, and
+``metrics`` names and computes the scores (accuracy, F1, macro F1).
+"""
+
+from autocompress._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    **dict.fromkeys(["Examples", "batches", "load_split", "read_raw", "resolve_labels", "task_labels", "token_counts"], "data"),
+    **dict.fromkeys(["check_metric", "classification_scores", "split_scores", "task_metrics"], "metrics"),
+    **dict.fromkeys(["Teacher", "get_teacher", "locate_teacher", "teacher_key"], "teacher"),
+})

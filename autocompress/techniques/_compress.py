@@ -1,0 +1,56 @@
+"""Apply a policy to a model: the techniques in order, on a copy."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from autocompress.models.loading import block_linears, encoder_list_name
+from autocompress.policy import LayerSpec, Policy
+from autocompress.techniques._base import Technique
+from autocompress.techniques._magnitude import MagnitudePruning
+from autocompress.techniques._quantization import Quantization
+from autocompress.techniques._structured import StructuredPruning
+
+
+def float_techniques(*, vocabulary: Technique | None = None, recovery: Technique | None = None) -> tuple[Technique, ...]:
+    """The search's techniques that run before quantization, in order: shrink blocks and vocabulary, zero weights, recover."""
+    return (StructuredPruning(), *([vocabulary] if vocabulary else []), MagnitudePruning(), *([recovery] if recovery else []))
+
+
+DEFAULT_TECHNIQUES: tuple[Technique, ...] = (*float_techniques(), Quantization())
+"""Order matters: shrink first (new matrices), then zero weights, then quantize what remains."""
+
+
+def layer_plan(model: PreTrainedModel, policy: Policy) -> dict[str, LayerSpec]:
+    """Current Linear names mapped to the policy's spec for their *original* names.
+
+    After whole blocks are removed, block ``j`` of the model is block
+    ``policy.kept_blocks[j]`` of the original, and keeps that block's spec.
+    """
+    prefix = encoder_list_name(model)
+    blocks = block_linears(model)
+    kept = policy.kept_blocks if policy.kept_blocks is not None and len(policy.kept_blocks) == len(blocks) else range(len(blocks))
+    plan = {}
+    for current, original in zip(range(len(blocks)), kept):
+        for name in blocks[current]:
+            original_name = name.replace(f"{prefix}.{current}.", f"{prefix}.{original}.", 1)
+            plan[name] = policy.spec_for(original_name)
+    return plan
+
+
+def compress(
+    model: PreTrainedModel,
+    policy: Policy,
+    *,
+    techniques: Sequence[Technique] = DEFAULT_TECHNIQUES,
+    calibration: Mapping[str, torch.Tensor] | None = None,
+) -> PreTrainedModel:
+    """Return a compressed copy of ``model``; the original is untouched."""
+    compressed = copy.deepcopy(model)
+    for technique in techniques:
+        technique.apply(compressed, policy, layer_plan(compressed, policy), calibration=calibration)
+    return compressed.eval()

@@ -1,0 +1,141 @@
+"""The model registry: a front trial's verified ONNX file, logged with MLflow's ONNX flavor and registered.
+
+The file registered is the one the search verified and timed (the trial
+run's ``autocompress.artifact`` tag), with its tokenizer and ``policy.json``
+beside it, so ``mlflow artifacts download --artifact-uri models:/NAME@champion``
+gives ``model.onnx`` with ``extra_files/`` (tokenizer, policy) beside it, and ``mlflow.pyfunc.load_model`` runs it on
+ONNX Runtime's CPU provider; the version's MLmodel metadata carries the
+teacher's ``id2label``/``label2id``. Registering the same run twice reuses its
+version; an alias (``champion`` for the chosen trial) moves to it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from autocompress.config import ConfigError
+from autocompress.models.loading import tokenizer_files
+
+CHAMPION = "champion"
+ARTIFACT_TAG = "autocompress.artifact"
+"""On a trial's run: the ONNX file the search verified and timed."""
+TOKENIZER_TAG = "autocompress.tokenizer"
+"""On a search's parent run: the folder holding the tokenizer files shipped with every model."""
+MODEL_NAME_TAG = "autocompress.registered_model"
+"""On a search's parent run: the registered model its trials go to."""
+VERSION_METRICS = ("dev_accuracy", "test_accuracy", "dev_f1", "test_f1", "dev_macro_f1", "test_macro_f1",
+                   "speedup", "speedup_vs_int8", "latency_ms", "size_mb", "compression")
+"""A trial run's metrics copied onto its registered model version (the F1 pair the task has, if any)."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    version: str
+    alias: str | None
+
+    @property
+    def uri(self) -> str:
+        """``models:/NAME@ALIAS`` (or ``/VERSION``), what ``mlflow artifacts download`` and ``pyfunc.load_model`` take."""
+        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
+
+
+def default_model_name(study_name: str) -> str:
+    return f"autocompress-{study_name}"
+
+
+def register_run(run_id: str, *, name: str | None = None, alias: str | None = None, tracking_uri: str | None = None) -> Registered:
+    """Register the model of one trial run; ``name`` defaults to the search's registered model."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise ConfigError(f"run {run_id}: not found at {client.tracking_uri} ({str(error).splitlines()[0]})") from None
+    artifact = run.data.tags.get(ARTIFACT_TAG)
+    if not artifact:
+        raise ConfigError(f"run {run_id} ({run.info.run_name}) has no model: only completed trial runs of a search do")
+    if not Path(artifact).is_file():
+        raise ConfigError(f"run {run_id}: its ONNX file {artifact} is not on this machine; register where the search ran")
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    name = name or parent.data.tags.get(MODEL_NAME_TAG) or default_model_name(parent.data.tags.get("optuna.study_name", "search"))
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        version = existing[0].version
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            policy = json.loads(Path(client.download_artifacts(run_id, "policy.json", folder)).read_text())
+        version = _log_and_register(client, run, Path(artifact), policy, parent.data.tags.get(TOKENIZER_TAG), name)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return Registered(name, str(version), alias)
+
+
+def _log_and_register(client: MlflowClient, run: Any, artifact: Path, policy: dict[str, Any], tokenizer: str | None, name: str) -> str:
+    import onnx
+
+    with tempfile.TemporaryDirectory() as folder:
+        extra = {"policy.json": Path(folder) / "policy.json"}
+        extra["policy.json"].write_text(json.dumps(policy, indent=2, sort_keys=True) + "\n")
+        extra |= {path.name: path for path in (tokenizer_files(tokenizer) if tokenizer else [])}
+        model = onnx.load(str(artifact))
+        metrics = {k: v for k, v in run.data.metrics.items() if k in VERSION_METRICS}
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(client.tracking_uri)
+        try:
+            with mlflow.start_run(run_id=run.info.run_id):
+                info = mlflow.onnx.log_model(
+                    model,
+                    name="model",
+                    onnx_execution_providers=["CPUExecutionProvider"],
+                    save_as_external_data=False,
+                    signature=_signature(artifact),
+                    # what mlflow.onnx's pyfunc needs; spares MLflow inferring them in a subprocess that loads the model (seconds)
+                    pip_requirements=[*mlflow.onnx.get_default_pip_requirements(), f"numpy=={np.__version__}"],
+                    extra_files=[str(path) for path in extra.values()],
+                    metadata={"autocompress.policy_version": policy.get("version"), "trial": run.data.tags.get("optuna.trial_number"),
+                              **_label_names(tokenizer)},
+                    params={k: str(v) for k, v in run.data.params.items() if not k.startswith("block")},
+                )
+            client.set_terminated(run.info.run_id, status=run.info.status, end_time=run.info.end_time)
+            if not client.search_registered_models(f"name = '{name}'"):
+                client.create_registered_model(name, description="Compressed models found by autocompress; `champion` is the search's chosen trial.")
+            version = client.create_model_version(  # resolves models:/m-... through the tracking URI set above
+                name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id,
+                tags={**{k: f"{v:.6g}" for k, v in metrics.items()}, "trial": run.data.tags.get("optuna.trial_number", "")},
+                description=f"trial {run.data.tags.get('optuna.trial_number')}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
+            )
+        finally:
+            mlflow.set_tracking_uri(previous)
+    return version.version
+
+
+def _label_names(model_folder: str | None) -> dict[str, dict[str, Any]]:
+    """``id2label`` and ``label2id`` of the teacher (whose folder holds the tokenizer): what each output logit of the model means."""
+    config = Path(model_folder) / "config.json" if model_folder else None
+    if config is None or not config.is_file():
+        return {}
+    content = json.loads(config.read_text())
+    return {key: content[key] for key in ("id2label", "label2id") if key in content}
+
+
+def _signature(artifact: Path):
+    """Input and output tensors as the file declares them; its dynamic axes (batch, sequence) stay -1."""
+    import onnxruntime as ort
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+
+    def schema(tensors: list[Any]) -> Schema:
+        dtypes = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
+        return Schema([TensorSpec(np.dtype(dtypes[t.type]), tuple(d if isinstance(d, int) else -1 for d in t.shape), t.name) for t in tensors])
+
+    return ModelSignature(inputs=schema(session.get_inputs()), outputs=schema(session.get_outputs()))
