@@ -18,4 +18,5 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[list[str], C
     def __dir__() -> list[str]:
         return sorted(exports)
 
+    __getattr__.exports = dict(exports)  # where each name lives, for tools that follow imports (tests/test_import_graph.py)
     return sorted(exports), __getattr__, __dir__

@@ -471,6 +471,7 @@ _python_format_warning = warnings.formatwarning
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _format_warning
+    warnings.filterwarnings("default", category=RenamedWarning)  # an old name in a user's file is always said, once
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     commands = {"search": _search, "pareto": _pareto, "config": _config, "status": _status, "logs": _logs, "stop": _stop,

@@ -5,47 +5,121 @@ Layers are addressed by full module name or by a ``re:`` pattern (matched with
 pattern; among patterns the first listed wins; unmatched layers get
 ``LayerSpec()`` (untouched). Block-level structure (heads, FFN width, kept
 blocks) is indexed by the block number of the *uncompressed* model.
+
+A policy file (version 2) holds the task it was found for, the per-layer
+``layers`` map (the bits quantization reads, the ratios magnitude pruning
+reads) and one section per technique. Each technique declares its section's
+fields and their JSON Schema (``autocompress.techniques``), so the schema is
+assembled from the plug-ins. Version-1 files (flat fields) still load,
+converted, with a one-line warning.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
 from autocompress.config import ConfigError
+from autocompress.deprecation import RenamedWarning
 
-POLICY_VERSION = 1
+if TYPE_CHECKING:
+    from autocompress.techniques import Technique
+
+POLICY_VERSION = 2
+READS_VERSIONS = (1, 2)
 PATTERN_PREFIX = "re:"
 QUANT_SCHEMES = ("linear", "kmeans")
+LAYER_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 EMBEDDING_BITS = (4, 8, 32)
 """Word-embedding precision; quantized tables have one scale per row (per token)."""
+DEFAULT_TASK = "sequence-classification"
 
-
-SCHEMA_PATH = Path(__file__).parent / "schemas" / f"policy-v{POLICY_VERSION}.schema.json"
-"""The policy format as JSON Schema, shipped in the package: what other tools and editors validate against."""
+SCHEMAS = Path(__file__).parent / "schemas"
+SCHEMA_PATH = SCHEMAS / f"policy-v{POLICY_VERSION}.schema.json"
+"""The policy format as JSON Schema, shipped in the package (assembled from the techniques by ``assemble_schema``)."""
 
 
 class PolicyError(ConfigError):
     """A policy file or dict breaks the schema; the message names the source, the field and what is allowed."""
 
 
-@lru_cache(maxsize=1)
-def schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text())
+def _techniques() -> tuple[type[Technique], ...]:
+    """The registered techniques, whose sections make a version-2 policy."""
+    from autocompress.techniques import TECHNIQUES
+
+    return TECHNIQUES
+
+
+LAYER_SCHEMA = {
+    "type": "object",
+    "description": "per Linear layer (exact module name or 're:' pattern): weight bits (quantization) and unstructured "
+    "magnitude pruning; an exact name wins over any pattern, among patterns the first listed wins",
+    "additionalProperties": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "bits": {"enum": list(LAYER_BITS), "default": 32, "description": "weight bits; 32 keeps float, 16 rounds to half precision"},
+            "prune_ratio": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0,
+                            "description": "share of the layer's smallest-magnitude weights set to zero"},
+        },
+    },
+}
+
+
+def assemble_schema() -> dict[str, Any]:
+    """The version-2 JSON Schema: the task, the layer map, and each registered technique's section."""
+    from autocompress.tasks import TASKS
+
+    sections = {
+        technique.name: {"type": "object", "additionalProperties": False, "description": technique.__doc__.strip().splitlines()[0],
+                         "properties": {name: dict(schema) for name, schema in technique.fields.items()}}
+        for technique in _techniques()
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://autocompress.dev/schemas/policy-v{POLICY_VERSION}.schema.json",
+        "title": f"autocompress compression policy, version {POLICY_VERSION}",
+        "description": "What to do to each layer of one Transformer model: the task it was found for, the per-layer map, "
+        "and one section per compression technique. Block indices are those of the uncompressed model.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["version"],
+        "properties": {
+            "version": {"const": POLICY_VERSION, "description": "policy format version; version 1 files are read and converted"},
+            "task": {"enum": sorted(TASKS), "default": DEFAULT_TASK, "description": "the task the policy was searched for"},
+            "layers": LAYER_SCHEMA,
+            "techniques": {"type": "object", "additionalProperties": False, "properties": sections,
+                           "description": "one section per technique; a section or field left out keeps its default"},
+        },
+    }
+
+
+def write_schema(path: Path = SCHEMA_PATH) -> Path:
+    """Ship the assembled schema (``python -c "from autocompress.policy import write_schema; write_schema()"`` after a technique changes)."""
+    path.write_text(json.dumps(assemble_schema(), indent=2) + "\n")
+    return path
+
+
+@lru_cache(maxsize=2)
+def schema(version: int = POLICY_VERSION) -> dict[str, Any]:
+    """The shipped JSON Schema of policy ``version`` (1 or 2)."""
+    return json.loads((SCHEMAS / f"policy-v{version}.schema.json").read_text())
 
 
 def validate(data: Any, *, source: str = "policy") -> None:
-    """Raise ``PolicyError`` for the first schema violation, naming the field (``layers.re:...\.0\..*.bits``)."""
-    if isinstance(data, Mapping) and data.get("version", POLICY_VERSION) != POLICY_VERSION:
-        raise PolicyError(f"{source}: policy version {data['version']!r} is not supported; this release reads version {POLICY_VERSION}")
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema()).iter_errors(data))
+    """Raise ``PolicyError`` for the first schema violation, naming the field (``layers.re:...\\.0\\..*.bits``)."""
+    version = data.get("version", 1) if isinstance(data, Mapping) else POLICY_VERSION
+    if version not in READS_VERSIONS:
+        raise PolicyError(f"{source}: policy version {version!r} is not supported; this release reads versions {list(READS_VERSIONS)}")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema(version)).iter_errors(data))
     if error is not None:
         where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
         raise PolicyError(f"{source}: {where}: {error.message}")
@@ -59,7 +133,7 @@ class LayerSpec:
     prune_ratio: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.bits not in (2, 3, 4, 5, 6, 7, 8, 16, 32):
+        if self.bits not in LAYER_BITS:
             raise ValueError(f"bits must be one of 2..8, 16, 32; got {self.bits}")
         if not 0.0 <= self.prune_ratio < 1.0:
             raise ValueError(f"prune_ratio must lie in [0, 1); got {self.prune_ratio}")
@@ -67,7 +141,7 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class Policy:
-    """A complete compression policy for one model."""
+    """A complete compression policy for one model; each field belongs to the technique whose section holds it."""
 
     layers: Mapping[str, LayerSpec] = field(default_factory=dict)
     scheme: str = "linear"
@@ -80,11 +154,13 @@ class Policy:
     recovery_steps: int = 0
     vocab_rows: int | None = None
     """Word-embedding rows kept (the task's most used tokens; the others read their nearest kept row); None keeps all."""
+    task: str = DEFAULT_TASK
+    """The task the policy was found for (``autocompress.tasks``)."""
     version: int = POLICY_VERSION
 
     def __post_init__(self) -> None:
         if self.version != POLICY_VERSION:
-            raise ValueError(f"policy version {self.version} is not supported; this release reads {POLICY_VERSION}")
+            raise ValueError(f"a Policy is version {POLICY_VERSION}, not {self.version}; Policy.from_dict converts version-1 dicts")
         if self.scheme not in QUANT_SCHEMES:
             raise ValueError(f"scheme must be one of {QUANT_SCHEMES}; got {self.scheme!r}")
         if self.group_size is not None and self.group_size < 1:
@@ -116,34 +192,39 @@ class Policy:
         return {name: self.spec_for(name) for name in names}
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["layers"] = {name: asdict(spec) for name, spec in self.layers.items()}
-        data["heads"] = {str(k): v for k, v in self.heads.items()}
-        data["ffn"] = {str(k): v for k, v in self.ffn.items()}
-        data["kept_blocks"] = list(self.kept_blocks) if self.kept_blocks is not None else None
-        return data
+        """The version-2 form: task, layer map, and each technique's section."""
+        return {
+            "version": POLICY_VERSION,
+            "task": self.task,
+            "layers": {name: asdict(spec) for name, spec in self.layers.items()},
+            "techniques": {technique.name: technique.section(self) for technique in _techniques()},
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "policy") -> "Policy":
-        """Validate ``data`` against the shipped JSON Schema (errors name ``source`` and the field), then build."""
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "policy") -> Policy:
+        """Validate ``data`` (version 2, or version 1, converted) against its schema, then build."""
         validate(data, source=source)
-        data = dict(data)
-        data["layers"] = {name: LayerSpec(**spec) for name, spec in data.get("layers", {}).items()}
-        data["heads"] = {int(k): int(v) for k, v in data.get("heads", {}).items()}
-        data["ffn"] = {int(k): int(v) for k, v in data.get("ffn", {}).items()}
-        if data.get("kept_blocks") is not None:
-            data["kept_blocks"] = tuple(int(i) for i in data["kept_blocks"])
-        return cls(**data)
+        if data.get("version", 1) == 1:
+            data = upgrade_v1(data)
+        kwargs: dict[str, Any] = {"task": data.get("task", DEFAULT_TASK)}
+        kwargs["layers"] = {name: LayerSpec(**spec) for name, spec in data.get("layers", {}).items()}
+        sections = data.get("techniques", {})
+        for technique in _techniques():
+            kwargs |= technique.from_section(sections.get(technique.name, {}))
+        return cls(**kwargs)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2)  # key order kept: among layer patterns the first listed wins
 
     @classmethod
-    def from_json(cls, text: str, *, source: str = "policy") -> "Policy":
+    def from_json(cls, text: str, *, source: str = "policy") -> Policy:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise PolicyError(f"{source}: not JSON ({error})") from None
+        if isinstance(data, Mapping) and data.get("version", 1) == 1:  # a user's file: say it is old (stored studies convert silently)
+            warnings.warn(f"{source}: policy version 1 read as version {POLICY_VERSION}; saving it writes version {POLICY_VERSION}",
+                          RenamedWarning, stacklevel=3)
         return cls.from_dict(data, source=source)
 
     def save(self, path: str | Path) -> Path:
@@ -152,7 +233,7 @@ class Policy:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Policy":
+    def load(cls, path: str | Path) -> Policy:
         try:
             text = Path(path).read_text()
         except OSError as error:
@@ -186,6 +267,21 @@ class Policy:
             params[f"block{index}.ffn"] = self.ffn.get(index, ffn)
             params[f"block{index}.kept"] = self.kept_blocks is None or index in self.kept_blocks
         return params
+
+
+def upgrade_v1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-1 policy dict (flat fields) in the version-2 form: each field moved into its technique's section."""
+    sections = {technique.name: {name: data[name] for name in technique.fields if name in data} for technique in _techniques()}
+    return {"version": POLICY_VERSION, "task": DEFAULT_TASK, "layers": dict(data.get("layers", {})),
+            "techniques": {name: section for name, section in sections.items() if section}}
+
+
+def field_of(data: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    """A policy field's value in a policy dict of either version (version 2: in the technique section holding it)."""
+    if data.get("version", 1) == 1:
+        return data.get(name, default)
+    sections = data.get("techniques", {}).values()
+    return next((section[name] for section in sections if name in section), default)
 
 
 def _one_or_mixed(values: Iterable[Any]) -> Any:

@@ -48,7 +48,7 @@ from autocompress.measurement import (
 )
 from autocompress.measurement._deployed import onnx_scores
 from autocompress.models.loading import load_tokenizer
-from autocompress.policy import Policy
+from autocompress.policy import Policy, field_of
 from autocompress.runtime import export_onnx
 from autocompress.tasks.data import batches, load_split
 from autocompress.tasks.teacher import get_teacher
@@ -197,9 +197,9 @@ def main() -> None:
     rows_in = [(path, row) for path in args.pareto for row in json.loads(path.read_text())]
     rows_in = [(path, {**row, "artifact": str(path.parent / row["artifact"]) if row.get("artifact") else None}) for path, row in rows_in]
     rebuild = [(path, row) for path, row in rows_in if not (row.get("artifact") and Path(row["artifact"]).is_file())]
-    kd = distillation_setup(config, model, teacher, tokenizer) if any(r["policy"].get("recovery_steps") for _, r in rebuild) else None
+    kd = distillation_setup(config, model, teacher, tokenizer) if any(field_of(r["policy"], "recovery_steps") for _, r in rebuild) else None
     calibration = batches(load_split(config, "train").sample(32, seed=config.search.seed), tokenizer, batch_size=32, max_length=config.task.max_length)[0]
-    vocabulary = VocabularyPruning.for_task(config, tokenizer) if any(r["policy"].get("vocab_rows") for _, r in rebuild) else None
+    vocabulary = VocabularyPruning.for_task(config, tokenizer) if any(field_of(r["policy"], "vocab_rows") for _, r in rebuild) else None
     for path, row in rows_in:
         if (path, row) in rebuild:
             policy = Policy.from_dict(row["policy"])

@@ -25,10 +25,9 @@ from autocompress.distill import recover
 from autocompress.measurement import accuracy
 from autocompress.models.loading import block_linears, load_tokenizer
 from autocompress.policy import Policy
-from autocompress.space import evenly_spaced
 from autocompress.tasks.data import batches, load_split
 from autocompress.tasks.teacher import get_teacher
-from autocompress.techniques import StructuredPruning
+from autocompress.techniques import StructuredPruning, evenly_spaced
 
 
 def main() -> None:

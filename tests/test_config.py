@@ -1,7 +1,9 @@
 import json
+import re
 from typing import get_args
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from autocompress.cli import main
@@ -134,3 +136,35 @@ def test_config_schema_json_parses(capsys):
     assert fields["search.constraints.max_accuracy_drop"]["default"] == 0.01
     assert fields["search.sampler"]["choices"] == ["nsga2", "tpe", "random"]
     assert all(field["description"] for field in fields.values())
+
+
+@pytest.mark.parametrize(("old", "new", "value"), [
+    ("validation", "test", "sst2/validation.tsv"),
+    ("validation_subset", "test_subset", 50),
+    ("hf_validation_split", "hf_test_split", "test"),
+])
+def test_a_renamed_task_field_still_loads_with_a_one_line_warning_naming_the_new_name(tmp_path, old, new, value):
+    from autocompress.deprecation import RenamedWarning
+
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"task": {old: value}}))
+    with pytest.warns(RenamedWarning, match=re.escape(f"old.yaml: 'task.{old}' is deprecated, read as 'task.{new}'")) as caught:
+        config = load_config(path)
+    assert getattr(config.task, new) == value and len(caught) == 1 and "\n" not in str(caught[0].message)
+    path.write_text(yaml.safe_dump({"task": {old: value, new: value}}))
+    with pytest.raises(ConfigError, match=re.escape(f"'task.{old}' is the old name of 'task.{new}'; give only 'task.{new}'")):
+        load_config(path)
+
+
+def test_the_cli_prints_a_renamed_field_as_one_line_before_refusing_the_rest(tmp_path):
+    """In its own process, as a user runs it (pytest records warnings instead of printing them)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"task": {"validation": "sst2/validation.tsv", "max_lenght": 64}}))
+    done = subprocess.run([sys.executable, "-m", "autocompress", "search", str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip().splitlines()
+    assert err[0] == f"autocompress: warning: {path}: 'task.validation' is deprecated, read as 'task.test'; rename it"
+    assert err[1].startswith(f"autocompress: error: {path}: unknown field 'task.max_lenght'") and len(err) == 2

@@ -3,12 +3,15 @@
 A circle makes import order matter and hides which layer owns a name; a
 ``from autocompress.x._y import`` outside package ``x`` couples callers to a
 module its package does not promise to keep. Both are read from the AST, so
-imports inside functions count too.
+imports inside functions count too, and a name a package loads lazily counts
+as an import of the module that defines it. Imports under ``if
+TYPE_CHECKING:`` (annotations only) never run and do not count.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import sys
 from pathlib import Path
 
@@ -37,12 +40,35 @@ def _resolve(name: str) -> str | None:
     return name or None
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those under ``if TYPE_CHECKING:``, which never runs (annotations only)."""
+    nodes, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack.extend(node.orelse)
+            continue
+        nodes.append(node)
+        stack.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
+def _lazy_target(name: str) -> str:
+    """``autocompress.pkg.name`` -> the module defining ``name`` when ``pkg`` loads it lazily (``autocompress._lazy``)."""
+    package, _, attribute = name.rpartition(".")
+    if package in MODULES and MODULES[package].name == "__init__.py" and "lazy_exports" in MODULES[package].read_text():
+        exports = getattr(getattr(importlib.import_module(package), "__getattr__", None), "exports", {})
+        if attribute in exports:
+            return f"{package}.{exports[attribute]}"
+    return name
+
+
 def _imports(module: str) -> list[tuple[str, int]]:
-    """Every ``autocompress`` name ``module`` imports, absolute, with its line."""
+    """Every ``autocompress`` name ``module`` imports at run time, absolute, with its line."""
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -63,7 +89,7 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {module: set() for module in MODULES}
     for module in MODULES:
         for name, _ in _imports(module):
-            target = _resolve(name)
+            target = _resolve(_lazy_target(name))
             while target and target != "autocompress":
                 if target != module and not module.startswith(target + "."):
                     graph[module].add(target)
@@ -147,6 +173,7 @@ def test_the_checks_find_a_circle_and_a_private_crossing(tmp_path, monkeypatch):
     (fake / "runtime" / "__init__.py").write_text("from autocompress.runtime._lower import lower\n")
     (fake / "runtime" / "_lower.py").write_text("from autocompress.space import SPACE\n")
     (fake / "space.py").write_text("import json\n\ndef f():\n    from autocompress.runtime._lower import _digest\n")
+    (fake / "cli.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from autocompress.runtime._lower import Lowering\n")
     this = sys.modules[__name__]
     monkeypatch.setattr(this, "PACKAGE", fake)
     monkeypatch.setattr(this, "MODULES", _modules())

@@ -6,7 +6,8 @@ import optuna
 import pytest
 
 from autocompress.config import SpaceConfig
-from autocompress.space import block_pattern, evenly_spaced, sample_policy, uniform_starts
+from autocompress.space import block_pattern, sample_policy, uniform_starts
+from autocompress.techniques import evenly_spaced
 
 PREFIX = "bert.encoder.layer"
 SPACE = SpaceConfig(weight_bits=[4, 8, 32], group_size=[None, 32, 64], prune_ratios=[0.0, 0.5], embedding_bits=[4, 8, 32])

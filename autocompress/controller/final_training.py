@@ -16,12 +16,12 @@ trains again one whose every attempt was interrupted.
 from __future__ import annotations
 
 import optuna
-from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.trial import TrialState
 
 from autocompress.config import SearchConfig
-from autocompress.controller.pareto import BASELINE_ATTR, select, trial_row
+from autocompress.controller.pareto import BASELINE_ATTR, pareto_front, select, trial_row
 from autocompress.controller.study import FINAL_OF_ATTR, is_interrupted
+from autocompress.policy import field_of
 
 
 def final_candidates(study: optuna.Study, config: SearchConfig) -> list[int]:
@@ -38,10 +38,10 @@ def final_candidates(study: optuna.Study, config: SearchConfig) -> list[int]:
         return []
     students = [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if FINAL_OF_ATTR not in t.user_attrs and t.user_attrs.get("policy", {}).get("recovery_steps", 0) > 0
+        if FINAL_OF_ATTR not in t.user_attrs and field_of(t.user_attrs.get("policy", {}), "recovery_steps", 0) > 0
     ]
     baseline = study.user_attrs[BASELINE_ATTR]
-    front = _get_pareto_front_trials_by_trials(students, study.directions, consider_constraint=True)
+    front = pareto_front(students, study.directions, constrained=True)
     rows = [row for row in (trial_row(t, baseline) for t in front) if row["feasible"]]
     picked: list[int] = []
     while rows and len(picked) < settings.top_k:
@@ -49,7 +49,7 @@ def final_candidates(study: optuna.Study, config: SearchConfig) -> list[int]:
         picked.append(row["trial"])
         rows.remove(row)
     short = [t for t in students if t.number not in picked and _misses_only_accuracy(t, metric)]
-    short_front = [trial_row(t, baseline) for t in _get_pareto_front_trials_by_trials(short, study.directions)]
+    short_front = [trial_row(t, baseline) for t in pareto_front(short, study.directions, constrained=False)]
     short_front.sort(key=lambda row: (row[f"dev_{metric}"], row["speedup"]), reverse=True)  # as the most_accurate selection ranks
     return picked + [row["trial"] for row in short_front[: settings.top_k - len(picked)]]
 

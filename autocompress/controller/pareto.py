@@ -23,7 +23,7 @@ from autocompress.config import ConfigError, Selection
 from autocompress.controller.study import FINAL_OF_ATTR, study_metric
 from autocompress.models.loading import copy_tokenizer
 from autocompress.paths import write_json
-from autocompress.policy import Policy
+from autocompress.policy import Policy, field_of
 
 BASELINE_ATTR = "baseline"
 MB = 1e6
@@ -89,11 +89,11 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     proxies = proxy_trials(completed)
     standing = [t for t in completed if t.number not in proxies]
-    front = _pareto_front(standing, study.directions, constrained=True) or _pareto_front(standing, study.directions, constrained=False)
+    front = pareto_front(standing, study.directions, constrained=True) or pareto_front(standing, study.directions, constrained=False)
     return sorted(front, key=lambda t: t.number)
 
 
-def _pareto_front(trials: list[FrozenTrial], directions: list[optuna.study.StudyDirection], *, constrained: bool) -> list[FrozenTrial]:
+def pareto_front(trials: list[FrozenTrial], directions: list[optuna.study.StudyDirection], *, constrained: bool) -> list[FrozenTrial]:
     """The non-dominated ``trials`` (the feasible ones only when ``constrained``), by Optuna's own ``best_trials`` on a scratch study."""
     scratch = optuna.create_study(directions=directions)
     for trial in trials:
@@ -108,7 +108,7 @@ def proxy_trials(completed: list[FrozenTrial]) -> set[int]:
     if not any(FINAL_OF_ATTR in t.user_attrs for t in completed):
         return set()
     return {t.number for t in completed
-            if FINAL_OF_ATTR not in t.user_attrs and t.user_attrs.get("policy", {}).get("recovery_steps", 0) > 0}
+            if FINAL_OF_ATTR not in t.user_attrs and field_of(t.user_attrs.get("policy", {}), "recovery_steps", 0) > 0}
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:

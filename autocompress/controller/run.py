@@ -108,7 +108,7 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         trial.set_user_attr(OWNER_ATTR, trial_owner())  # first: a process killed while sampling leaves a trial resume can fail
-        policy = sample_policy(trial, context.config.space, prefix=prefix, num_blocks=num_blocks)
+        policy = sample_policy(trial, context.config.space, prefix=prefix, num_blocks=num_blocks, task=context.config.task.type)
         final = FINAL_OF_ATTR in trial.user_attrs  # the same student, trained again on the final budget
         if final:
             policy = replace(policy, recovery_steps=context.config.search.final_training.recovery_steps)

@@ -26,6 +26,7 @@ from autocompress.config import ConfigError, SearchConfig
 from autocompress.models.families import adapter_for, ffn_width, len_blocks, supported_types
 from autocompress.runtime import kernel_refusal, nbits_block
 from autocompress.space import sample_policy
+from autocompress.techniques import TECHNIQUES
 
 _STRUCTURED_FIELDS = ("heads", "ffn_widths", "num_blocks")
 
@@ -114,10 +115,10 @@ def check_space(config: SearchConfig, model_config: PretrainedConfig) -> SpaceSu
                 zero = f" ({adapter.family}: {adapter.notes})"
             raise fail(name, f"{bad[0]} is not allowed; {has}, allowed {low}..{top}{zero}")
 
-    vocab = model_config.vocab_size
-    too_many = [rows for rows in space.vocab_rows if rows is not None and not 1 <= rows < vocab]
-    if too_many:
-        raise fail("vocab_rows", f"{too_many[0]} is not allowed; the model has {vocab} embedding rows, allowed 1..{vocab - 1} or null")
+    for technique in TECHNIQUES:
+        refusal = technique.refuse_space(space, model_config)
+        if refusal:
+            raise fail(*refusal)
 
     sources = {hidden: "q/k/v and FFN input: hidden_size"}  # in_features -> which Linear takes it
     for h in sorted(set(space.heads or [heads]) - {0}, reverse=True):

@@ -40,11 +40,9 @@ from autocompress.measurement import (
     estimated_size_bytes,
     fingerprint_id,
     hardware_fingerprint,
-    latency_inputs,
     measure_paired,
     model_scores,
     onnx_scores,
-    pick_sentences,
     shipped_bytes,
     sparsity,
     split_scores,
@@ -54,8 +52,9 @@ from autocompress.models.shrunk import save_shrunk
 from autocompress.paths import cost_models_dir
 from autocompress.policy import Policy
 from autocompress.runtime import dynamic_int8, export_onnx
-from autocompress.tasks.data import Examples, batches, load_split
-from autocompress.tasks.teacher import Teacher, get_teacher
+from autocompress.tasks.data import Examples
+from autocompress.tasks.registry import task_for
+from autocompress.tasks.teacher import Teacher
 from autocompress.techniques import (
     Distillation,
     Quantization,
@@ -155,12 +154,12 @@ class SearchContext:
         against the same artifacts.
         """
         torch.manual_seed(config.search.seed)
-        teacher = get_teacher(config)
+        task = task_for(config)
+        teacher = task.teacher()
         tokenizer = load_tokenizer(str(teacher.path))
-        dev_examples = load_split(config, "dev")
+        dev_examples = task.load_split("dev")
         dev, test, calibration = task_batches(config, tokenizer, dev_examples)
-        sentences = pick_sentences(dev_examples.inputs(), n=min(config.latency.sentences, len(dev_examples)))  # pairs of a pair task
-        timing_inputs = latency_inputs(tokenizer, sentences, max_length=config.task.max_length)
+        timing_inputs = task.latency_inputs(dev_examples, tokenizer, count=config.latency.sentences)
         model = teacher.load()
         if references is None:
             probes, baseline = measure_references(model, config, dev=dev, test=test, timing_inputs=timing_inputs, workdir=workdir / "references")
@@ -176,10 +175,10 @@ class SearchContext:
 
 def task_batches(config: SearchConfig, tokenizer: Any, dev: Examples | None = None) -> tuple[list, list, dict[str, torch.Tensor]]:
     """Dev and test batches (sorted by length) and the calibration batch, exactly as every trial of ``config`` sees them."""
-    length = config.task.max_length
-    dev = load_split(config, "dev") if dev is None else dev
-    scored = [batches(by_length(split), tokenizer, batch_size=64, max_length=length) for split in (dev, load_split(config, "test"))]
-    calibration = batches(load_split(config, "train").sample(32, seed=config.search.seed), tokenizer, batch_size=32, max_length=length)[0]
+    task = task_for(config)
+    dev = task.load_split("dev") if dev is None else dev
+    scored = [task.batches(by_length(split), tokenizer, batch_size=64) for split in (dev, task.load_split("test"))]
+    calibration = task.batches(task.load_split("train").sample(32, seed=config.search.seed), tokenizer, batch_size=32)[0]
     return scored[0], scored[1], calibration
 
 
@@ -248,14 +247,14 @@ def distillation_setup(config: SearchConfig, model: PreTrainedModel, teacher: Te
 
     ``final``: a final training's rows and loss weights (``search.final_training``) instead of ``recovery``'s.
     """
-    stage, length = config.search.final_training, config.task.max_length
+    task, stage = task_for(config), config.search.final_training
     settings = stage.recovery(config.recovery) if final else config.recovery
     train_subset = stage.train_subset if final else settings.train_subset
-    rows = load_split(config, "train")
-    train = batches(rows.sample(train_subset or len(rows), seed=config.search.seed), tokenizer, batch_size=settings.batch_size, max_length=length)
-    scoring = batches(by_length(load_split(config, "dev").head(settings.eval_subset)), tokenizer, batch_size=64, max_length=length)
+    rows = task.load_split("train")
+    train = task.batches(rows.sample(train_subset or len(rows), seed=config.search.seed), tokenizer, batch_size=settings.batch_size)
+    scoring = task.batches(by_length(task.load_split("dev").head(settings.eval_subset)), tokenizer, batch_size=64)
     logits = cached_teacher_logits(model, train, teacher_key=teacher.key)
-    return Distillation(teacher=model, train_batches=train, teacher_logits=logits, eval_batches=scoring, settings=settings, metric=config.task.metric)
+    return Distillation(teacher=model, train_batches=train, teacher_logits=logits, eval_batches=scoring, settings=settings, metric=task.metric)
 
 
 def by_length(examples: Examples) -> Examples:

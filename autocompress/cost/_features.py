@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 from transformers import PreTrainedModel
 
 from autocompress.models.families import ffn_width
 from autocompress.models.loading import block_linears
-from autocompress.policy import LayerSpec, Policy
 from autocompress.techniques.quantizer import runs_as_matmul_integer
+
+if TYPE_CHECKING:
+    from autocompress.policy import LayerSpec, Policy
 
 FEATURES_VERSION = 3
 """Bumped whenever the features change meaning, so stored measurements of an older schema are not mixed in."""

@@ -95,10 +95,10 @@ def rebuild(origin: Origin) -> Source:
     """The origin's model, built as its trial built it (or its kept weights); refuses one that scores more than half a point off the record."""
     from autocompress.controller.trial import task_batches
     from autocompress.models.loading import load_tokenizer
-    from autocompress.tasks.teacher import get_teacher
+    from autocompress.tasks.registry import task_for
 
     config = origin.config
-    teacher = get_teacher(config)
+    teacher = task_for(config).teacher()
     tokenizer = load_tokenizer(str(teacher.path))
     dev, _, calibration = task_batches(config, tokenizer)
     try:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 from transformers import PreTrainedModel
 
-from autocompress.policy import LayerSpec
 from autocompress.techniques.quantizer import QUANT_ATTR
+
+if TYPE_CHECKING:
+    from autocompress.policy import LayerSpec
 
 FLOAT_BYTES = 4
 

@@ -6,7 +6,7 @@ quantization and magnitude pruning (its blocks are the longest
 ``nn.ModuleList``); structured choices (heads, FFN widths, blocks) are refused
 when the config is checked. To add a family: write ``_<family>.py`` with an
 ``ADAPTER``, list it in ``ADAPTERS`` below, and add a tiny config of it to
-``tests/families.py`` — the contract tests in ``tests/test_architectures.py``
+``tests/families.py`` — the contract tests in ``tests/models/test_families.py``
 then run it through shrinking, saving, ONNX export, lowering and verification.
 """
 

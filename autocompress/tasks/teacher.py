@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, get_linear_schedule_with_warmup
 
 from autocompress.config import SearchConfig
 from autocompress.models.loading import load_classifier, load_tokenizer, resolve_model_path
@@ -36,6 +36,10 @@ class Teacher:
     def load(self) -> PreTrainedModel:
         """The fine-tuned model with its own head (as many labels as it was trained on)."""
         return load_classifier(str(self.path), num_labels=None)
+
+    def load_config(self) -> PretrainedConfig:
+        """The fine-tuned model's config (its labels), without loading the weights."""
+        return AutoConfig.from_pretrained(self.path)
 
 
 def _hash_files(folder: Path, digest: "hashlib._Hash") -> None:

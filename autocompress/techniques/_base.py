@@ -1,18 +1,29 @@
-"""The plug-in interface every compression technique implements."""
+"""The plug-in interface every compression technique implements.
+
+A technique is one module: its ``Technique`` subclass says which policy
+fields it owns (its section of a version-2 policy, with each field's JSON
+Schema), how the search samples them, why a search space cannot use it on a
+model, and how it changes a model. The engine asks every registered technique
+(``TECHNIQUES``) the same questions, so nothing else names it.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from transformers import PreTrainedModel
+if TYPE_CHECKING:
+    import optuna
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
 
-from autocompress.policy import LayerSpec, Policy
+    from autocompress.config import SpaceConfig
+    from autocompress.policy import LayerSpec, Policy
 
 
 class Technique(ABC):
-    """One compression step, applied in place to a model under a policy.
+    """One compression step, applied in place to a model under a policy, and what the engine must know about it.
 
     ``plan`` maps the model's *current* Linear module names to the spec the
     policy gives them (names can change when whole blocks are removed).
@@ -20,7 +31,30 @@ class Technique(ABC):
     techniques that score importance from data.
     """
 
-    name: str
+    name: ClassVar[str]
+    """The technique's section key in a version-2 policy (``"vocabulary_pruning"``)."""
+    fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    """The ``Policy`` fields this technique owns -> each one's JSON Schema; they make its policy section."""
+
+    @classmethod
+    def section(cls, policy: Policy) -> dict[str, Any]:
+        """This technique's section of ``policy`` as JSON values."""
+        return {name: getattr(policy, name) for name in cls.fields}
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> dict[str, Any]:
+        """``Policy`` keyword arguments from a (schema-valid) section; a field it omits keeps its default."""
+        return dict(section)
+
+    @classmethod
+    def sample(cls, trial: optuna.Trial, space: SpaceConfig, *, num_blocks: int) -> dict[str, Any]:
+        """``Policy`` keyword arguments for the decisions the space leaves open, asked of ``trial`` (none by default)."""
+        return {}
+
+    @classmethod
+    def refuse_space(cls, space: SpaceConfig, model_config: PretrainedConfig) -> tuple[str, str] | None:
+        """``(space field, why)`` when the space asks this technique for something the model cannot take; else None."""
+        return None
 
     @abstractmethod
     def apply(

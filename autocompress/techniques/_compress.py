@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel
 
 from autocompress.models.loading import block_linears, encoder_list_name
-from autocompress.policy import LayerSpec, Policy
 from autocompress.techniques._base import Technique
+from autocompress.techniques._distillation import Recovery
 from autocompress.techniques._magnitude import MagnitudePruning
 from autocompress.techniques._quantization import Quantization
 from autocompress.techniques._structured import StructuredPruning
+from autocompress.techniques._vocabulary import VocabularyPruning
+
+if TYPE_CHECKING:
+    from autocompress.policy import LayerSpec, Policy
+
+TECHNIQUES: tuple[type[Technique], ...] = (StructuredPruning, MagnitudePruning, Quantization, Recovery, VocabularyPruning)
+"""Every technique a policy has a section for, in the order the search samples their decisions.
+
+A new technique is registered by appending it here: appending keeps the order
+in which existing studies' samplers draw, so a resumed search proposes what it
+proposed before.
+"""
 
 
 def float_techniques(*, vocabulary: Technique | None = None, recovery: Technique | None = None) -> tuple[Technique, ...]:

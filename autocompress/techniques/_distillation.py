@@ -9,14 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel
 
 from autocompress.config import RecoveryConfig
 from autocompress.distill import RecoveryResult, kept_layer_map, recover
-from autocompress.policy import LayerSpec, Policy
 from autocompress.techniques._base import Technique
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autocompress.config import SpaceConfig
+    from autocompress.policy import LayerSpec, Policy
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -46,6 +52,14 @@ class Recovery(Technique):
     """A KD fine-tune of ``policy.recovery_steps`` steps; ``report(step, score) -> stop?`` sees progress on the task metric."""
 
     name = "recovery"
+    fields = {
+        "recovery_steps": {"type": "integer", "minimum": 0, "default": 0,
+                           "description": "distillation steps from the teacher after pruning, before quantization"},
+    }
+
+    @classmethod
+    def sample(cls, trial: optuna.Trial, space: SpaceConfig, *, num_blocks: int) -> dict[str, Any]:
+        return {"recovery_steps": trial.suggest_categorical("recovery_steps", space.recovery_steps)}
 
     def __init__(self, distillation: Distillation, *, report: Callable[[int, float], bool] | None = None) -> None:
         self.distillation = distillation

@@ -8,12 +8,18 @@ says. This saves storage only: no CPU runtime here has a sparse kernel.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel
 
-from autocompress.policy import LayerSpec, Policy
 from autocompress.techniques._base import Technique
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autocompress.config import SpaceConfig
+    from autocompress.policy import LayerSpec, Policy
 
 
 @torch.no_grad()
@@ -39,6 +45,17 @@ class MagnitudePruning(Technique):
     """Local magnitude pruning per the plan's ratios, or global over all planned layers."""
 
     name = "magnitude_pruning"
+    fields = {
+        "global_prune_ratio": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0,
+                               "description": "magnitude pruning ranked across all layers (exclusive with per-layer prune_ratio)"},
+    }
+
+    @classmethod
+    def sample(cls, trial: optuna.Trial, space: SpaceConfig, *, num_blocks: int) -> dict[str, Any]:
+        from autocompress.config import PruneMode
+
+        ratio = trial.suggest_categorical("global_prune_ratio", space.prune_ratios) if space.prune_mode is PruneMode.GLOBAL else 0.0
+        return {"global_prune_ratio": ratio}
 
     def apply(
         self,

@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel
 
-from autocompress.policy import LayerSpec, Policy
 from autocompress.techniques._base import Technique
 from autocompress.techniques.quantizer import quantize_embedding_, quantize_linear_
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autocompress.config import SpaceConfig
+    from autocompress.policy import LayerSpec, Policy
 
 
 class Quantization(Technique):
     """Simulated weight quantization with the policy's scheme and group size."""
 
     name = "quantization"
+    fields = {
+        "scheme": {"enum": ["linear", "kmeans"], "default": "linear",
+                   "description": "linear: symmetric integer grid with per-channel or per-group scales; kmeans: a codebook per layer"},
+        "group_size": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                       "description": "input columns sharing one scale; null: one scale per output channel"},
+        "embedding_bits": {"enum": [4, 8, 32], "default": 32, "description": "word-embedding table precision, one scale per row"},
+    }
+
+    @classmethod
+    def sample(cls, trial: optuna.Trial, space: SpaceConfig, *, num_blocks: int) -> dict[str, Any]:
+        return {"scheme": trial.suggest_categorical("scheme", space.quant_scheme),
+                "group_size": trial.suggest_categorical("group_size", space.group_size),
+                "embedding_bits": trial.suggest_categorical("embedding_bits", space.embedding_bits)}
 
     def apply(
         self,

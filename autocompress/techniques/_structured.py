@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -33,14 +34,49 @@ from autocompress.models.shrunk import (
     set_heads,
     set_submodule,
 )
-from autocompress.policy import LayerSpec, Policy
 from autocompress.techniques._base import Technique
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autocompress.config import SpaceConfig
+    from autocompress.policy import LayerSpec, Policy
 
 
 class StructuredPruning(Technique):
     """Keep the policy's heads / FFN width per block and its kept blocks (Taylor importance with calibration)."""
 
     name = "structured_pruning"
+    fields = {
+        "heads": {"type": "object", "propertyNames": {"pattern": "^[0-9]+$"}, "additionalProperties": {"type": "integer", "minimum": 0},
+                  "description": "block index -> attention heads kept (the most important ones)"},
+        "ffn": {"type": "object", "propertyNames": {"pattern": "^[0-9]+$"}, "additionalProperties": {"type": "integer", "minimum": 0},
+                "description": "block index -> FFN neurons kept"},
+        "kept_blocks": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}, "uniqueItems": True, "default": None,
+                        "description": "indices of the encoder blocks kept, in order; null keeps all"},
+    }
+
+    @classmethod
+    def section(cls, policy: Policy) -> dict[str, Any]:
+        kept = policy.kept_blocks
+        return {"heads": {str(k): v for k, v in policy.heads.items()}, "ffn": {str(k): v for k, v in policy.ffn.items()},
+                "kept_blocks": list(kept) if kept is not None else None}
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> dict[str, Any]:
+        kept = section.get("kept_blocks")
+        return {"heads": {int(k): int(v) for k, v in section.get("heads", {}).items()},
+                "ffn": {int(k): int(v) for k, v in section.get("ffn", {}).items()},
+                "kept_blocks": tuple(int(i) for i in kept) if kept is not None else None}
+
+    @classmethod
+    def sample(cls, trial: optuna.Trial, space: SpaceConfig, *, num_blocks: int) -> dict[str, Any]:
+        blocks = range(num_blocks)
+        return {
+            "heads": {i: trial.suggest_categorical(f"block{i}.heads", space.heads) for i in blocks} if space.heads else {},
+            "ffn": {i: trial.suggest_categorical(f"block{i}.ffn", space.ffn_widths) for i in blocks} if space.ffn_widths else {},
+            "kept_blocks": evenly_spaced(trial.suggest_categorical("num_blocks", space.num_blocks), num_blocks) if space.num_blocks else None,
+        }
 
     def apply(
         self,
@@ -52,6 +88,13 @@ class StructuredPruning(Technique):
     ) -> None:
         if policy.heads or policy.ffn or policy.kept_blocks is not None:
             shrink_(model, heads=policy.heads, ffn=policy.ffn, layers=policy.kept_blocks, calibration=calibration)
+
+
+def evenly_spaced(count: int, total: int) -> tuple[int, ...]:
+    """``count`` of ``total`` block indices, evenly spaced and always keeping the last block."""
+    if not 1 <= count <= total:
+        raise ValueError(f"num_blocks must lie in 1..{total}, got {count}")
+    return tuple(round((i + 1) * total / count) - 1 for i in range(count))
 
 
 def _layout_of(model: PreTrainedModel, layout: BlockLayout | None) -> BlockLayout:

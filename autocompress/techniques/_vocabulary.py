@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from autocompress.models.shrunk import VOCAB_ATTR, RemappedEmbedding
-from autocompress.policy import LayerSpec, Policy
 from autocompress.techniques._base import Technique
+
+if TYPE_CHECKING:
+    import optuna
+    from transformers import PretrainedConfig
+
+    from autocompress.config import SpaceConfig
+    from autocompress.policy import LayerSpec, Policy
 
 
 class VocabularyPruning(Technique):
@@ -25,6 +31,23 @@ class VocabularyPruning(Technique):
     """
 
     name = "vocabulary_pruning"
+    fields = {
+        "vocab_rows": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                       "description": "word-embedding rows kept: special tokens and the tokens the task's training text uses most; "
+                       "every other token id reads its nearest kept row (cosine); null keeps all"},
+    }
+
+    @classmethod
+    def sample(cls, trial: optuna.Trial, space: SpaceConfig, *, num_blocks: int) -> dict[str, Any]:
+        return {"vocab_rows": trial.suggest_categorical("vocab_rows", space.vocab_rows)}
+
+    @classmethod
+    def refuse_space(cls, space: SpaceConfig, model_config: PretrainedConfig) -> tuple[str, str] | None:
+        vocab = model_config.vocab_size
+        too_many = [rows for rows in space.vocab_rows if rows is not None and not 1 <= rows < vocab]
+        if too_many:
+            return "vocab_rows", f"{too_many[0]} is not allowed; the model has {vocab} embedding rows, allowed 1..{vocab - 1} or null"
+        return None
 
     def __init__(self, counts: torch.Tensor, always: Sequence[int]) -> None:
         self.counts = counts

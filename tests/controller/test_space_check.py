@@ -12,7 +12,7 @@ from autocompress.config import ConfigError, load_config, parse_config
 from autocompress.controller.space_check import SpaceSummary, check_space
 from autocompress.models.loading import resolve_model_path
 
-SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
+SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")

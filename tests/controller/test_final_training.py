@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -22,6 +23,7 @@ from autocompress.controller.pareto import BASELINE_ATTR, front_trials
 from autocompress.controller.progress import summarize
 from autocompress.controller.study import FINAL_OF_ATTR, RETRY_OF_ATTR, retry_all_interrupted, trials_done
 from autocompress.exporters.rebuild import from_run, from_trial, rebuild
+from autocompress.policy import Policy
 from autocompress.tracking.runs import CURVES_ATTR, TRIAL_TAG
 
 pytestmark = pytest.mark.slow
@@ -53,7 +55,7 @@ def test_the_chosen_student_is_trained_again_once_and_exported_from_its_kept_wei
     final = trials[2]
     origin = trials[final.user_attrs[FINAL_OF_ATTR]]
     assert final.params == origin.params  # the same student ...
-    assert final.user_attrs["policy"] == {**origin.user_attrs["policy"], "recovery_steps": 6}  # ... on the final budget
+    assert Policy.from_dict(final.user_attrs["policy"]) == replace(Policy.from_dict(origin.user_attrs["policy"]), recovery_steps=6)  # ... final budget
     assert len(final.user_attrs[CURVES_ATTR]["recovery_loss"]) == 6 and len(origin.user_attrs[CURVES_ATTR]["recovery_loss"]) == 2
     assert (tmp_path / "out" / "exports" / "hf" / "config.json").is_file()
     assert summarize(study).line().startswith("trials 2/2 + 1 final")

@@ -12,6 +12,7 @@ from families import FAMILIES, TINY_TASK, TINY_TEACHER, save_tiny
 
 from autocompress.cli import main
 from autocompress.models.families import adapter_for
+from autocompress.policy import Policy
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +56,10 @@ def test_a_short_search_runs_on_every_family(family, workdir, data_root, monkeyp
     assert main(["search", str(path)]) == 0
     out = workdir / f"out-{family}"
     (row,) = json.loads((out / "pareto.json").read_text())
-    policy = row["policy"]
-    assert set(policy["ffn"].values()) == {32} and policy["recovery_steps"] == 2
-    assert set(policy["heads"].values()) == ({2} if adapter.prunes_heads else set())
-    assert policy["kept_blocks"] == ([1] if adapter.drops_blocks else None)
+    policy = Policy.from_dict(row["policy"])
+    assert set(policy.ffn.values()) == {32} and policy.recovery_steps == 2
+    assert set(policy.heads.values()) == ({2} if adapter.prunes_heads else set())
+    assert policy.kept_blocks == ((1,) if adapter.drops_blocks else None)
     graph = onnx.load(out / row["artifact"])  # the verified artifact the trial was timed on
     assert INTEGER_KERNELS & {node.op_type for node in graph.graph.node}
     assert row["size_bytes"] == (out / row["artifact"]).stat().st_size and row["speedup"] > 0

@@ -18,7 +18,7 @@ from transformers import AutoModelForSequenceClassification
 from autocompress.config import ConfigError, parse_config
 from autocompress.tasks.data import batches, load_split, read_file, task_labels
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 TOPICS = ("Business", "Sci/Tech", "Sports", "World")  # sorted by name: the class ids without task.labels
 TOPIC_TASK = {"data_root": str(DATA), "train": "topics/train.tsv", "test": "topics/test.tsv", "columns": ["label", "text"],
               "text_column": "text", "dev_size": 64}

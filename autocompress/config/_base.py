@@ -1,0 +1,28 @@
+"""What every config section shares: strict models, the one-line error, the names other layers reuse."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+DATA_ROOT_ENV = "AUTOCOMPRESS_DATA_ROOT"
+RENAMED_FIELDS = {
+    "task.validation": "test",
+    "task.validation_subset": "test_subset",
+    "task.hf_validation_split": "hf_test_split",
+}
+"""Old dotted field path -> its name now (same section): the test split was called validation before dev was split off."""
+DEPLOYABLE_BITS = (2, 4, 8, 16, 32)
+TaskType = Literal["sequence-classification"]
+"""The tasks ``autocompress.tasks.TASKS`` implements (a test keeps the two lists equal)."""
+MetricName = Literal["accuracy", "f1", "macro_f1"]
+"""The task metrics a search can optimize (``autocompress.tasks.metrics`` computes them)."""
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, malformed or invalid; the message is one line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)

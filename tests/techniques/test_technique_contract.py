@@ -1,0 +1,147 @@
+"""The technique contract: every registered technique passes the same suite (as Optuna's samplers share theirs).
+
+A subclass names the technique, builds an instance ready to apply (stateful
+ones need data) and a policy that asks something of it. The suite checks that
+its policy section is its own, round-trips through JSON and the assembled
+schema, that sampling asks only for its fields, that a default policy leaves
+a model as it was and an active one changes it measurably. A new technique
+adds one subclass here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import jsonschema
+import optuna
+import pytest
+import torch
+from families import tiny_model
+
+from autocompress.config import PruneMode, RecoveryConfig, SpaceConfig
+from autocompress.policy import LayerSpec, Policy, assemble_schema
+from autocompress.techniques import (
+    TECHNIQUES,
+    Distillation,
+    MagnitudePruning,
+    Quantization,
+    Recovery,
+    StructuredPruning,
+    Technique,
+    VocabularyPruning,
+    layer_plan,
+)
+
+OPEN_SPACE = SpaceConfig(weight_bits=[4, 8, 32], group_size=[None, 16], prune_mode=PruneMode.GLOBAL, prune_ratios=[0.0, 0.5],
+                         embedding_bits=[4, 8, 32], heads=[2, 4], ffn_widths=[32, 64], num_blocks=[1, 2], recovery_steps=[0, 2],
+                         vocab_rows=[None, 2000])
+"""A space that leaves every technique's decisions open, for the tiny 2-block model (4 heads, FFN 64)."""
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+class TechniqueContract:
+    """Subclasses set ``technique`` and define ``active()``, a policy that asks something of it."""
+
+    technique: type[Technique]
+
+    def make(self, model: torch.nn.Module, batches: list) -> Technique:
+        return self.technique()
+
+    def test_it_is_registered(self):
+        assert self.technique in TECHNIQUES
+
+    def test_its_fields_are_policy_fields_no_other_technique_owns(self):
+        assert self.technique.fields and set(self.technique.fields) <= set(Policy.__dataclass_fields__)
+        others = {name for technique in TECHNIQUES if technique is not self.technique for name in technique.fields}
+        assert not set(self.technique.fields) & others
+
+    def test_its_section_round_trips_through_json_and_the_schema(self):
+        policy = self.active()
+        section = json.loads(json.dumps(self.technique.section(policy)))
+        assert set(section) == set(self.technique.fields)
+        restored = self.technique.from_section(section)
+        assert {name: restored[name] for name in self.technique.fields} == {name: getattr(policy, name) for name in self.technique.fields}
+        document = {"version": 2, "techniques": {self.technique.name: section}}
+        jsonschema.validate(document, assemble_schema())
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"version": 2, "techniques": {self.technique.name: {**section, "unknown_knob": 1}}}, assemble_schema())
+        assert Policy.from_dict(policy.to_dict()) == policy
+
+    def test_sampling_asks_only_for_its_own_fields(self):
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+        decisions = self.technique.sample(trial, OPEN_SPACE, num_blocks=2)
+        assert decisions and set(decisions) <= set(self.technique.fields)
+        Policy(**decisions)  # valid on its own
+
+    def test_a_space_the_model_can_take_is_not_refused(self):
+        assert self.technique.refuse_space(OPEN_SPACE, tiny_model("bert").config) is None
+
+    def test_a_default_policy_leaves_the_model_as_it_was(self, sentence_batches):
+        model = tiny_model("bert")
+        before = _weights(model)
+        policy = Policy()
+        self.make(model, sentence_batches).apply(model, policy, layer_plan(model, policy), calibration=sentence_batches[0])
+        after = _weights(model)
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+    def test_an_active_policy_changes_the_model_measurably(self, sentence_batches):
+        model = tiny_model("bert")
+        before = _weights(model)
+        policy = self.active()
+        self.make(model, sentence_batches).apply(model, policy, layer_plan(model, policy), calibration=sentence_batches[0])
+        after = _weights(model)
+        changed = before.keys() != after.keys() or any(before[k].shape != after[k].shape or not torch.equal(before[k], after[k]) for k in before)
+        assert changed
+
+
+ALL_BLOCKS = "re:bert\\.encoder\\.layer\\.\\d+\\..*"
+
+
+class TestStructuredPruning(TechniqueContract):
+    technique = StructuredPruning
+
+    def active(self):
+        return Policy(heads={0: 2}, ffn={1: 32}, kept_blocks=(1,))
+
+
+class TestMagnitudePruning(TechniqueContract):
+    technique = MagnitudePruning
+
+    def active(self):
+        return Policy(global_prune_ratio=0.5)
+
+
+class TestQuantization(TechniqueContract):
+    technique = Quantization
+
+    def active(self):
+        return Policy(layers={ALL_BLOCKS: LayerSpec(bits=4)}, group_size=16, embedding_bits=8)
+
+
+class TestVocabularyPruning(TechniqueContract):
+    technique = VocabularyPruning
+
+    def make(self, model, batches):
+        counts = torch.bincount(torch.cat([batch["input_ids"].flatten() for batch in batches]), minlength=model.config.vocab_size)
+        return VocabularyPruning(counts, always=[0, 100, 101, 102, 103])
+
+    def active(self):
+        return Policy(vocab_rows=2000)
+
+
+class TestRecovery(TechniqueContract):
+    technique = Recovery
+
+    def make(self, model, batches):
+        teacher = tiny_model("bert", seed=1)
+        with torch.no_grad():
+            logits = [teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits for batch in batches[:2]]
+        settings = RecoveryConfig(eval_every=50, hidden_weight=0.0, attention_weight=0.0)
+        return Recovery(Distillation(copy.deepcopy(teacher), batches[:2], logits, batches[:1], settings))
+
+    def active(self):
+        return Policy(recovery_steps=2)
