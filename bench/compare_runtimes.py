@@ -204,7 +204,7 @@ def main() -> None:
         if (path, row) in rebuild:
             policy = Policy.from_dict(row["policy"])
             recovery = Recovery(kd) if policy.recovery_steps else None
-            techniques = (*float_techniques(vocabulary=vocabulary if policy.vocab_rows else None, recovery=recovery), Quantization())
+            techniques = (*float_techniques(policy, prepare=lambda technique: vocabulary, recovery=recovery), Quantization())
             with seeded(row["seed"]):
                 compressed = compress(model, policy, techniques=techniques, calibration=calibration)
             report, _ = deploy(compressed, dev=dev, threads=args.threads, workdir=workdir / f"trial-{row['trial']}")

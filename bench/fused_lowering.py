@@ -33,7 +33,7 @@ from autocompress.runtime import export_onnx
 from autocompress.runtime._lower import lower
 from autocompress.tasks.data import batches, load_split
 from autocompress.tasks.teacher import get_teacher
-from autocompress.techniques import Quantization, VocabularyPruning, compress, float_techniques
+from autocompress.techniques import Quantization, compress, float_techniques
 
 
 def main(heads: int, ffn: int, width: int, workdir: Path = Path("/tmp/autocompress-fused")) -> None:
@@ -46,7 +46,7 @@ def main(heads: int, ffn: int, width: int, workdir: Path = Path("/tmp/autocompre
     policy = Policy.from_dict({"layers": {"re:bert\\.encoder\\.layer\\.[0-5]\\..*": {"bits": 8}}, "embedding_bits": 4,
                                "kept_blocks": [1, 2, 3, 5], "heads": {str(i): heads for i in range(6)},
                                "ffn": {str(i): ffn for i in range(6)}, "vocab_rows": 12000})
-    float_student = compress(model, policy, techniques=float_techniques(vocabulary=VocabularyPruning.for_task(config, tokenizer)),
+    float_student = compress(model, policy, techniques=float_techniques(policy, prepare=lambda technique: technique.for_task(config, tokenizer)),
                              calibration=test[0])
     student = compress(float_student, policy, techniques=(Quantization(),))
     files = {"ours, unfused": Path(deploy(student, dev=test[:2], threads=2, workdir=workdir / "plain")[0].path)}

@@ -150,12 +150,13 @@ def export_source(probe_model, export_dev, sentence_batches, train_vocabulary):
     from autocompress.exporters import Source
     from autocompress.models.loading import resolve_model_path
     from autocompress.policy import Policy
+    from autocompress.techniques import VocabularyPruning
 
     def build(policy: dict | Policy) -> Source:
         policy = policy if isinstance(policy, Policy) else Policy.from_dict(policy)
         torch.manual_seed(0)
         tokenizer_dir = Path(resolve_model_path("default"))
         return Source.build(probe_model, policy, dev=export_dev, tokenizer_dir=tokenizer_dir, calibration=sentence_batches[0],
-                            vocabulary=train_vocabulary)
+                            prepare=lambda technique: train_vocabulary if technique is VocabularyPruning else technique())
 
     return build

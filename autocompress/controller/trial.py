@@ -60,7 +60,7 @@ from autocompress.techniques import (
     Quantization,
     Recovery,
     RecoveryStopped,
-    VocabularyPruning,
+    Technique,
     compress,
     float_techniques,
     layer_plan,
@@ -124,16 +124,19 @@ class SearchContext:
     fidelity: Fidelity | None = None
     scoring_threads: int | None = None
     """Threads for verifying and scoring a trial's artifact (a worker's share); timing always uses ``latency.threads``."""
+    prepared: dict[type[Technique], Technique] = field(default_factory=dict, repr=False)
+    """Techniques built for this task, each the first time a policy asks for it (``technique``)."""
 
     @cached_property
     def final_distillation(self) -> Distillation:
         """The final trainings' batches, teacher logits and loss weights (``search.final_training``), made the first time one runs."""
         return distillation_setup(self.config, self.model, self.teacher, self.tokenizer, final=True)
 
-    @cached_property
-    def vocabulary(self) -> VocabularyPruning:
-        """The training split's token counts, computed the first time a policy prunes the vocabulary."""
-        return VocabularyPruning.for_task(self.config, self.tokenizer)
+    def technique(self, technique: type[Technique]) -> Technique:
+        """``technique`` ready for this search's task (a vocabulary's token counts, ...), built the first time a policy asks for it."""
+        if technique not in self.prepared:
+            self.prepared[technique] = technique.for_task(self.config, self.tokenizer)
+        return self.prepared[technique]
 
     @property
     def seq_len(self) -> float:
@@ -332,9 +335,9 @@ def evaluate(
     distilled keeps its float weights beside its ONNX file (``trained/``), so
     exporting it later costs no second training.
     """
-    vocabulary = context.vocabulary if policy.vocab_rows is not None else None
     with seeded(seed):
-        float_model = compress(context.model, policy, techniques=float_techniques(vocabulary=vocabulary, recovery=recovery), calibration=context.calibration)
+        techniques = float_techniques(policy, prepare=context.technique, recovery=recovery)
+        float_model = compress(context.model, policy, techniques=techniques, calibration=context.calibration)
         compressed = compress(float_model, policy, techniques=(Quantization(),))
     measurement = measure(compressed, policy, context, name=name)
     if recovery is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -64,10 +64,13 @@ class Source:
         tokenizer_dir: Path,
         calibration: Mapping[str, torch.Tensor] | None = None,
         recovery: Technique | None = None,
-        vocabulary: Technique | None = None,
+        prepare: Callable[[type[Technique]], Technique] | None = None,
     ) -> Source:
-        """Apply ``policy`` to ``teacher`` with the search's techniques, in its order (seed the caller's RNG as the trial did)."""
-        techniques = float_techniques(vocabulary=vocabulary, recovery=recovery)
+        """Apply ``policy`` to ``teacher`` with the search's techniques, in its order (seed the caller's RNG as the trial did).
+
+        ``prepare`` builds the techniques that need the task's data, as ``float_techniques`` says.
+        """
+        techniques = float_techniques(policy, prepare=prepare, recovery=recovery)
         float_model = compress(teacher, policy, techniques=techniques, calibration=calibration)
         return cls.from_float(float_model, policy, dev=dev, tokenizer_dir=tokenizer_dir)
 

@@ -118,11 +118,11 @@ def rebuild(origin: Origin) -> Source:
 def _train_again(origin: Origin, teacher: Any, tokenizer: Any, *, dev: Any, calibration: Any) -> Source:
     """Apply the origin's policy to the teacher with its seed, distilling a student on the rows its trial used."""
     from autocompress.controller.trial import distillation_setup, seeded
-    from autocompress.techniques import Recovery, VocabularyPruning
+    from autocompress.techniques import Recovery
 
     config, policy = origin.config, origin.policy
     model = teacher.load()
     recovery = Recovery(distillation_setup(config, model, teacher, tokenizer, final=origin.final)) if policy.recovery_steps else None
-    vocabulary = VocabularyPruning.for_task(config, tokenizer) if policy.vocab_rows is not None else None
     with seeded(origin.seed):
-        return Source.build(model, policy, dev=dev, tokenizer_dir=teacher.path, calibration=calibration, recovery=recovery, vocabulary=vocabulary)
+        return Source.build(model, policy, dev=dev, tokenizer_dir=teacher.path, calibration=calibration, recovery=recovery,
+                            prepare=lambda technique: technique.for_task(config, tokenizer))

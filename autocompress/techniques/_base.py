@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel
 
-    from autocompress.config import SpaceConfig
+    from autocompress.config import SearchConfig, SpaceConfig
     from autocompress.policy import LayerSpec, Policy
 
 
@@ -33,6 +33,10 @@ class Technique(ABC):
 
     name: ClassVar[str]
     """The technique's section key in a version-2 policy (``"vocabulary_pruning"``)."""
+    stage: ClassVar[int]
+    """Where it runs in ``compress``, lowest first: shrink matrices, then zero weights, then train, then quantize."""
+    needs_data: ClassVar[bool] = False
+    """Whether an instance needs the task's data (``for_task``); those without are built with no argument."""
     fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     """The ``Policy`` fields this technique owns -> each one's JSON Schema; they make its policy section."""
 
@@ -45,6 +49,17 @@ class Technique(ABC):
     def from_section(cls, section: Mapping[str, Any]) -> dict[str, Any]:
         """``Policy`` keyword arguments from a (schema-valid) section; a field it omits keeps its default."""
         return dict(section)
+
+    @classmethod
+    def active(cls, policy: Policy) -> bool:
+        """Whether ``policy`` asks anything of this technique: one of its fields differs from a default policy's."""
+        default = type(policy)()
+        return any(getattr(policy, name) != getattr(default, name) for name in cls.fields)
+
+    @classmethod
+    def for_task(cls, config: SearchConfig, tokenizer: Any) -> Technique:
+        """An instance ready to apply in a search of ``config`` (a technique that learns from the task's data overrides it)."""
+        return cls()
 
     @classmethod
     def sample(cls, trial: optuna.Trial, space: SpaceConfig, *, num_blocks: int) -> dict[str, Any]:

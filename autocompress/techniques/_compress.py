@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,13 +29,35 @@ proposed before.
 """
 
 
-def float_techniques(*, vocabulary: Technique | None = None, recovery: Technique | None = None) -> tuple[Technique, ...]:
-    """The search's techniques that run before quantization, in order: shrink blocks and vocabulary, zero weights, recover."""
-    return (StructuredPruning(), *([vocabulary] if vocabulary else []), MagnitudePruning(), *([recovery] if recovery else []))
+def float_techniques(
+    policy: Policy, *, prepare: Callable[[type[Technique]], Technique] | None = None, recovery: Technique | None = None
+) -> tuple[Technique, ...]:
+    """The techniques ``policy`` asks for that run before quantization, in stage order.
+
+    ``prepare`` builds the ones that need the task's data (``needs_data``;
+    a search calls ``for_task`` once and reuses it); ``recovery`` is the
+    distillation a trial runs (it holds the teacher, the rows and the pruner's
+    callback), put where distillation's stage is.
+    """
+    chosen = []
+    for technique in sorted(TECHNIQUES, key=lambda technique: technique.stage):
+        if technique is Quantization or not technique.active(policy):
+            continue
+        if technique is Recovery:
+            chosen += [recovery] if recovery is not None else []
+        elif technique.needs_data:
+            if prepare is None:
+                raise ValueError(f"the policy asks for {technique.name}, which needs the task's data: pass prepare=")
+            chosen.append(prepare(technique))
+        else:
+            chosen.append(technique())
+    return tuple(chosen)
 
 
-DEFAULT_TECHNIQUES: tuple[Technique, ...] = (*float_techniques(), Quantization())
-"""Order matters: shrink first (new matrices), then zero weights, then quantize what remains."""
+DEFAULT_TECHNIQUES: tuple[Technique, ...] = tuple(
+    technique() for technique in sorted(TECHNIQUES, key=lambda technique: technique.stage) if not technique.needs_data
+)
+"""The techniques that need no data, in stage order: shrink first (new matrices), then zero weights, then quantize."""
 
 
 def layer_plan(model: PreTrainedModel, policy: Policy) -> dict[str, LayerSpec]:

@@ -52,6 +52,8 @@ class Recovery(Technique):
     """A KD fine-tune of ``policy.recovery_steps`` steps; ``report(step, score) -> stop?`` sees progress on the task metric."""
 
     name = "recovery"
+    stage = 40
+    needs_data = True
     fields = {
         "recovery_steps": {"type": "integer", "minimum": 0, "default": 0,
                            "description": "distillation steps from the teacher after pruning, before quantization"},

@@ -45,10 +45,15 @@ class MagnitudePruning(Technique):
     """Local magnitude pruning per the plan's ratios, or global over all planned layers."""
 
     name = "magnitude_pruning"
+    stage = 30
     fields = {
         "global_prune_ratio": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0,
                                "description": "magnitude pruning ranked across all layers (exclusive with per-layer prune_ratio)"},
     }
+
+    @classmethod
+    def active(cls, policy: Policy) -> bool:
+        return policy.global_prune_ratio > 0 or any(spec.prune_ratio for spec in policy.layers.values())
 
     @classmethod
     def sample(cls, trial: optuna.Trial, space: SpaceConfig, *, num_blocks: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ class Quantization(Technique):
     """Simulated weight quantization with the policy's scheme and group size."""
 
     name = "quantization"
+    stage = 50
     fields = {
         "scheme": {"enum": ["linear", "kmeans"], "default": "linear",
                    "description": "linear: symmetric integer grid with per-channel or per-group scales; kmeans: a codebook per layer"},
@@ -29,6 +30,10 @@ class Quantization(Technique):
                        "description": "input columns sharing one scale; null: one scale per output channel"},
         "embedding_bits": {"enum": [4, 8, 32], "default": 32, "description": "word-embedding table precision, one scale per row"},
     }
+
+    @classmethod
+    def active(cls, policy: Policy) -> bool:
+        return policy.embedding_bits < 32 or any(spec.bits < 32 for spec in policy.layers.values())
 
     @classmethod
     def sample(cls, trial: optuna.Trial, space: SpaceConfig, *, num_blocks: int) -> dict[str, Any]:

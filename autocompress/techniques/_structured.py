@@ -47,6 +47,7 @@ class StructuredPruning(Technique):
     """Keep the policy's heads / FFN width per block and its kept blocks (Taylor importance with calibration)."""
 
     name = "structured_pruning"
+    stage = 10
     fields = {
         "heads": {"type": "object", "propertyNames": {"pattern": "^[0-9]+$"}, "additionalProperties": {"type": "integer", "minimum": 0},
                   "description": "block index -> attention heads kept (the most important ones)"},

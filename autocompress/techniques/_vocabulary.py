@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import optuna
     from transformers import PretrainedConfig
 
-    from autocompress.config import SpaceConfig
+    from autocompress.config import SearchConfig, SpaceConfig
     from autocompress.policy import LayerSpec, Policy
 
 
@@ -31,6 +31,8 @@ class VocabularyPruning(Technique):
     """
 
     name = "vocabulary_pruning"
+    stage = 20
+    needs_data = True
     fields = {
         "vocab_rows": {"type": ["integer", "null"], "minimum": 1, "default": None,
                        "description": "word-embedding rows kept: special tokens and the tokens the task's training text uses most; "
@@ -54,7 +56,7 @@ class VocabularyPruning(Technique):
         self.always = list(always)
 
     @classmethod
-    def for_task(cls, config: Any, tokenizer: Any) -> VocabularyPruning:
+    def for_task(cls, config: SearchConfig, tokenizer: Any) -> VocabularyPruning:
         """Counts from ``config``'s training split as the model sees it (tokenized, truncated); the tokenizer's special ids."""
         from autocompress.tasks.data import load_split, token_counts
 

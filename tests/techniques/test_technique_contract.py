@@ -22,6 +22,7 @@ from families import tiny_model
 from autocompress.config import PruneMode, RecoveryConfig, SpaceConfig
 from autocompress.policy import LayerSpec, Policy, assemble_schema
 from autocompress.techniques import (
+    DEFAULT_TECHNIQUES,
     TECHNIQUES,
     Distillation,
     MagnitudePruning,
@@ -30,6 +31,7 @@ from autocompress.techniques import (
     StructuredPruning,
     Technique,
     VocabularyPruning,
+    float_techniques,
     layer_plan,
 )
 
@@ -53,6 +55,17 @@ class TechniqueContract:
 
     def test_it_is_registered(self):
         assert self.technique in TECHNIQUES
+
+    def test_the_active_policy_asks_for_it_and_a_default_one_does_not(self):
+        assert self.technique.active(self.active()) and not self.technique.active(Policy())
+
+    def test_it_runs_at_its_stage_of_the_pipeline(self, sentence_batches):
+        pipeline = float_techniques(self.active(), prepare=lambda technique: self.make(tiny_model("bert"), sentence_batches),
+                                    recovery=self.make(tiny_model("bert"), sentence_batches) if self.technique is Recovery else None)
+        if self.technique is Quantization:
+            assert pipeline == () and type(DEFAULT_TECHNIQUES[-1]) is Quantization  # quantization runs last, on the float result
+        else:
+            assert [type(technique) for technique in pipeline] == [self.technique]
 
     def test_its_fields_are_policy_fields_no_other_technique_owns(self):
         assert self.technique.fields and set(self.technique.fields) <= set(Policy.__dataclass_fields__)
@@ -145,3 +158,14 @@ class TestRecovery(TechniqueContract):
 
     def active(self):
         return Policy(recovery_steps=2)
+
+
+def test_the_pipeline_runs_in_stage_order_and_a_technique_that_needs_data_needs_prepare(sentence_batches):
+    everything = Policy(layers={ALL_BLOCKS: LayerSpec(bits=8, prune_ratio=0.5)}, heads={0: 2}, vocab_rows=2000, recovery_steps=2)
+    vocabulary, recovery = TestVocabularyPruning().make(tiny_model("bert"), sentence_batches), TestRecovery().make(tiny_model("bert"), sentence_batches)
+    pipeline = float_techniques(everything, prepare=lambda technique: vocabulary, recovery=recovery)
+    assert [type(t) for t in pipeline] == [StructuredPruning, VocabularyPruning, MagnitudePruning, Recovery]
+    assert all(t.stage < Quantization.stage for t in TECHNIQUES if t is not Quantization)  # quantization rounds what is left
+    with pytest.raises(ValueError, match="asks for vocabulary_pruning, which needs the task's data: pass prepare="):
+        float_techniques(everything)
+    assert [type(t) for t in DEFAULT_TECHNIQUES] == [StructuredPruning, MagnitudePruning, Quantization]
