@@ -81,10 +81,20 @@ def compress(
     model: PreTrainedModel,
     policy: Policy,
     *,
-    techniques: Sequence[Technique] = DEFAULT_TECHNIQUES,
+    techniques: Sequence[Technique] | None = None,
+    prepare: Callable[[type[Technique]], Technique] | None = None,
     calibration: Mapping[str, torch.Tensor] | None = None,
 ) -> PreTrainedModel:
-    """Return a compressed copy of ``model``; the original is untouched."""
+    """Return a compressed copy of ``model``; the original is untouched.
+
+    ``techniques`` default: every technique ``policy`` asks for, in stage
+    order, then quantization; one that needs the task's data (vocabulary
+    pruning) is built by ``prepare`` (``technique.for_task(config, tokenizer)``)
+    and refused with a one-line error without it. Recovery needs a teacher and
+    rows: pass it in ``techniques``.
+    """
+    if techniques is None:
+        techniques = (*float_techniques(policy, prepare=prepare), Quantization())
     compressed = copy.deepcopy(model)
     for technique in techniques:
         technique.apply(compressed, policy, layer_plan(compressed, policy), calibration=calibration)

@@ -169,3 +169,15 @@ def test_the_pipeline_runs_in_stage_order_and_a_technique_that_needs_data_needs_
     with pytest.raises(ValueError, match="asks for vocabulary_pruning, which needs the task's data: pass prepare="):
         float_techniques(everything)
     assert [type(t) for t in DEFAULT_TECHNIQUES] == [StructuredPruning, MagnitudePruning, Quantization]
+
+
+def test_compress_applies_what_the_policy_asks_and_refuses_a_vocabulary_without_the_tasks_data(sentence_batches):
+    from autocompress.techniques import compress
+
+    model, policy = tiny_model("bert"), Policy(heads={0: 2}, vocab_rows=2000, layers={ALL_BLOCKS: LayerSpec(bits=8)})
+    with pytest.raises(ValueError, match="asks for vocabulary_pruning, which needs the task's data: pass prepare="):
+        compress(model, policy)
+    vocabulary = TestVocabularyPruning().make(model, sentence_batches)
+    compressed = compress(model, policy, prepare=lambda technique: vocabulary, calibration=sentence_batches[0])
+    assert compressed.get_input_embeddings().weight.shape[0] == 2000 and compressed.config.num_attention_heads == 4
+    assert compressed.bert.encoder.layer[0].attention.self.query.out_features == 2 * 8  # 2 heads of 8 kept

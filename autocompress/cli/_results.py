@@ -1,0 +1,126 @@
+"""The commands that read a finished (or running) study: ``pareto``, ``pick``, ``export``, ``register``, ``sync``, ``apply``, ``config``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from autocompress.cli._common import load_study
+from autocompress.config import ConfigError, Selection, load_config
+
+
+def sync(args: argparse.Namespace) -> int:
+    from autocompress.controller.pareto import front_rows
+    from autocompress.tracking.runs import TRACKING_ATTR, Tracker
+
+    study = load_study(args.storage, args.study_name)
+    where = study.user_attrs.get(TRACKING_ATTR, {})
+    tracker = Tracker(study=study, experiment=args.experiment or where.get("experiment") or "autocompress",
+                      tracking_uri=args.tracking_uri or where.get("uri"))
+    written = tracker.sync()
+    if written is None:
+        print(f"autocompress: error: MLflow at {tracker.uri} is unreachable; nothing synced", file=sys.stderr)
+        return 1
+    rows = front_rows(study) if any(t.state.name == "COMPLETE" for t in study.trials) else []
+    tracker.log_front({r["trial"] for r in rows}, rows, [])
+    tracker.finish()
+    print(f"synced {written} trial run(s) of study {study.study_name!r} to {tracker.uri} (experiment {tracker.experiment!r})")
+    return 0
+
+
+def register(args: argparse.Namespace) -> int:
+    from autocompress.tracking.registry import register_run
+
+    registered = register_run(args.run_id, name=args.name, alias=args.alias, tracking_uri=args.tracking_uri)
+    print(f"registered {registered.name} version {registered.version}: {registered.uri}")
+    return 0
+
+
+def apply(args: argparse.Namespace) -> int:
+    from autocompress.config import parse_config
+    from autocompress.controller.apply import apply_policy
+    from autocompress.policy import Policy
+
+    config = load_config(args.config) if args.config else parse_config({}, source="<defaults>")
+    data = config.model_dump(mode="json", exclude={"source"})
+    data["model"], data["teacher"]["checkpoint"] = args.model, args.model  # the checkpoint is the teacher: nothing is fine-tuned
+    policy = Policy.load(args.policy)
+    apply_policy(parse_config(data, source=args.config or "<defaults>"), policy, output=Path(args.output), seed=args.seed)
+    print(f"\nwrote {args.output}/model.onnx, policy.json, measurement.json and the tokenizer files")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from autocompress.exporters import rebuild
+
+    sources = [bool(args.policy), bool(args.study_name), bool(args.run)]
+    if sum(sources) != 1:
+        raise ConfigError("export: give exactly one of POLICY (with --config), --storage/--study-name [--trial N], or --run RUN_ID")
+    if args.policy:
+        if not args.config:
+            raise ConfigError(f"export {args.policy}: a policy file needs --config, the search config naming its model and task")
+        origin = rebuild.from_policy(args.policy, config=args.config)
+    elif args.run:
+        origin = rebuild.from_run(args.run, tracking_uri=args.tracking_uri)
+    else:
+        from autocompress.controller.picking import chosen_trial
+
+        if not args.storage:
+            raise ConfigError("export: --study-name needs --storage")
+        study = load_study(args.storage, args.study_name)
+        origin = rebuild.from_trial(study, chosen_trial(study) if args.trial is None else args.trial)
+    return write_exports(origin, args.format, Path(args.output))
+
+
+def write_exports(origin, formats: list[str], output: Path) -> int:
+    from autocompress.exporters.workflow import export
+
+    exported = export(origin, formats, output)
+    for report in exported.reports:
+        print(report.line())
+    for reason in exported.mismatched.values():
+        print(f"autocompress: error: {reason}", file=sys.stderr)
+    return 1 if exported.mismatched else 0
+
+
+def pick(args: argparse.Namespace) -> int:
+    from autocompress.controller.pareto import BASELINE_ATTR, format_table
+    from autocompress.controller.picking import pick
+    from autocompress.controller.study import study_metric
+
+    if bool(args.format) != bool(args.output):
+        raise ConfigError("pick: --format and --output go together")
+    study = load_study(args.storage, args.study_name)
+    row, within = pick(study, max_accuracy_drop=args.max_accuracy_drop, max_latency_ms=args.max_latency_ms,
+                       max_size_mb=args.max_size_mb, rule=Selection(args.rule))
+    if row is None:
+        print(f"autocompress: no completed trial of study {study.study_name!r} is within those limits", file=sys.stderr)
+        return 3
+    print(json.dumps(row, indent=2) if args.json else format_table([row], study.user_attrs.get(BASELINE_ATTR), study_metric(study)))
+    if not args.json:
+        print(f"\npicked trial {row['trial']} ({args.rule}) of {within} within the limits")
+    if not args.format:
+        return 0
+    from autocompress.exporters.rebuild import from_trial
+
+    return write_exports(from_trial(study, row["trial"]), args.format, Path(args.output))
+
+
+def pareto(args: argparse.Namespace) -> int:
+    from autocompress.controller.pareto import BASELINE_ATTR, format_table, front_rows
+    from autocompress.controller.study import study_metric
+
+    study = load_study(args.storage, args.study_name)
+    rows = front_rows(study)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows, study.user_attrs.get(BASELINE_ATTR), study_metric(study)))
+    return 0
+
+
+def config(args: argparse.Namespace) -> int:
+    from autocompress.config_schema import describe_fields, format_fields
+
+    docs = describe_fields()
+    print(json.dumps([doc.to_dict() for doc in docs], indent=2) if args.json else format_fields(docs))
+    return 0
