@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.config import ConfigError, Selection
-from autocompress.controller.study import FINAL_OF_ATTR, study_metric
+from autocompress.controller.study import FINAL_OF_ATTR, is_feasible, study_metric
 from autocompress.models.loading import copy_tokenizer
 from autocompress.paths import write_json
 from autocompress.policy import Policy, field_of
@@ -31,7 +31,7 @@ MB = 1e6
 
 def trial_row(trial: FrozenTrial, baseline: dict[str, Any]) -> dict[str, Any]:
     """One trial's measurements, with ratios to the teacher and to ORT's dynamic int8 (and, on a final training, the trial it trains again)."""
-    row = measured_row(trial.user_attrs, baseline, trial=trial.number, feasible=all(value <= 0 for value in trial.constraints.values()))
+    row = measured_row(trial.user_attrs, baseline, trial=trial.number, feasible=is_feasible(trial))
     if FINAL_OF_ATTR in trial.user_attrs:
         row[FINAL_OF_ATTR] = trial.user_attrs[FINAL_OF_ATTR]
     return row

@@ -16,7 +16,7 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.controller.study import BUDGET_ATTR, FINAL_OF_ATTR, STATE_ATTR, study_metric, trials_done
+from autocompress.controller.study import BUDGET_ATTR, FINAL_OF_ATTR, STATE_ATTR, is_feasible, study_metric, trials_done
 
 log = logging.getLogger("autocompress")
 
@@ -68,17 +68,13 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _feasible(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.constraints.values())
-
-
 def summarize(study: optuna.Study, *, workers: int = 1) -> Summary:
     """The study now: counts, the best feasible trials, front size and time left at the mean trial duration."""
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state for t in trials)
     budget = study.user_attrs.get(BUDGET_ATTR)
     done = trials_done(trials)
-    feasible = [t for t in trials if _feasible(t)]
+    feasible = [t for t in trials if t.state == TrialState.COMPLETE and is_feasible(t)]
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
                  if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
     eta = None

@@ -215,6 +215,11 @@ def _owner_is_gone(owner: Mapping[str, Any] | None) -> bool:
     return not process_is_running(owner["pid"], owner["started"])
 
 
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Within every constraint the trial recorded (``Trial.set_constraint``: a value <= 0 is met), as Optuna's samplers read them."""
+    return all(value <= 0 for value in trial.constraints.values())
+
+
 def is_interrupted(trial: FrozenTrial) -> bool:
     """A failed trial that did not fail on its own: stopped by Ctrl-C or ``stop --now``, or its process died."""
     return trial.state == TrialState.FAIL and (bool(trial.user_attrs.get(INTERRUPTED_ATTR)) or FAIL_REASON_ATTR not in trial.user_attrs)

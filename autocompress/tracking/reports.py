@@ -23,10 +23,10 @@ import optuna
 import plotly.graph_objects as go
 from optuna._hypervolume import compute_hypervolume
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from autocompress.controller.pareto import BASELINE_ATTR, MB, columns, format_table, plot_front, trial_row
-from autocompress.controller.study import study_metric
+from autocompress.controller.study import is_feasible, study_metric
 from autocompress.tracking.runs import PARAMS_ATTR
 
 ACCURACY_MARGIN = 0.10
@@ -75,7 +75,7 @@ def progress_series(study: optuna.Study) -> list[dict[str, Any]]:
     best_key = f"best_dev_{study_metric(study)}"
     steps = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if _feasible(trial):
+        if is_feasible(trial):
             score, relative_latency, _ = trial.values
             best_score = score if best_score is None else max(best_score, score)
             fastest = 1 / relative_latency if fastest is None else max(fastest, 1 / relative_latency)
@@ -91,10 +91,6 @@ def _reference_point(study: optuna.Study) -> dict[str, float]:
     """The hypervolume's reference, in objective order: a 10-point drop of the dev metric, the teacher's latency and size."""
     baseline, dev = study.user_attrs[BASELINE_ATTR], f"dev_{study_metric(study)}"
     return {dev: baseline[dev] - ACCURACY_MARGIN, "relative_latency": 1.0, "size_mb": baseline["size_bytes"] / MB}
-
-
-def _feasible(trial: FrozenTrial) -> bool:
-    return all(value <= 0 for value in trial.constraints.values())
 
 
 def _pyplot() -> Any:
