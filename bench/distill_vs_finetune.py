@@ -55,9 +55,9 @@ def main() -> None:
     for name, alpha in (("distilled", settings.alpha), ("labels_only", 0.0)):
         student = copy.deepcopy(start)
         began = time.perf_counter()
-        result = recover(student, model, kd.train_batches, steps=args.steps, learning_rate=settings.learning_rate,
-                         temperature=settings.temperature, alpha=alpha, teacher_logits=kd.teacher_logits,
-                         eval_batches=kd.eval_batches, eval_every=args.eval_every)
+        result = recover(student, model, kd.train_batches, steps=args.steps,
+                         settings=settings.model_copy(update={"alpha": alpha, "eval_every": args.eval_every}),
+                         teacher_logits=kd.teacher_logits, eval_batches=kd.eval_batches)
         results[name] = {"alpha": alpha, "validation_accuracy": accuracy(student, validation),
                          "curve_on_eval_subset": result.evaluations, "seconds": time.perf_counter() - began}
         print(name, json.dumps(results[name]), flush=True)

@@ -267,18 +267,13 @@ def by_length(examples: Examples) -> Examples:
 
 def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, name: str) -> Measurement:
     """Dev and test accuracy and the task's other metrics, shipped size and paired latency of the deployed ``model``."""
-    settings = context.config.latency
     deployed = deploy_and_measure(
         model,
         dev=context.dev,
         test=context.test,
         latency_inputs=context.latency_inputs,
         references=context.references,
-        backend=settings.backend,
-        threads=settings.threads,
-        warmup=settings.warmup,
-        repeats=settings.repeats,
-        rounds=settings.rounds,
+        latency=context.config.latency,
         workdir=context.workdir / name,
         scoring_threads=context.scoring_threads,
         metric=context.config.task.metric,

@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
+from autocompress.config import RecoveryConfig
 from autocompress.distill._losses import attention_loss, hidden_state_loss, kd_loss, uniform_layer_map
 from autocompress.measurement import model_scores
 from autocompress.models.families import layout_for
@@ -55,27 +56,28 @@ class FakeQuantize(nn.Module):
         return weight + (quantized - weight).detach()
 
 
+DEFAULT_SETTINGS = RecoveryConfig()
+"""The ``recovery`` section's defaults: learning rate 5e-5, temperature 2, alpha 0.5, logits only, a check every 50 steps."""
+
+
 def recover(
     student: PreTrainedModel,
     teacher: PreTrainedModel,
     train_batches: Sequence[Batch],
     *,
     steps: int,
-    learning_rate: float = 5e-5,
-    temperature: float = 2.0,
-    alpha: float = 0.5,
-    hidden_weight: float = 0.0,
-    attention_weight: float = 0.0,
+    settings: RecoveryConfig = DEFAULT_SETTINGS,
     layer_map: Mapping[int, int] | None = None,
     teacher_logits: Sequence[torch.Tensor] | None = None,
     fake_quant: Mapping[str, tuple[int, int | None]] | None = None,
     eval_batches: Sequence[Batch] | None = None,
-    eval_every: int = 50,
     report: Callable[[int, float], bool] | None = None,
     metric: str = "accuracy",
 ) -> RecoveryResult:
     """Distil ``teacher`` into ``student`` in place for ``steps`` AdamW steps over cycled ``train_batches``.
 
+    ``settings`` (the config's ``recovery`` section) gives the learning rate,
+    the KD temperature and ``alpha``, the loss weights and ``eval_every``.
     Loss: ``kd_loss`` + ``hidden_weight * hidden_state_loss`` + ``attention_weight
     * attention_loss`` (``layer_map`` student block -> teacher block; uniform if
     omitted). ``teacher_logits`` (one tensor per train batch, e.g. from
@@ -87,7 +89,9 @@ def recover(
     ``trial.report`` + ``trial.should_prune``). The student ends in eval mode
     with plain float weights.
     """
-    _check_options(train_batches, steps, learning_rate, hidden_weight, attention_weight, teacher_logits, eval_every)
+    _check_options(train_batches, steps, teacher_logits)
+    learning_rate, temperature, alpha = settings.learning_rate, settings.temperature, settings.alpha
+    hidden_weight, attention_weight, eval_every = settings.hidden_weight, settings.attention_weight, settings.eval_every
     if report is not None and not eval_batches:
         raise ValueError("report is set but eval_batches is empty; report needs validation batches to score")
     internals = hidden_weight > 0 or attention_weight > 0
@@ -152,23 +156,17 @@ def recover(
     return RecoveryResult(tuple(losses), tuple(evaluations), stopped_early, len(losses), time.perf_counter() - start)
 
 
-def _check_options(train_batches, steps, learning_rate, hidden_weight, attention_weight, teacher_logits, eval_every) -> None:
+def _check_options(train_batches, steps, teacher_logits) -> None:
+    """What ``RecoveryConfig`` cannot check: the batches, the step count, one logits tensor per batch."""
     if not train_batches:
         raise ValueError("train_batches is empty; give at least one tokenized batch with labels")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} is not allowed; it must be an integer >= 1")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate={learning_rate!r} is not allowed; it must be > 0")
-    for name, value in (("hidden_weight", hidden_weight), ("attention_weight", attention_weight)):
-        if not value >= 0:
-            raise ValueError(f"{name}={value!r} is not allowed; it must be >= 0")
     if teacher_logits is not None and len(teacher_logits) != len(train_batches):
         raise ValueError(
             f"teacher_logits has {len(teacher_logits)} entries but train_batches has {len(train_batches)}; "
             "give one logits tensor per batch"
         )
-    if not isinstance(eval_every, int) or eval_every < 1:
-        raise ValueError(f"eval_every={eval_every!r} is not allowed; it must be an integer >= 1")
 
 
 def _cycle(count: int, steps: int) -> Iterator[int]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from autocompress.config import LatencyConfig
 from autocompress.measurement._accuracy import model_scores
 from autocompress.measurement._latency import LatencyProbe, OrtProbe, PairedLatency, TorchProbe, measure_paired
 from autocompress.measurement._size import shipped_bytes
@@ -74,6 +75,9 @@ def onnx_scores(path: str | Path, batches: Batches, *, threads: int, metric: str
     return classification_scores(np.concatenate(predictions), np.concatenate(labels), num_labels=num_labels, metric=metric)
 
 
+DEFAULT_LATENCY = LatencyConfig()
+"""The ``latency`` section's defaults: ONNX Runtime, 2 threads, 10 warm-up calls, 10 rounds of 100 timed calls."""
+
 def deploy_and_measure(
     model: PreTrainedModel,
     *,
@@ -81,39 +85,39 @@ def deploy_and_measure(
     test: Batches,
     latency_inputs: Sequence[Mapping[str, torch.Tensor]],
     references: Mapping[str, LatencyProbe] | None = None,
-    backend: str = "onnxruntime",
-    threads: int = 2,
-    warmup: int = 10,
-    repeats: int = 100,
-    rounds: int = 10,
+    latency: LatencyConfig = DEFAULT_LATENCY,
     workdir: Path,
     scoring_threads: int | None = None,
     metric: str = "accuracy",
 ) -> Deployment:
     """Lower (for ``onnxruntime``), verify on ``dev``, score on ``test``, then time ``model`` beside ``references``.
 
-    ``threads`` is the deployment target's, used for timing; verification and
-    scoring run with ``scoring_threads`` (default: the same), a parallel
-    worker's share of the machine.
+    ``latency`` (the config's ``latency`` section) names the backend, its
+    threads and the timing budget (warm-up, repeats, rounds). Its threads are
+    the deployment target's, used for timing; verification and scoring run
+    with ``scoring_threads`` (default: the same), a parallel worker's share of
+    the machine.
 
     ``references`` are probes of the models every ratio is taken against
     (e.g. ``{"teacher": ..., "int8": ...}``); the candidate and they share
     every timing round, so a noisy minute slows all of them alike.
     ``metric`` (``task.metric``) is scored beside accuracy and the task's F1.
     """
+    backend, threads = latency.backend, latency.threads
+    budget = {"warmup": latency.warmup, "repeats": latency.repeats, "rounds": latency.rounds}
     timing = dict(references or {})
     if CANDIDATE in timing:
         raise ValueError(f"reference name {CANDIDATE!r} is reserved for the model being measured")
     if backend == "torch":
         timing[CANDIDATE] = TorchProbe(model, threads=threads)
-        paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, warmup=warmup, repeats=repeats, rounds=rounds)
+        paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, **budget)
         dev_scores, test_scores = (model_scores(model, list(split), metric=metric) for split in (dev, test))
         return Deployment(latency=paired, dev_accuracy=dev_scores["accuracy"], test_accuracy=test_scores["accuracy"],
                           simulated_dev_accuracy=dev_scores["accuracy"], scores=split_scores("dev", dev_scores) | split_scores("test", test_scores))
     scoring = scoring_threads or threads
     report, check = deploy(model, dev=dev, threads=scoring, workdir=workdir, metric=metric)
     timing[CANDIDATE] = OrtProbe(report.path, threads=threads)
-    paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, warmup=warmup, repeats=repeats, rounds=rounds)
+    paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, **budget)
     test_scores = onnx_scores(report.path, test, threads=scoring, metric=metric)
     return Deployment(
         latency=paired,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autocompress.config import RecoveryConfig
 from autocompress.distill import (
     attention_loss,
     cached_teacher_logits,
@@ -189,7 +190,7 @@ def test_kd_loss_decreases(teacher, train_batches):
     torch.manual_seed(0)
     student = student_of(teacher, layers=[1, 3, 5])
     before = kd_on(student, teacher, train_batches[:4])
-    result = recover(student, teacher, train_batches, steps=16, learning_rate=1e-4, alpha=1.0)
+    result = recover(student, teacher, train_batches, steps=16, settings=RecoveryConfig(learning_rate=1e-4, alpha=1.0))
     after = kd_on(student, teacher, train_batches[:4])
     assert result.steps == len(result.losses) == 16 and not result.stopped_early
     assert after < 0.7 * before
@@ -207,8 +208,8 @@ def test_pruned_zeros_stay_zero_with_every_loss_on(teacher, train_batches):
     before = {name: linear.weight.detach().clone() for name, linear in linears.items()}
     query = "bert.encoder.layer.0.attention.self.query"
     result = recover(
-        student, teacher, train_batches, steps=4, learning_rate=1e-3,
-        hidden_weight=1.0, attention_weight=1.0, fake_quant={query: (4, 32)},
+        student, teacher, train_batches, steps=4, settings=RecoveryConfig(learning_rate=1e-3, hidden_weight=1.0, attention_weight=1.0),
+        fake_quant={query: (4, 32)},
     )
     assert result.steps == 4 and all(math.isfinite(x) for x in result.losses)
     for name, linear in linears.items():
@@ -230,8 +231,8 @@ def test_fake_quant_trains_what_real_quantization_produces(teacher, train_batche
         seen.update({name: modules[name].weight.detach().clone() for name in plan})
         return False
 
-    result = recover(student, teacher, train_batches, steps=4, learning_rate=1e-3,
-                     fake_quant=plan, eval_batches=eval_batches, eval_every=4, report=capture)
+    result = recover(student, teacher, train_batches, steps=4, settings=RecoveryConfig(learning_rate=1e-3, eval_every=4),
+                     fake_quant=plan, eval_batches=eval_batches, report=capture)
     for name, (bits, group_size) in plan.items():
         linear = modules[name]
         assert type(linear) is nn.Linear and not parametrize.is_parametrized(linear)
@@ -285,7 +286,7 @@ def test_teacher_logits_are_cached_and_spare_the_teacher(teacher, train_batches,
 
         recover(student, teacher, train_batches, steps=3, teacher_logits=second)
         assert not calls, "recovery ran the teacher although its logits were given"
-        recover(student, teacher, train_batches, steps=2, teacher_logits=second, hidden_weight=1.0)
+        recover(student, teacher, train_batches, steps=2, teacher_logits=second, settings=RecoveryConfig(hidden_weight=1.0))
         assert len(calls) == 2  # hidden states are computed on the fly
     finally:
         handle.remove()
@@ -293,7 +294,7 @@ def test_teacher_logits_are_cached_and_spare_the_teacher(teacher, train_batches,
 
 def test_report_returning_true_stops_training(teacher, train_batches, eval_batches):
     student = student_of(teacher, layers=[1, 3, 5])
-    result = recover(student, teacher, train_batches, steps=50, eval_batches=eval_batches, eval_every=2,
+    result = recover(student, teacher, train_batches, steps=50, eval_batches=eval_batches, settings=RecoveryConfig(eval_every=2),
                      report=lambda step, score: step >= 4)
     assert result.stopped_early and result.steps == len(result.losses) == 4
     assert [step for step, _ in result.evaluations] == [2, 4]
@@ -316,9 +317,9 @@ def test_optuna_pruner_stops_a_collapsing_trial(teacher, train_batches, eval_bat
             trial.report(score, step)
             return trial.should_prune()
 
-        result = recover(student, teacher, train_batches, steps=4, teacher_logits=logits,
-                         learning_rate=trial.suggest_float("learning_rate", 1e-5, 1.0, log=True),
-                         eval_batches=eval_batches, eval_every=2, report=report)
+        settings = RecoveryConfig(learning_rate=trial.suggest_float("learning_rate", 1e-5, 1.0, log=True), eval_every=2)
+        result = recover(student, teacher, train_batches, steps=4, teacher_logits=logits, settings=settings,
+                         eval_batches=eval_batches, report=report)
         steps_run.append(result.steps)
         if result.stopped_early:
             raise optuna.TrialPruned()
