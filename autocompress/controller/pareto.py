@@ -94,13 +94,15 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def pareto_front(trials: list[FrozenTrial], directions: list[optuna.study.StudyDirection], *, constrained: bool) -> list[FrozenTrial]:
-    """The non-dominated ``trials`` (the feasible ones only when ``constrained``), by Optuna's own ``best_trials`` on a scratch study."""
+    """The non-dominated ``trials`` (the feasible ones only when ``constrained``), by Optuna's own ``best_trials`` on a scratch study.
+
+    Trials are matched back by position, not number: the trials of several studies may share numbers.
+    """
     scratch = optuna.create_study(directions=directions)
-    for trial in trials:
+    for index, trial in enumerate(trials):
         scratch.add_trial(optuna.trial.create_trial(
-            values=trial.values, user_attrs={"number": trial.number}, constraints=trial.constraints if constrained else None))
-    by_number = {trial.number: trial for trial in trials}
-    return [by_number[best.user_attrs["number"]] for best in scratch.best_trials]
+            values=trial.values, user_attrs={"index": index}, constraints=trial.constraints if constrained else None))
+    return [trials[best.user_attrs["index"]] for best in scratch.best_trials]
 
 
 def proxy_trials(completed: list[FrozenTrial]) -> set[int]:

@@ -133,3 +133,17 @@ def test_selection_rows_and_table_follow_the_selected_metric():
     assert table[1].split()[1:4] == ["0.8000", "0.7800", "+0.00"] and table[2].split()[2:5] == ["0.7900", "0.7600", "-2.00"]
     assert next(line for line in table[3:] if line.split()[0] == "0").split()[2:5] == ["0.7000", "0.6900", "-9.00"]
     assert format_table(rows, baseline).splitlines()[0].split()[2:6] == ["dev", "acc", "test", "acc"]
+
+
+def test_pareto_front_keeps_the_non_dominated_trials_and_with_constraints_only_the_feasible_ones():
+    from optuna.study import StudyDirection
+    from optuna.trial import create_trial
+
+    from autocompress.controller.pareto import pareto_front
+
+    up = [StudyDirection.MAXIMIZE, StudyDirection.MAXIMIZE]
+    trials = [create_trial(values=[1.0, 2.0], constraints={"drop": 1.0}), create_trial(values=[2.0, 1.0], constraints={"drop": 0.0}),
+              create_trial(values=[0.5, 0.5], constraints={"drop": 0.0})]  # all number 0, as created trials are
+    assert [t.values for t in pareto_front(trials, up, constrained=False)] == [[1.0, 2.0], [2.0, 1.0]]
+    assert [t.values for t in pareto_front(trials, up, constrained=True)] == [[2.0, 1.0]]
+    assert pareto_front(trials[:1], up, constrained=True) == []
