@@ -97,7 +97,7 @@ def test_the_shipped_schema_is_assembled_from_the_techniques_and_names_the_field
         ({"version": 2, "techniques": {"structured_pruning": {"ffn": {"1": -4}}}}, "p.json: techniques.structured_pruning.ffn.1: -4 is less than the minimum of 0"),
         ({"version": 2, "techniques": {"quantization": {"group": 32}}}, "'group' was unexpected"),
         ({"version": 2, "techniques": {"pruning": {}}}, "'pruning' was unexpected"),
-        ({"version": 2, "task": "translation"}, "p.json: task: 'translation' is not one of ['sequence-classification']"),
+        ({"version": 2, "task": "translation"}, "p.json: task: 'translation' is not one of ['embedding', 'sequence-classification']"),
         ({"group": 32}, "'group' was unexpected"),  # a version-1 file is checked against the version-1 schema
     ]:
         (tmp_path / "p.json").write_text(json.dumps(bad))

@@ -45,7 +45,9 @@ def apply(args: argparse.Namespace) -> int:
 
     config = load_config(args.config) if args.config else parse_config({}, source="<defaults>")
     data = config.model_dump(mode="json", exclude={"source"})
-    data["model"], data["teacher"]["checkpoint"] = args.model, args.model  # the checkpoint is the teacher: nothing is fine-tuned
+    data["model"] = args.model
+    if config.task.type != "embedding":  # an embedding model is its own teacher already
+        data["teacher"]["checkpoint"] = args.model  # the checkpoint is the teacher: nothing is fine-tuned
     policy = Policy.load(args.policy)
     apply_policy(parse_config(data, source=args.config or "<defaults>"), policy, output=Path(args.output), seed=args.seed)
     print(f"\nwrote {args.output}/model.onnx, policy.json, measurement.json and the tokenizer files")

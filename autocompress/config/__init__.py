@@ -12,7 +12,16 @@ One module per group of sections: ``_task`` (task, teacher), ``_space``,
 whole ``SearchConfig`` and reading it).
 """
 
-from autocompress.config._base import DATA_ROOT_ENV, DEPLOYABLE_BITS, RENAMED_FIELDS, ConfigError, MetricName, Strict, TaskType
+from autocompress.config._base import (
+    DATA_ROOT_ENV,
+    DEPLOYABLE_BITS,
+    RENAMED_FIELDS,
+    TASK_METRICS,
+    ConfigError,
+    MetricName,
+    Strict,
+    TaskType,
+)
 from autocompress.config._load import TOP_LEVEL, SearchConfig, load_config, parse_config
 from autocompress.config._search import (
     ConstraintsConfig,
@@ -41,6 +50,7 @@ __all__ = [
     "FinalTrainingConfig",
     "LatencyConfig",
     "MetricName",
+    "TASK_METRICS",
     "PruneMode",
     "PrunerName",
     "RecoveryConfig",

@@ -14,10 +14,16 @@ RENAMED_FIELDS = {
 }
 """Old dotted field path -> its name now (same section): the test split was called validation before dev was split off."""
 DEPLOYABLE_BITS = (2, 4, 8, 16, 32)
-TaskType = Literal["sequence-classification"]
+TaskType = Literal["sequence-classification", "embedding"]
 """The tasks ``autocompress.tasks.TASKS`` implements (a test keeps the two lists equal)."""
-MetricName = Literal["accuracy", "f1", "macro_f1"]
-"""The task metrics a search can optimize (``autocompress.tasks.metrics`` computes them)."""
+MetricName = Literal["accuracy", "f1", "macro_f1", "cosine", "recall_at_10", "spearman"]
+"""The task metrics a search can optimize: a classifier's (``autocompress.tasks.metrics``), an embedding model's
+agreement with its teacher (``autocompress.tasks.embedding_metrics``)."""
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "sequence-classification": ("accuracy", "f1", "macro_f1"),
+    "embedding": ("cosine", "recall_at_10", "spearman"),
+}
+"""The metrics each task type records and may optimize (``task.metric``)."""
 
 
 class ConfigError(ValueError):

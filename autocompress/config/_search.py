@@ -198,7 +198,7 @@ class ExecutionConfig(Strict):
 
 
 class LatencyConfig(Strict):
-    """Batch-1 latency of the deployed artifact on real validation sentences."""
+    """Latency of the deployed artifact on real dev texts: one text per call (batch 1), or ``batch_size`` texts per call."""
 
     backend: Literal["onnxruntime", "torch"] = Field(
         "onnxruntime",
@@ -212,13 +212,21 @@ class LatencyConfig(Strict):
         "part of the hardware fingerprint keying the latency cost model",
     )
     sentences: int = Field(
-        32, ge=1, description="real dev sentences timed, one per call, at evenly spaced length quantiles (capped at the dev size)"
+        32, ge=1, description="distinct calls timed: real dev sentences at evenly spaced length quantiles, one per call "
+        "(batch_size of them per call; capped at the dev size)"
     )
-    warmup: int = Field(10, ge=0, description="untimed batch-1 calls per model before timing")
+    batch_size: int = Field(
+        1,
+        ge=1,
+        description="texts per timed call: 1 is the latency of one request; 32 is what indexing a corpus sees (its "
+        "throughput in texts/s is batch_size x 1000 / ms); a call's texts are of like length and padded together, as an "
+        "indexer batches sorted texts; the objective and every speed-up are at this batch size",
+    )
+    warmup: int = Field(10, ge=0, description="untimed calls per model before timing")
     repeats: int = Field(
         100,
         ge=2,
-        description="timed batch-1 calls per model, cycling through the sentences; the latency is their median; "
+        description="timed calls per model, cycling through the sentences; the latency is their median; "
         "more: a tighter confidence interval, slower trials",
     )
     rounds: int = Field(

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, model_validator
 
-from autocompress.config._base import MetricName, Strict, TaskType
+from autocompress.config._base import TASK_METRICS, MetricName, Strict, TaskType
 
 
 class TaskConfig(Strict):
-    """A text-classification task and its three splits: train, dev (search decisions) and test (the final report).
+    """A task and its three splits: train, dev (search decisions) and test (the final report).
 
     The teacher and distillation train on ``train``; every search decision
     (objective, constraints, pruner) reads ``dev``; ``test`` is only scored for
     the report, never read by the search. Without a ``dev`` file (or
     ``hf_dev_split``), ``dev_size`` rows are carved from the training file,
     stratified by label and seeded, and held out from teacher training and
-    distillation.
+    distillation; without a ``test`` file, ``test_size`` rows likewise.
     """
 
     type: TaskType = Field(
         "sequence-classification",
-        description="the kind of task (autocompress.tasks): sequence-classification is a label per text or per pair of texts",
+        description="the kind of task (autocompress.tasks): sequence-classification is a label per text or per pair of texts; "
+        "embedding is a sentence-embedding model (sentence-transformers), compressed to agree with its own embeddings, "
+        "on unlabelled texts",
     )
     data_root: str | None = Field(
         None,
@@ -42,7 +46,14 @@ class TaskConfig(Strict):
     test: str | None = Field(
         "sst2/validation.tsv",
         description="untouched test file, scored only for the final report and never read by the search "
-        "(SST-2's public validation set, as its test labels are hidden); null only with hf_dataset",
+        "(SST-2's public validation set, as its test labels are hidden); null: carve test_size rows from train "
+        "(before dev is carved), or hf_test_split with hf_dataset",
+    )
+    test_size: int = Field(
+        2000,
+        ge=2,
+        description="rows carved from train as the test split when test is null (files only), else ignored; "
+        "an embedding task's neighbour recall searches among them, so at least 2,000 is advised",
     )
     dev_size: int = Field(
         1000,
@@ -74,7 +85,8 @@ class TaskConfig(Strict):
     label_column: str = Field(
         "label",
         description="column holding the label: integers 0 .. N-1 (kept as the class ids) or words (World, entailment; "
-        "mapped to ids in the order of task.labels, else sorted by name)",
+        "mapped to ids in the order of task.labels, else sorted by name); not read by an embedding task, whose files may "
+        "also be .txt (one text per non-blank line)",
     )
     labels: list[str] | None = Field(
         None,
@@ -97,9 +109,13 @@ class TaskConfig(Strict):
     )
     metric: MetricName = Field(
         "accuracy",
-        description="the dev metric the search maximizes, constrains (search.constraints.max_accuracy_drop) and selects with: "
-        "accuracy; f1, the F1 of label 1 (binary tasks only); or macro_f1, the unweighted mean of every class's F1; "
-        "all of accuracy, the task's F1 (f1 for 2 labels, else macro_f1) and this one are recorded on dev and test",
+        description="the dev metric the search maximizes, constrains (search.constraints.max_accuracy_drop) and selects with. "
+        "Classification: accuracy; f1, the F1 of label 1 (binary tasks only); or macro_f1, the unweighted mean of every "
+        "class's F1; all of accuracy, the task's F1 (f1 for 2 labels, else macro_f1) and this one are recorded. "
+        "Embedding (default cosine): cosine, the mean cosine between the teacher's and the model's embedding of a text; "
+        "recall_at_10, the share of each text's 10 nearest neighbours (by the teacher) the model finds among the split; "
+        "spearman, the rank correlation of pairwise similarities with the teacher's; all three are recorded. "
+        "Each on dev and test",
     )
     max_length: int = Field(
         64,
@@ -121,8 +137,18 @@ class TaskConfig(Strict):
     )
     test_subset: int | None = Field(None, ge=1, description="score only the first N test rows in the final report; null: all rows")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_of_task(cls, data: Any) -> Any:
+        """An embedding task without ``metric`` optimizes ``cosine``: accuracy needs labels."""
+        if isinstance(data, dict) and data.get("type") == "embedding" and "metric" not in data:
+            return {**data, "metric": "cosine"}
+        return data
+
     @model_validator(mode="after")
     def _labels_agree(self) -> "TaskConfig":
+        if self.metric not in TASK_METRICS[self.type]:
+            raise ValueError(f"task.metric {self.metric!r} is not a metric of task.type {self.type!r}; allowed: {', '.join(TASK_METRICS[self.type])}")
         if self.labels is not None:
             repeated = sorted({name for name in self.labels if self.labels.count(name) > 1})
             if repeated:
@@ -132,7 +158,8 @@ class TaskConfig(Strict):
         if self.columns is not None:
             if self.hf_dataset:
                 raise ValueError("task.columns names the columns of headerless .tsv/.csv files; a Hugging Face dataset names its own")
-            needed = [self.text_column, self.label_column, *([self.text_pair_column] if self.text_pair_column else [])]
+            labelled = [self.label_column] if self.type != "embedding" else []
+            needed = [self.text_column, *labelled, *([self.text_pair_column] if self.text_pair_column else [])]
             missing = [name for name in needed if name not in self.columns]
             if missing or len(set(self.columns)) != len(self.columns):
                 problem = f"lacks {missing}" if missing else "repeats a name"

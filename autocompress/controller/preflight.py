@@ -6,7 +6,6 @@ file or a study that cannot be resumed must fail before it, with one line.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,8 @@ from autocompress.config import ConfigError, SearchConfig
 from autocompress.controller.space_check import SpaceSummary, check_space
 from autocompress.controller.study import check_resumable, load_existing, signature
 from autocompress.models.loading import resolve_model_path
-from autocompress.tasks.data import TaskLabels, load_split, task_labels
-from autocompress.tasks.metrics import check_metric
-from autocompress.tasks.teacher import TeacherLocation, locate_teacher
+from autocompress.tasks.registry import task_for
+from autocompress.tasks.teacher import TeacherLocation
 
 
 @dataclass(frozen=True)
@@ -33,8 +31,8 @@ class Preflight:
     signature: dict[str, Any]
     study: optuna.Study | None
     rows: dict[str, int]
-    labels: TaskLabels | None = None
-    """The task's classes in id order, as the teacher's head and the exports name them."""
+    task_line: str = ""
+    """What the task is (its texts, its labels in id order or its pooling), from ``Task.check``."""
 
     def describe(self) -> str:
         """A few lines for ``autocompress search CONFIG --dry-run``."""
@@ -44,7 +42,7 @@ class Preflight:
             f"config: {config.source} (valid)",
             self.space.describe(),
             f"data: {self.rows['train']} train rows, {self.rows['dev']} dev rows ({dev_source}), {self.rows['test']} test rows (report only)",
-            *([self._task_shape()] if self.labels else []),
+            *([self.task_line] if self.task_line else []),
             f"teacher: {self._teacher_state()}",
             f"study: {self._study_state()}",
         ]
@@ -57,12 +55,9 @@ class Preflight:
         )
         return "\n".join(lines)
 
-    def _task_shape(self) -> str:
-        task, labels = self.config.task, self.labels
-        texts = f"sentence pairs ({task.text_column} + {task.text_pair_column})" if task.text_pair_column else f"one text per row ({task.text_column})"
-        return f"task: {texts}, {labels.num_labels} labels in id order: {', '.join(labels.names)} ({labels.origin})"
-
     def _teacher_state(self) -> str:
+        if self.teacher.as_is:
+            return f"the model as it is, not fine-tuned: {self.teacher.path}"
         if self.config.teacher.checkpoint:
             return f"checkpoint {self.teacher.path}"
         if self.teacher.ready:
@@ -99,37 +94,15 @@ def model_config(config: SearchConfig) -> PretrainedConfig:
         raise ConfigError(f"{config.source}: field '{field}': cannot load {name!r} (a local folder or a Hugging Face id in the cache): {reason}") from None
 
 
-def check_checkpoint_labels(config: SearchConfig, shape: PretrainedConfig, labels: TaskLabels) -> None:
-    """Refuse a fine-tuned checkpoint whose head has another size or, when both name their classes in words, another order."""
-    where = f"{config.source}: field 'teacher.checkpoint': {config.teacher.checkpoint!r}"
-    if shape.num_labels != labels.num_labels:
-        raise ConfigError(f"{where} has a {shape.num_labels}-label head, the task has task.num_labels={labels.num_labels} "
-                          f"({', '.join(labels.names)})")
-    theirs = tuple(str(shape.id2label[i]) for i in range(shape.num_labels))
-    named = not all(re.fullmatch(r"LABEL_\d+", name) for name in theirs)  # transformers' placeholder names say nothing
-    if labels.words and named and theirs != labels.names:
-        raise ConfigError(f"{where} has id2label [{', '.join(theirs)}], the task has [{', '.join(labels.names)}] ({labels.origin}); "
-                          "set task.labels to the checkpoint's names in its order")
-
-
-def check_task_metric(config: SearchConfig, num_labels: int) -> None:
-    """Refuse, in one line, a ``task.metric`` this task cannot have: ``f1`` (of label 1) on more than two labels."""
-    try:
-        check_metric(config.task.metric, num_labels)
-    except ValueError as error:
-        raise ConfigError(f"{config.source}: field 'task.metric': {error}") from None
-
-
 def preflight(config: SearchConfig) -> Preflight:
     """Run every check that needs no training; raise a one-line ``ConfigError`` on the first failure."""
+    task = task_for(config)
     shape = model_config(config)
-    if config.teacher.checkpoint:
-        check_checkpoint_labels(config, shape, task_labels(config))
+    task_line = task.check(shape)
     space = check_space(config, shape)
-    rows = {split: len(load_split(config, split)) for split in ("dev", "test")}
-    check_task_metric(config, task_labels(config).num_labels)
-    teacher = locate_teacher(config)
-    rows["train"] = len(teacher.train) if teacher.train is not None else len(load_split(config, "train"))
+    rows = {split: len(task.load_split(split)) for split in ("dev", "test")}
+    teacher = task.locate_teacher()
+    rows["train"] = len(teacher.train) if teacher.train is not None else len(task.load_split("train"))
     if not teacher.ready and rows["train"] < config.teacher.batch_size:
         raise ConfigError(f"{config.source}: field 'teacher.batch_size' ({config.teacher.batch_size}) exceeds the {rows['train']} "
                           "training rows; fine-tuning needs at least one full batch")
@@ -137,4 +110,4 @@ def preflight(config: SearchConfig) -> Preflight:
     study = load_existing(config)
     if study is not None:
         check_resumable(study, config, expected)
-    return Preflight(config, space, teacher, expected, study, rows, task_labels(config))
+    return Preflight(config, space, teacher, expected, study, rows, task_line)

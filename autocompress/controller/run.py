@@ -30,7 +30,7 @@ import optuna
 from autocompress.config import Registration, SearchConfig, parse_config
 from autocompress.controller.fidelity import Fidelity
 from autocompress.controller.final_training import enqueue_finals, final_stage_left
-from autocompress.controller.pareto import BASELINE_ATTR, MB, format_table, front_rows, score_drops, select
+from autocompress.controller.pareto import BASELINE_ATTR, MB, accuracy_drops, format_table, front_rows, score_drops, select
 from autocompress.controller.preflight import preflight
 from autocompress.controller.progress import LiveLine
 from autocompress.controller.study import (
@@ -90,8 +90,7 @@ def trial_metrics(measurement: Measurement, baseline: dict[str, Any]) -> dict[st
     return {
         **own,
         **measurement.scores,
-        "accuracy_drop": baseline["dev_accuracy"] - measurement.dev_accuracy,
-        "test_accuracy_drop": baseline["test_accuracy"] - measurement.test_accuracy,
+        **accuracy_drops(measurement, baseline),
         **score_drops(measurement.scores, baseline),
         "size_mb": measurement.size_bytes / MB,
         "compression": baseline["size_bytes"] / measurement.size_bytes,
@@ -173,6 +172,7 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
 def check_finite(measurement: Measurement) -> None:
     """Refuse a measurement Optuna could not rank: NaN or infinite scores, latency or size fails the trial by name."""
     values = {k: getattr(measurement, k) for k in ("dev_accuracy", "test_accuracy", "relative_latency", "latency_ms")} | measurement.scores
+    values = {k: value for k, value in values.items() if value is not None}  # a task without accuracy
     bad = [k for k, value in values.items() if not math.isfinite(value)]
     if bad:
         raise FloatingPointError(f"{', '.join(bad)} not finite ({', '.join(str(values[k]) for k in bad)})")

@@ -53,6 +53,7 @@ from autocompress.paths import cost_models_dir
 from autocompress.policy import Policy
 from autocompress.runtime import dynamic_int8, export_onnx
 from autocompress.tasks.data import Examples
+from autocompress.tasks.heads import Head
 from autocompress.tasks.registry import task_for
 from autocompress.tasks.teacher import Teacher
 from autocompress.techniques import (
@@ -71,9 +72,11 @@ from autocompress.techniques import (
 class Measurement:
     """What one compressed model measured; ratios come from one paired probe with the references."""
 
-    dev_accuracy: float
-    test_accuracy: float
-    simulated_dev_accuracy: float
+    dev_accuracy: float | None
+    """A classifier's accuracy; None for a task without it (an embedding task: its metrics are all in ``scores``)."""
+    test_accuracy: float | None
+    simulated_dev_score: float
+    """``task.metric`` of the torch simulation on dev, which the lowered artifact was verified against."""
     latency_ms: float
     latency_p90_ms: float
     latency_ci_low_ms: float
@@ -94,7 +97,7 @@ class Measurement:
     artifact: str | None = None
     """The lowered ONNX file that was verified and timed (under the study's work folder)."""
     scores: dict[str, float] = field(default_factory=dict)
-    """The task's metrics other than accuracy, by split: ``dev_f1``, ``test_f1`` (binary) or ``dev_macro_f1``, ..."""
+    """The task's metrics other than accuracy, by split: ``dev_f1``, ``test_f1`` (binary), ``dev_macro_f1``, ``dev_cosine``, ..."""
     trained_model: str | None = None
     """A distilled student's float weights (``save_shrunk`` folder), so exports reuse them instead of training it again."""
 
@@ -116,6 +119,7 @@ class SearchContext:
     latency_inputs: list[dict[str, torch.Tensor]]
     calibration: dict[str, torch.Tensor]
     workdir: Path
+    head: Head
     costs: CostModelStore
     fingerprint: dict[str, Any]
     references: dict[str, LatencyProbe]
@@ -146,7 +150,7 @@ class SearchContext:
     @property
     def latency_target(self) -> tuple[str, str]:
         """Cost-model key: this hardware, this runtime and this model's architecture."""
-        return fingerprint_id(self.fingerprint), cost_target(self.model, self.config.latency.backend)
+        return fingerprint_id(self.fingerprint), cost_target(self.model, self.config.latency.backend, self.config.latency.batch_size)
 
     @classmethod
     def build(cls, config: SearchConfig, workdir: Path, *, references: dict[str, Any] | None = None) -> SearchContext:
@@ -163,13 +167,15 @@ class SearchContext:
         dev_examples = task.load_split("dev")
         dev, test, calibration = task_batches(config, tokenizer, dev_examples)
         timing_inputs = task.latency_inputs(dev_examples, tokenizer, count=config.latency.sentences)
-        model = teacher.load()
+        model, head = teacher.load(), task.head()
         if references is None:
-            probes, baseline = measure_references(model, config, dev=dev, test=test, timing_inputs=timing_inputs, workdir=workdir / "references")
+            probes, baseline = measure_references(
+                model, config, dev=dev, test=test, timing_inputs=timing_inputs, workdir=workdir / "references", head=head)
         else:
             probes, baseline = reference_probes(model, config, references), references
         fingerprint = hardware_fingerprint(threads=config.latency.threads)
-        context = cls(config, teacher, model, tokenizer, dev, test, timing_inputs, calibration, workdir, CostModelStore(cost_models_dir()), fingerprint, probes, baseline)
+        context = cls(config, teacher, model, tokenizer, dev, test, timing_inputs, calibration, workdir, head,
+                      CostModelStore(cost_models_dir()), fingerprint, probes, baseline)
         if max(config.space.recovery_steps) > 0:
             context.distillation = distillation_setup(config, model, teacher, tokenizer)
             context.fidelity = Fidelity(config)
@@ -177,51 +183,51 @@ class SearchContext:
 
 
 def task_batches(config: SearchConfig, tokenizer: Any, dev: Examples | None = None) -> tuple[list, list, dict[str, torch.Tensor]]:
-    """Dev and test batches (sorted by length) and the calibration batch, exactly as every trial of ``config`` sees them."""
+    """Dev and test batches (sorted by length) and the calibration batch (with the task head's loss), as every trial of ``config`` sees them."""
     task = task_for(config)
     dev = task.load_split("dev") if dev is None else dev
     scored = [task.batches(by_length(split), tokenizer, batch_size=64) for split in (dev, task.load_split("test"))]
     calibration = task.batches(task.load_split("train").sample(32, seed=config.search.seed), tokenizer, batch_size=32)[0]
-    return scored[0], scored[1], calibration
+    return scored[0], scored[1], task.head().calibration(calibration)
 
 
-def cost_target(model: PreTrainedModel, backend: str) -> str:
-    """The cost-model target name for ``model`` on ``backend``: samples of other models never mix in.
+def cost_target(model: PreTrainedModel, backend: str, batch_size: int = 1) -> str:
+    """The cost-model target name for ``model`` on ``backend`` at ``batch_size``: samples of other models or batch sizes never mix in.
 
     The target is the paired ratio (the candidate's latency over the teacher's,
     timed in one probe), not milliseconds: the ratio cancels the machine's
     drift between trials, which raw times carry into the fit.
     """
-    return f"relative_latency.{backend}.{architecture_id(model)}.features{FEATURES_VERSION}"
+    return f"relative_latency.{backend}.{architecture_id(model)}.features{FEATURES_VERSION}{f'.batch{batch_size}' if batch_size > 1 else ''}"
 
 
 def measure_references(
-    model: PreTrainedModel, config: SearchConfig, *, dev: list, test: list, timing_inputs: list, workdir: Path
+    model: PreTrainedModel, config: SearchConfig, *, dev: list, test: list, timing_inputs: list, workdir: Path, head: Head
 ) -> tuple[dict[str, LatencyProbe], dict[str, Any]]:
-    """Deploy the teacher and ORT's dynamic int8 of it, score both, and time them side by side once.
+    """Deploy the teacher and ORT's dynamic int8 of it, score both through ``head``, and time them side by side once.
 
     Returns their probes (timed again beside every trial) and the study's
-    baseline: accuracies and the task's other metrics (``dev_f1``, ...), file
-    sizes and this first paired timing.
+    baseline: the task's metrics (``dev_accuracy``, ``dev_f1``, ``dev_cosine``, ...),
+    file sizes and this first paired timing.
     """
-    settings, metric = config.latency, config.task.metric
+    settings = config.latency
     if settings.backend == "onnxruntime":
-        report, check = deploy(model, dev=dev, threads=settings.threads, workdir=workdir / "teacher", metric=metric)
+        report, check = deploy(model, dev=dev, threads=settings.threads, workdir=workdir / "teacher", head=head)
         fp32, teacher_dev = Path(report.path), check.onnx_scores
-        teacher_test = onnx_scores(fp32, test, threads=settings.threads, metric=metric)
+        teacher_test = onnx_scores(fp32, test, threads=settings.threads, head=head)
         teacher = {"size_bytes": shipped_bytes(fp32)}
         teacher_probe: LatencyProbe = OrtProbe(fp32, threads=settings.threads)
     else:
-        example = {k: v[:2] for k, v in dev[0].items() if k != "labels"}
-        fp32 = export_onnx(model, workdir / "teacher" / "model.onnx", example=example)
+        example = {k: v[:2] for k, v in head.inputs(dev[0]).items()}
+        fp32 = export_onnx(model, workdir / "teacher" / "model.onnx", example=example, head=head)
         size = estimated_size_bytes(model, layer_plan(model, Policy()))
-        teacher_dev, teacher_test = model_scores(model, dev, metric=metric), model_scores(model, test, metric=metric)
+        teacher_dev, teacher_test = model_scores(model, dev, head=head), model_scores(model, test, head=head)
         teacher = {"size_bytes": size, "size_is_estimate": True}
         teacher_probe = TorchProbe(model, threads=settings.threads)
     teacher = {**baseline_scores(teacher_dev, teacher_test), **teacher}
     int8_path = dynamic_int8(fp32, workdir / "int8" / "model.onnx")
     int8 = {
-        **baseline_scores(*(onnx_scores(int8_path, split, threads=settings.threads, metric=metric) for split in (dev, test))),
+        **baseline_scores(*(onnx_scores(int8_path, split, threads=settings.threads, head=head) for split in (dev, test))),
         "size_bytes": shipped_bytes(int8_path),
         "artifact": str(int8_path),
     }
@@ -234,8 +240,9 @@ def measure_references(
 
 
 def baseline_scores(dev: dict[str, float], test: dict[str, float]) -> dict[str, float]:
-    """A reference's baseline entries from its dev and test scores: ``dev_accuracy``, ``test_accuracy``, then ``dev_f1``, ..."""
-    return {"dev_accuracy": dev["accuracy"], "test_accuracy": test["accuracy"], **split_scores("dev", dev), **split_scores("test", test)}
+    """A reference's baseline entries from its dev and test scores: ``dev_accuracy``, ``test_accuracy`` (a classifier's), then ``dev_f1``, ..."""
+    accuracy = {"dev_accuracy": dev["accuracy"], "test_accuracy": test["accuracy"]} if "accuracy" in dev else {}
+    return {**accuracy, **split_scores("dev", dev), **split_scores("test", test)}
 
 
 def reference_probes(model: PreTrainedModel, config: SearchConfig, baseline: dict[str, Any]) -> dict[str, LatencyProbe]:
@@ -256,8 +263,9 @@ def distillation_setup(config: SearchConfig, model: PreTrainedModel, teacher: Te
     rows = task.load_split("train")
     train = task.batches(rows.sample(train_subset or len(rows), seed=config.search.seed), tokenizer, batch_size=settings.batch_size)
     scoring = task.batches(by_length(task.load_split("dev").head(settings.eval_subset)), tokenizer, batch_size=64)
-    logits = cached_teacher_logits(model, train, teacher_key=teacher.key)
-    return Distillation(teacher=model, train_batches=train, teacher_logits=logits, eval_batches=scoring, settings=settings, metric=task.metric)
+    head = task.head()
+    outputs = cached_teacher_logits(model, train, teacher_key=teacher.key, head=head)
+    return Distillation(teacher=model, train_batches=train, teacher_logits=outputs, eval_batches=scoring, settings=settings, head=head)
 
 
 def by_length(examples: Examples) -> Examples:
@@ -266,7 +274,7 @@ def by_length(examples: Examples) -> Examples:
 
 
 def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, name: str) -> Measurement:
-    """Dev and test accuracy and the task's other metrics, shipped size and paired latency of the deployed ``model``."""
+    """The task's metrics on dev and test, shipped size and paired latency of the deployed ``model``."""
     deployed = deploy_and_measure(
         model,
         dev=context.dev,
@@ -276,7 +284,7 @@ def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, n
         latency=context.config.latency,
         workdir=context.workdir / name,
         scoring_threads=context.scoring_threads,
-        metric=context.config.task.metric,
+        head=context.head,
     )
     timing = deployed.latency
     own = timing.results["candidate"]
@@ -286,7 +294,7 @@ def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, n
     return Measurement(
         dev_accuracy=deployed.dev_accuracy,
         test_accuracy=deployed.test_accuracy,
-        simulated_dev_accuracy=deployed.simulated_dev_accuracy,
+        simulated_dev_score=deployed.simulated_dev_score,
         latency_ms=own.median_ms,
         latency_p90_ms=own.p90_ms,
         latency_ci_low_ms=own.ci_low_ms,

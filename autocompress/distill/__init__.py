@@ -1,24 +1,12 @@
-"""Knowledge distillation: recovery training of compressed students against their teacher."""
+"""Knowledge distillation: recovery training of compressed students against their teacher.
 
-from autocompress.distill._cache import cached_teacher_logits, logits_cache_path
-from autocompress.distill._losses import (
-    attention_loss,
-    hidden_state_loss,
-    kd_loss,
-    kept_layer_map,
-    uniform_layer_map,
-)
-from autocompress.distill._train import FakeQuantize, RecoveryResult, recover
+Loaded lazily: the task heads import the losses without loading the training loop.
+"""
 
-__all__ = [
-    "FakeQuantize",
-    "RecoveryResult",
-    "attention_loss",
-    "cached_teacher_logits",
-    "hidden_state_loss",
-    "kd_loss",
-    "kept_layer_map",
-    "logits_cache_path",
-    "recover",
-    "uniform_layer_map",
-]
+from autocompress._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    **dict.fromkeys(["cached_teacher_logits", "logits_cache_path"], "_cache"),
+    **dict.fromkeys(["attention_loss", "embedding_loss", "hidden_state_loss", "kd_loss", "kept_layer_map", "uniform_layer_map"], "_losses"),
+    **dict.fromkeys(["FakeQuantize", "RecoveryResult", "recover"], "_train"),
+})

@@ -1,4 +1,4 @@
-"""Teacher logits on the training rows, computed once and cached on disk.
+"""Teacher outputs (logits, sentence embeddings: what the task's head reads) on the training rows, computed once and cached on disk.
 
 Every trial of a search distils from the same teacher on the same rows, so the
 teacher's forward passes are paid once. The cache is one file per teacher
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from autocompress.paths import teacher_logits_dir
+from autocompress.tasks.heads import Head, Logits
 
 
 def logits_cache_path(teacher_key: str, *, cache_dir: str | Path | None = None) -> Path:
@@ -36,7 +37,7 @@ def logits_cache_path(teacher_key: str, *, cache_dir: str | Path | None = None) 
 
 def row_keys(batch: Mapping[str, torch.Tensor]) -> list[bytes]:
     """One digest per row of ``batch``: its model inputs at the positions its attention mask keeps (padding does not count)."""
-    inputs = {name: batch[name].detach().cpu().numpy() for name in sorted(batch) if name != "labels"}
+    inputs = {name: batch[name].detach().cpu().numpy() for name in sorted(Head.inputs(batch))}
     rows = len(next(iter(inputs.values())))
     kept = inputs["attention_mask"].astype(bool) if "attention_mask" in inputs else None
     keys = []
@@ -55,8 +56,10 @@ def cached_teacher_logits(
     *,
     teacher_key: str,
     cache_dir: str | Path | None = None,
+    head: Head | None = None,
 ) -> list[torch.Tensor]:
-    """The teacher's logits for each batch: rows already cached are read, the batches holding any other row run the teacher (eval mode)."""
+    """The teacher's outputs (``head``'s; default: logits) for each batch: rows already cached are read, the batches holding any
+    other row run the teacher (eval mode)."""
     if not batches:
         raise ValueError("batches is empty; give at least one tokenized batch")
     path = logits_cache_path(teacher_key, cache_dir=cache_dir)
@@ -64,7 +67,7 @@ def cached_teacher_logits(
     keys = [row_keys(b) for b in batches]
     missing = [i for i, batch_keys in enumerate(keys) if any(k not in stored for k in batch_keys)]
     if missing:
-        computed = _teacher_forward(teacher, [batches[i] for i in missing])
+        computed = _teacher_forward(teacher, [batches[i] for i in missing], head or Logits("accuracy"))
         for i, logits in zip(missing, computed):
             stored.update(zip(keys[i], logits))
         _save(path, stored, teacher_key)
@@ -90,11 +93,11 @@ def _save(path: Path, stored: dict[bytes, torch.Tensor], teacher_key: str) -> No
 
 
 @torch.no_grad()  # not inference_mode: the logits later enter autograd as KD targets
-def _teacher_forward(teacher: PreTrainedModel, batches: Sequence[Mapping[str, torch.Tensor]]) -> list[torch.Tensor]:
+def _teacher_forward(teacher: PreTrainedModel, batches: Sequence[Mapping[str, torch.Tensor]], head: Head) -> list[torch.Tensor]:
     was_training = teacher.training
     teacher.eval()
     try:
-        progress = tqdm(batches, desc="teacher logits (cached once)", unit="batch", leave=False, file=sys.stderr)
-        return [teacher(**{k: v for k, v in b.items() if k != "labels"}).logits.float() for b in progress]
+        progress = tqdm(batches, desc=f"teacher {head.output_name} (cached once)", unit="batch", leave=False, file=sys.stderr)
+        return [head(teacher, batch).float() for batch in progress]
     finally:
         teacher.train(was_training)

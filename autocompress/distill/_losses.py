@@ -1,4 +1,4 @@
-"""Distillation losses: soft-label KD, hidden-state transfer and attention transfer.
+"""Distillation losses: soft-label KD, embedding distillation, hidden-state transfer and attention transfer.
 
 Hidden states and attentions are per encoder block, indexed by block (no
 embedding output), and a ``layer_map`` sends student block ``i`` to teacher
@@ -47,6 +47,19 @@ def kd_loss(
     )
     hard = F.cross_entropy(student_logits, labels)
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard
+
+
+def embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Sentence-transformers' distillation loss (MSE to the teacher's embedding, summed over dimensions) plus the cosine distance.
+
+    For normalized embeddings the two are proportional (``|s - t|^2 = 2 (1 - cos)``);
+    for unnormalized ones MSE also matches the length, which dot-product search reads.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"student embeddings {tuple(student.shape)} and teacher embeddings {tuple(teacher.shape)} differ in shape")
+    target = teacher.detach()
+    squared = (student - target).pow(2).sum(-1).mean()
+    return squared + (1.0 - F.cosine_similarity(student, target, dim=-1)).mean()
 
 
 def hidden_state_loss(

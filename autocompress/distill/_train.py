@@ -1,8 +1,8 @@
 """Recovery training: a short knowledge-distillation fine-tune of a compressed student.
 
 The student (the teacher shrunk, pruned and/or about to be quantized) learns
-from the teacher's softened logits, optionally from its block outputs and
-attention maps too. Two invariants of the compression survive training:
+from the teacher's outputs through the task's head (softened logits, sentence
+embeddings), optionally from its block outputs and attention maps too. Two invariants of the compression survive training:
 weights that unstructured pruning set to zero stay zero, and layers that will be
 quantized train through their quantized value (fake quantization with a
 straight-through estimator), so the real quantization afterwards lands on the
@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from autocompress.config import RecoveryConfig
-from autocompress.distill._losses import attention_loss, hidden_state_loss, kd_loss, uniform_layer_map
-from autocompress.measurement import model_scores
+from autocompress.distill._losses import attention_loss, hidden_state_loss, uniform_layer_map
 from autocompress.models.families import layout_for
 from autocompress.models.loading import eager_attention, encoder_blocks
+from autocompress.tasks.heads import Head, Logits
 from autocompress.techniques.quantizer import quantize_weight, runs_as_matmul_integer, simulate_dynamic_uint8
 
 Batch = Mapping[str, torch.Tensor]
@@ -72,25 +72,26 @@ def recover(
     fake_quant: Mapping[str, tuple[int, int | None]] | None = None,
     eval_batches: Sequence[Batch] | None = None,
     report: Callable[[int, float], bool] | None = None,
-    metric: str = "accuracy",
+    head: Head | None = None,
 ) -> RecoveryResult:
     """Distil ``teacher`` into ``student`` in place for ``steps`` AdamW steps over cycled ``train_batches``.
 
     ``settings`` (the config's ``recovery`` section) gives the learning rate,
     the KD temperature and ``alpha``, the loss weights and ``eval_every``.
-    Loss: ``kd_loss`` + ``hidden_weight * hidden_state_loss`` + ``attention_weight
+    Loss: the ``head``'s (default: classification logits, ``kd_loss``) + ``hidden_weight * hidden_state_loss`` + ``attention_weight
     * attention_loss`` (``layer_map`` student block -> teacher block; uniform if
     omitted). ``teacher_logits`` (one tensor per train batch, e.g. from
-    ``cached_teacher_logits``) spare the teacher's forward when only logits are
+    ``cached_teacher_logits``) spare the teacher's forward when only the outputs are
     distilled. ``fake_quant`` maps Linear module names to ``(bits, group_size)``.
-    Every ``eval_every`` steps and at the last step, ``metric`` (``task.metric``,
+    Every ``eval_every`` steps and at the last step, ``head.metric`` (``task.metric``,
     what the search optimizes) on ``eval_batches`` goes to ``report(step,
     score)``; training stops there if it returns True (an Optuna pruner's
     ``trial.report`` + ``trial.should_prune``). The student ends in eval mode
     with plain float weights.
     """
     _check_options(train_batches, steps, teacher_logits)
-    learning_rate, temperature, alpha = settings.learning_rate, settings.temperature, settings.alpha
+    head = head or Logits("accuracy")
+    learning_rate = settings.learning_rate
     hidden_weight, attention_weight, eval_every = settings.hidden_weight, settings.attention_weight, settings.eval_every
     if report is not None and not eval_batches:
         raise ValueError("report is set but eval_batches is empty; report needs validation batches to score")
@@ -116,17 +117,16 @@ def recover(
         for step, index in enumerate(_cycle(len(train_batches), steps), start=1):
             student.train()
             batch = train_batches[index]
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            if attention_weight > 0:  # MPNet's attention returns its probabilities only when asked
-                inputs["output_attentions"] = True
+            inputs = head.inputs(batch)
+            extra = {"output_attentions": True} if attention_weight > 0 else {}  # MPNet's attention returns its probabilities only when asked
             with torch.no_grad(), _capture(teacher, enabled=internals) as teacher_internals:
                 if internals or teacher_logits is None:
-                    target = teacher(**inputs).logits
+                    target = head.read(teacher(**inputs, **extra), inputs)
                 else:
                     target = teacher_logits[index]
             with _capture(student, enabled=internals) as student_internals:
-                logits = student(**inputs).logits
-            loss = kd_loss(logits, target, batch["labels"], temperature=temperature, alpha=alpha)
+                output = head.read(student(**inputs, **extra), inputs)
+            loss = head.loss(output, target, batch, settings)
             mask = inputs.get("attention_mask")
             if hidden_weight > 0:
                 loss = loss + hidden_weight * hidden_state_loss(
@@ -147,9 +147,9 @@ def recover(
             losses.append(loss.item())
             bar.update(1)
             if eval_batches and (step % eval_every == 0 or step == steps):
-                score = model_scores(student, list(eval_batches), metric=metric)[metric]
+                score = head.evaluate(student, list(eval_batches))[head.metric]
                 evaluations.append((step, score))
-                bar.set_postfix({metric: f"{score:.3f}"})
+                bar.set_postfix({head.metric: f"{score:.3f}"})
                 if report is not None and report(step, score):
                     stopped_early = True
                     break

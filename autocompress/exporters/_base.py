@@ -1,9 +1,10 @@
 """The plug-in interface of every export format, and the check each one runs on its own output.
 
 An exporter starts from a ``Source``: the policy and the models it builds,
-rebuilt as the trial built them. It writes its files, reloads them in the
-target tool, and compares that tool's predictions on labelled dev batches
-with the source's; only then does it report success. A policy the format
+rebuilt as the trial built them, and the task's head. It writes its files,
+reloads them in the target tool, and compares that tool's outputs (logits,
+sentence embeddings) on the dev batches with the source's; only then does it
+report success. A policy the format
 cannot express raises ``NotExpressible`` before anything is written.
 """
 
@@ -24,11 +25,12 @@ from transformers import PreTrainedModel
 
 from autocompress.models.loading import copy_tokenizer
 from autocompress.policy import Policy
+from autocompress.tasks.heads import Head, Logits
 from autocompress.techniques import Quantization, Technique, compress, float_techniques
 
 Batches = Sequence[Mapping[str, torch.Tensor]]
 MAX_ACCURACY_DROP = 0.005
-"""An export may lose at most half a point of dev accuracy against its source."""
+"""An export may move dev accuracy by at most half a point from its source's (an embedding: its head's cosine tolerance)."""
 
 
 class NotExpressible(ValueError):
@@ -53,6 +55,8 @@ class Source:
     model: PreTrainedModel
     tokenizer_dir: Path
     dev: Batches
+    head: Head = field(default_factory=lambda: Logits("accuracy"))
+    """How the task reads and scores the models' outputs."""
 
     @classmethod
     def build(
@@ -65,6 +69,7 @@ class Source:
         calibration: Mapping[str, torch.Tensor] | None = None,
         recovery: Technique | None = None,
         prepare: Callable[[type[Technique]], Technique] | None = None,
+        head: Head | None = None,
     ) -> Source:
         """Apply ``policy`` to ``teacher`` with the search's techniques, in its order (seed the caller's RNG as the trial did).
 
@@ -72,34 +77,33 @@ class Source:
         """
         techniques = float_techniques(policy, prepare=prepare, recovery=recovery)
         float_model = compress(teacher, policy, techniques=techniques, calibration=calibration)
-        return cls.from_float(float_model, policy, dev=dev, tokenizer_dir=tokenizer_dir)
+        return cls.from_float(float_model, policy, dev=dev, tokenizer_dir=tokenizer_dir, head=head)
 
     @classmethod
-    def from_float(cls, float_model: PreTrainedModel, policy: Policy, *, dev: Batches, tokenizer_dir: Path) -> Source:
+    def from_float(
+        cls, float_model: PreTrainedModel, policy: Policy, *, dev: Batches, tokenizer_dir: Path, head: Head | None = None
+    ) -> Source:
         """From ``float_model``, the policy's float techniques already applied (a trial's kept weights): quantize it as the trial did."""
         model = compress(float_model, policy, techniques=(Quantization(),))
-        return cls(policy, float_model.eval(), model, Path(tokenizer_dir), dev)
+        return cls(policy, float_model.eval(), model, Path(tokenizer_dir), dev, head or Logits("accuracy"))
 
     @cached_property
-    def labels(self) -> np.ndarray:
-        return torch.cat([batch["labels"] for batch in self.dev]).numpy()
+    def outputs(self) -> np.ndarray:
+        """The source model's outputs on ``dev`` (the simulation autocompress measured)."""
+        return self.head.outputs(self.model, self.dev)
 
     @cached_property
-    def logits(self) -> np.ndarray:
-        """The source model's logits on ``dev`` (the simulation autocompress measured)."""
-        return torch_logits(self.model, self.dev)
-
-    @property
-    def accuracy(self) -> float:
-        return float((self.logits.argmax(-1) == self.labels).mean())
+    def scores(self) -> dict[str, float]:
+        """The task's metrics of the source on ``dev``."""
+        return self.head.scores(self.outputs, self.dev)
 
     @cached_property
-    def float_activation_logits(self) -> np.ndarray:
-        """``model``'s logits without the run-time activation rounding of its 8-bit per-channel layers: what a float runtime computes."""
+    def float_activation_outputs(self) -> np.ndarray:
+        """``model``'s outputs without the run-time activation rounding of its 8-bit per-channel layers: what a float runtime computes."""
         from autocompress.techniques.quantizer import float_activations
 
         with float_activations():
-            return torch_logits(self.model, self.dev)
+            return self.head.outputs(self.model, self.dev)
 
     def float_copy(self) -> PreTrainedModel:
         """A fresh copy of ``float_model`` that a tool may quantize in place."""
@@ -120,11 +124,14 @@ class ExportReport:
     folder: str
     files: list[str]
     rows: int
-    accuracy: float
-    source_accuracy: float
+    metric: str
+    """The task's searched metric (``task.metric``), which ``score`` and ``source_score`` are."""
+    score: float
+    source_score: float
     agreement: float
-    """Share of dev rows where the reloaded output predicts the source's label."""
-    max_abs_logit_diff: float
+    """The head's: the share of dev rows where the reloaded output predicts the source's class, or the lowest cosine of an embedding with the source's."""
+    max_abs_diff: float
+    """Largest absolute difference of an output value (logit, embedding component) from the source's."""
     tolerance: float
     notes: list[str] = field(default_factory=list)
     origin: dict[str, Any] = field(default_factory=dict)
@@ -136,43 +143,51 @@ class ExportReport:
         return path
 
     def line(self) -> str:
-        return (f"{self.format}: {self.folder} | accuracy {self.accuracy:.4f} vs source {self.source_accuracy:.4f} on {self.rows} dev rows | "
-                f"same prediction on {100 * self.agreement:.1f} % | max |Δlogit| {self.max_abs_logit_diff:.2e} (tolerance {self.tolerance:g})")
+        return (f"{self.format}: {self.folder} | {self.metric} {self.score:.4f} vs source {self.source_score:.4f} on {self.rows} dev rows | "
+                f"agreement {self.agreement:.4f} | max |Δoutput| {self.max_abs_diff:.2e} (tolerance {self.tolerance:g})")
 
 
 class Exporter(ABC):
     """One export format: ``check`` refuses what it cannot express, ``export`` writes and verifies.
 
-    ``tolerance`` is the largest absolute logit difference from the source
+    ``tolerance`` is the largest absolute output difference from the source
     the format accepts: tiny where it reproduces the source's arithmetic,
     larger where the target tool rounds weights or activations its own way.
     """
 
     name: ClassVar[str]
     tolerance: ClassVar[float]
+    tasks: ClassVar[tuple[str, ...]] = ("sequence-classification",)
+    """The tasks (``task.type``) whose models this format holds."""
 
     def tolerance_for(self, source: Source, files: Path) -> float:
         """The tolerance for this source and written output; formats whose error depends on the graph override it."""
         return self.tolerance
 
     def reference(self, source: Source) -> np.ndarray:
-        """The logits the output must reproduce: the simulation's, unless a format computes otherwise by design."""
-        return source.logits
+        """The outputs the export must reproduce: the simulation's, unless a format computes otherwise by design."""
+        return source.outputs
 
     def check(self, policy: Policy) -> None:  # noqa: B027 - formats that express every policy keep this
         """Raise ``NotExpressible`` naming what ``policy`` uses that this format cannot hold."""
 
+    def check_task(self, policy: Policy) -> None:
+        """Raise ``NotExpressible`` when the policy's task is not one this format holds."""
+        if policy.task not in self.tasks:
+            raise NotExpressible(f"the {self.name} format holds {' and '.join(self.tasks)} models, not {policy.task}")
+
     @abstractmethod
     def write(self, source: Source, folder: Path) -> tuple[list[str], np.ndarray, list[str]]:
-        """Write the format into ``folder``; return its files, the reloaded output's logits on ``source.dev``, and notes."""
+        """Write the format into ``folder``; return its files, the reloaded output's outputs on ``source.dev``, and notes."""
 
     def export(self, source: Source, folder: Path, *, origin: dict[str, Any] | None = None) -> ExportReport:
         """Write, reload and compare; the report (``export_report.json``) records ``origin``, where the model was found."""
+        self.check_task(source.policy)
         self.check(source.policy)
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        files, logits, notes = self.write(source, folder)
-        report = compare(self.name, folder, source, logits, tolerance=self.tolerance_for(source, folder),
+        files, outputs, notes = self.write(source, folder)
+        report = compare(self.name, folder, source, outputs, tolerance=self.tolerance_for(source, folder),
                          files=[*source.write_common(folder), *files], notes=notes, reference=self.reference(source))
         report = replace(report, origin=origin or {})
         report.save()
@@ -180,35 +195,36 @@ class Exporter(ABC):
 
 
 def compare(
-    name: str, folder: Path, source: Source, logits: np.ndarray, *, tolerance: float, files: list[str], notes: list[str],
+    name: str, folder: Path, source: Source, outputs: np.ndarray, *, tolerance: float, files: list[str], notes: list[str],
     reference: np.ndarray | None = None,
 ) -> ExportReport:
-    """The report of ``logits`` against ``reference`` (the source's logits by default).
+    """The report of ``outputs`` against ``reference`` (the source's outputs by default).
 
-    Raises ``ExportMismatch`` beyond the tolerance or half a point of accuracy below the reference's.
+    Raises ``ExportMismatch`` beyond the tolerance, or where the task's head
+    finds the scores or the agreement off (half a point of accuracy; an
+    embedding's cosine with the source's).
     """
-    reference = source.logits if reference is None else reference
-    if logits.shape != reference.shape:
-        raise ExportMismatch(f"{name}: the reloaded output gives logits of shape {logits.shape}, the source {reference.shape}")
-    predictions = logits.argmax(-1)
+    reference = source.outputs if reference is None else reference
+    if outputs.shape != reference.shape:
+        raise ExportMismatch(f"{name}: the reloaded output has shape {outputs.shape}, the source's {reference.shape}")
+    head = source.head
+    scores, reference_scores = head.scores(outputs, source.dev), head.scores(reference, source.dev)
     report = ExportReport(
-        format=name, folder=str(folder), files=sorted(set(files)), rows=len(source.labels),
-        accuracy=float((predictions == source.labels).mean()), source_accuracy=float((reference.argmax(-1) == source.labels).mean()),
-        agreement=float((predictions == reference.argmax(-1)).mean()),
-        max_abs_logit_diff=float(np.abs(logits - reference).max()), tolerance=tolerance, notes=notes,
+        format=name, folder=str(folder), files=sorted(set(files)), rows=len(reference), metric=head.metric,
+        score=scores[head.metric], source_score=reference_scores[head.metric], agreement=head.agreement(reference, outputs),
+        max_abs_diff=float(np.abs(outputs - reference).max()), tolerance=tolerance, notes=notes,
     )  # fmt: skip
-    if report.max_abs_logit_diff > tolerance:
-        raise ExportMismatch(f"{name}: reloaded logits differ from the source's by up to {report.max_abs_logit_diff:.3g} (tolerance {tolerance:g})")
-    if report.accuracy < report.source_accuracy - MAX_ACCURACY_DROP:
-        raise ExportMismatch(f"{name}: accuracy {report.accuracy:.4f} is more than 0.5 pt below the source's {report.source_accuracy:.4f}")
+    if report.max_abs_diff > tolerance:
+        raise ExportMismatch(f"{name}: reloaded {head.output_name} differ from the source's by up to {report.max_abs_diff:.3g} (tolerance {tolerance:g})")
+    problem = head.mismatch(reference_scores, scores, report.agreement, rounds_activations=True, max_drop=MAX_ACCURACY_DROP, drop_only=True)
+    if problem is not None:
+        raise ExportMismatch(f"{name}: {problem}")
     return report
 
 
-@torch.no_grad()
-def torch_logits(model: PreTrainedModel, batches: Batches) -> np.ndarray:
-    """Logits of a torch classifier on labelled batches (labels dropped)."""
-    model.eval()
-    return torch.cat([model(**{k: v for k, v in b.items() if k != "labels"}).logits for b in batches]).float().numpy()
+def torch_outputs(model: PreTrainedModel, source: Source) -> np.ndarray:
+    """The outputs of a torch model (a reloaded export) on the source's dev batches, read by the source's head."""
+    return source.head.outputs(model, source.dev)
 
 
 def quantized_layers(source: Source) -> dict[str, Any]:

@@ -44,7 +44,7 @@ import torch
 import yaml
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
+from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_outputs
 from autocompress.models.shrunk import is_shrunk, save_shrunk
 from autocompress.policy import Policy
 from autocompress.techniques import layer_plan
@@ -96,7 +96,7 @@ class LlmCompressorExporter(Exporter):
             return FLOAT_TOLERANCE
         tolerance = self.tolerance * 2 ** (8 - min(bits for bits, _, _ in settings.values()))
         if any(activations for _, _, activations in settings.values()):
-            tolerance += ACTIVATION_FACTOR * float(np.abs(source.logits - source.float_activation_logits).max())
+            tolerance += ACTIVATION_FACTOR * float(np.abs(source.outputs - source.float_activation_outputs).max())
         return tolerance
 
     def check(self, policy: Policy) -> None:
@@ -147,7 +147,7 @@ class LlmCompressorExporter(Exporter):
                 f"{self.name}: compressed-tensors applied the recipe to {len(wrong)} modules unlike the policy: {detail}"
                 f"{' …' if len(wrong) > 4 else ''}"
             )
-        logits = torch_logits(model, source.dev)
+        logits = torch_outputs(model, source)
         if not np.isfinite(logits).all():
             raise ExportMismatch(f"{self.name}: the recipe-quantized model gives non-finite logits")
         return logits

@@ -2,7 +2,8 @@
 
 The same path as a trial (``measure.deploy``: export, lower, verify against
 the torch simulation), then the written file is reloaded in a fresh ONNX
-Runtime session and its logits compared with the source's.
+Runtime session and its outputs (logits, or a pooled and normalized
+``sentence_embedding``) compared with the source's.
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ class OnnxExporter(Exporter):
 
     name = "onnx"
     tolerance = EXACT
+    tasks = ("sequence-classification", "embedding")
 
     def tolerance_for(self, source: Source, files: Path) -> float:
         """Exact to 1e-4, unless 8-bit per-channel layers round activations at run time (see ``runtime.verify``)."""
         rounding = rounds_activations(files / "model.onnx")
-        return EXACT + (MATMUL_INTEGER_RTOL * float(np.abs(source.logits).max()) if rounding else 0.0)
+        return EXACT + (MATMUL_INTEGER_RTOL * float(np.abs(source.outputs).max()) if rounding else 0.0)
 
     def write(self, source: Source, folder: Path) -> tuple[list[str], np.ndarray, list[str]]:
-        lowering, check = deploy(source.model, dev=source.dev, threads=2, workdir=folder)
+        lowering, check = deploy(source.model, dev=source.dev, threads=2, workdir=folder, head=source.head)
         session = ort_session(folder / "model.onnx", threads=2)
-        logits = np.concatenate([session.run(["logits"], ort_feed(session, batch))[0] for batch in source.dev])
+        outputs = np.concatenate([session.run([source.head.output_name], ort_feed(session, batch))[0] for batch in source.dev])
         ops = sorted({layer.op for layer in lowering.layers.values()})
         source.model.config.to_json_file(folder / "config.json")
-        return ["model.onnx", "config.json"], logits, [f"kernels: {', '.join(ops) or 'float only'}; file {lowering.file_bytes} bytes"]
+        return ["model.onnx", "config.json"], outputs, [f"kernels: {', '.join(ops) or 'float only'}; file {lowering.file_bytes} bytes"]

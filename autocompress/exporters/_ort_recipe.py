@@ -62,7 +62,7 @@ import numpy as np
 import onnx
 import torch
 
-from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
+from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_outputs
 from autocompress.policy import Policy
 from autocompress.runtime import export_onnx, ort_feed, ort_session, weight_digest
 from autocompress.techniques import layer_plan
@@ -129,7 +129,7 @@ class OrtRecipeExporter(Exporter):
 
     def tolerance_for(self, source: Source, files: Path) -> float:
         """Twice how far the policy's own quantization moved the logits from the float model's (see ``SPREAD``)."""
-        return ATOL + SPREAD * float(np.abs(source.logits - torch_logits(source.float_model, source.dev)).max())
+        return ATOL + SPREAD * float(np.abs(source.outputs - torch_outputs(source.float_model, source)).max())
 
     def check(self, policy: Policy) -> None:
         """Refuse, before anything is written, what ORT's quantization tools cannot rebuild (module docstring)."""

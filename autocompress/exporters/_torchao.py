@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_logits
+from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_outputs
 from autocompress.models.shrunk import is_shrunk, load_shrunk, save_shrunk
 from autocompress.policy import Policy
 from autocompress.techniques import layer_plan
@@ -224,7 +224,7 @@ class TorchaoExporter(Exporter):
                 ours = source.model.get_submodule(fqn).weight.detach()
                 same = torch.isclose(weight.dequantize(), ours, rtol=1e-5, atol=1e-8)
                 matched[fqn] = (int(same.sum()), same.numel())
-        return torch_logits(model, source.dev), matched
+        return torch_outputs(model, source), matched
 
 
 def load_model(folder: Path) -> torch.nn.Module:

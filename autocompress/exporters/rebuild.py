@@ -35,7 +35,7 @@ class Origin:
     seed: int
     label: str
     recorded: dict[str, Any] = field(default_factory=dict)
-    """The trial's own numbers (dev_accuracy, test_accuracy, latency_ms, ...); empty for a bare policy file."""
+    """The trial's own numbers (dev_accuracy or dev_cosine, ..., latency_ms, ...); empty for a bare policy file."""
     trained: Path | None = None
     """The trial's distilled float weights (``save_shrunk`` folder), if it kept them."""
     final: bool = False
@@ -46,6 +46,10 @@ class Origin:
     def provenance(self) -> dict[str, Any]:
         """What an export records of its model's origin: where it was found and what its trial measured."""
         return {"label": self.label, **self.source, "final": self.final, "recorded": self.recorded}
+
+
+RECORDED = ("dev_accuracy", "test_accuracy", "simulated_dev_score", "latency_ms", "speedup", "size_bytes")
+"""What an origin keeps of its trial's numbers, besides the task's own metrics."""
 
 
 def from_trial(study: Any, number: int) -> Origin:
@@ -59,7 +63,7 @@ def from_trial(study: Any, number: int) -> Origin:
         raise ConfigError(f"study {study.study_name!r}: trial {number} is not a completed trial; completed: {done}")
     attrs = trials[number].user_attrs
     config = parse_config(search["config"], source=f"study {study.study_name!r}")
-    recorded = {k: attrs[k] for k in ("dev_accuracy", "test_accuracy", "latency_ms", "speedup", "size_bytes") if k in attrs}
+    recorded = {k: attrs[k] for k in RECORDED if k in attrs} | dict(attrs.get("scores") or {})
     trained = Path(attrs["trained_model"]) if attrs.get("trained_model") else None
     return Origin(config, Policy.from_dict(attrs["policy"], source=f"trial {number}"), int(attrs["seed"]), f"trial {number} of study {study.study_name!r}",
                   recorded, trained, FINAL_OF_ATTR in attrs, {"study": study.study_name, "trial": number})
@@ -79,10 +83,12 @@ def from_run(run_id: str, *, tracking_uri: str | None = None) -> Origin:
             config = json.loads(Path(client.download_artifacts(parent.info.run_id, "config.json", folder)).read_text())
     except (MlflowException, KeyError, OSError) as error:
         raise ConfigError(f"run {run_id}: not a trial run of an autocompress search at {client.tracking_uri} ({error})") from None
-    recorded = {k: run.data.metrics[k] for k in ("dev_accuracy", "test_accuracy", "latency_ms", "speedup", "size_bytes") if k in run.data.metrics}
+    config = parse_config(config, source=f"run {parent.info.run_id} config.json")
+    metric = config.task.metric
+    recorded = {k: run.data.metrics[k] for k in (*RECORDED, f"dev_{metric}", f"test_{metric}") if k in run.data.metrics}
     label = f"run {run_id} (trial {run.data.tags.get(TRIAL_TAG)})"
     trained = Path(run.data.tags["trained_model"]) if "trained_model" in run.data.tags else None
-    return Origin(parse_config(config, source=f"run {parent.info.run_id} config.json"), policy, int(run.data.params.get("seed", 0)), label, recorded,
+    return Origin(config, policy, int(run.data.params.get("seed", 0)), label, recorded,
                   trained, FINAL_OF_ATTR in run.data.tags, {"run_id": run_id})
 
 
@@ -98,24 +104,27 @@ def rebuild(origin: Origin) -> Source:
     from autocompress.tasks.registry import task_for
 
     config = origin.config
-    teacher = task_for(config).teacher()
+    task = task_for(config)
+    teacher, head = task.teacher(), task.head()
     tokenizer = load_tokenizer(str(teacher.path))
     dev, _, calibration = task_batches(config, tokenizer)
     try:
         if origin.trained is not None and (origin.trained / "config.json").is_file():
-            source = Source.from_float(load_shrunk(origin.trained), origin.policy, dev=dev, tokenizer_dir=teacher.path)
+            source = Source.from_float(load_shrunk(origin.trained), origin.policy, dev=dev, tokenizer_dir=teacher.path, head=head)
         else:
-            source = _train_again(origin, teacher, tokenizer, dev=dev, calibration=calibration)
+            source = _train_again(origin, teacher, tokenizer, dev=dev, calibration=calibration, head=head)
     except ValueError as error:  # a policy that does not fit this model (heads, widths, blocks)
         raise ConfigError(f"{origin.label}: does not apply to {config.model}: {error}") from None
-    recorded = origin.recorded.get("dev_accuracy")
-    if recorded is not None and abs(source.accuracy - recorded) > MAX_ACCURACY_DROP:
-        raise ConfigError(f"{origin.label}: the rebuilt model scores {source.accuracy:.4f} on dev, the trial recorded {recorded:.4f}; "
+    # the rebuilt model is the torch simulation: compare with the trial's own (trials made before it was recorded: the artifact's)
+    recorded = origin.recorded.get("simulated_dev_score", origin.recorded.get(f"dev_{head.metric}"))
+    rebuilt = source.scores[head.metric]
+    if recorded is not None and abs(rebuilt - recorded) > MAX_ACCURACY_DROP:
+        raise ConfigError(f"{origin.label}: the rebuilt model scores {head.metric} {rebuilt:.4f} on dev, the trial recorded {recorded:.4f}; "
                           "the cached teacher or the data changed since the search")
     return source
 
 
-def _train_again(origin: Origin, teacher: Any, tokenizer: Any, *, dev: Any, calibration: Any) -> Source:
+def _train_again(origin: Origin, teacher: Any, tokenizer: Any, *, dev: Any, calibration: Any, head: Any) -> Source:
     """Apply the origin's policy to the teacher with its seed, distilling a student on the rows its trial used."""
     from autocompress.controller.trial import distillation_setup, seeded
     from autocompress.techniques import Recovery
@@ -125,4 +134,4 @@ def _train_again(origin: Origin, teacher: Any, tokenizer: Any, *, dev: Any, cali
     recovery = Recovery(distillation_setup(config, model, teacher, tokenizer, final=origin.final)) if policy.recovery_steps else None
     with seeded(origin.seed):
         return Source.build(model, policy, dev=dev, tokenizer_dir=teacher.path, calibration=calibration, recovery=recovery,
-                            prepare=lambda technique: technique.for_task(config, tokenizer))
+                            prepare=lambda technique: technique.for_task(config, tokenizer), head=head)

@@ -44,6 +44,7 @@ def export(origin: Origin, formats: Sequence[str], output: str | Path, *, skip_i
     for name in formats:
         target = exporter(name)
         try:
+            target.check_task(origin.policy)
             target.check(origin.policy)
         except NotExpressible as error:
             if not skip_inexpressible:

@@ -1,6 +1,7 @@
-"""Measurements of a compressed model: accuracy and the task's F1, storage size and real latency."""
+"""Measurements of a compressed model: the task's metrics, storage size and real latency."""
 
-from autocompress.measurement._accuracy import accuracy, model_scores, predict
+from autocompress.config import MetricName
+from autocompress.measurement._accuracy import accuracy, model_scores
 from autocompress.measurement._deployed import Deployment, deploy, deploy_and_measure, onnx_scores
 from autocompress.measurement._latency import (
     LatencyProbe,
@@ -15,7 +16,7 @@ from autocompress.measurement._latency import (
     pick_sentences,
 )
 from autocompress.measurement._size import estimated_size_bytes, shipped_bytes, sparsity
-from autocompress.tasks.metrics import METRICS, MetricName, check_metric, classification_scores, split_scores, task_metrics
+from autocompress.tasks.metrics import METRICS, check_metric, classification_scores, split_scores, task_metrics
 
 __all__ = [
     "Deployment",
@@ -39,7 +40,6 @@ __all__ = [
     "onnx_scores",
     "estimated_size_bytes",
     "pick_sentences",
-    "predict",
     "shipped_bytes",
     "sparsity",
     "split_scores",

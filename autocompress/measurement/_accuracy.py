@@ -1,28 +1,20 @@
-"""Accuracy and the task's other metrics of a torch classifier on tokenized, labelled batches."""
+"""The task's metrics of a torch model on tokenized batches that carry their targets, read through the task's head."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 from transformers import PreTrainedModel
 
-from autocompress.tasks.metrics import classification_scores
-
-
-@torch.inference_mode()
-def predict(model: PreTrainedModel, batches: Iterable[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-    """Argmax predictions over all batches, in order."""
-    model.eval()
-    inputs = [{k: v for k, v in batch.items() if k != "labels"} for batch in batches]
-    return torch.cat([model(**batch).logits.argmax(-1) for batch in inputs])
+from autocompress.tasks.heads import Head, Logits
 
 
 def accuracy(model: PreTrainedModel, batches: list[Mapping[str, torch.Tensor]]) -> float:
+    """A classifier's accuracy on labelled batches."""
     return model_scores(model, batches)["accuracy"]
 
 
-def model_scores(model: PreTrainedModel, batches: list[Mapping[str, torch.Tensor]], *, metric: str = "accuracy") -> dict[str, float]:
-    """``classification_scores`` of ``model`` on ``batches``; its head's ``num_labels`` decides which F1 the task has."""
-    labels = torch.cat([batch["labels"] for batch in batches])
-    return classification_scores(predict(model, batches).numpy(), labels.numpy(), num_labels=model.config.num_labels, metric=metric)
+def model_scores(model: PreTrainedModel, batches: list[Mapping[str, torch.Tensor]], *, head: Head | None = None) -> dict[str, float]:
+    """Every metric of ``head`` (default: a classifier's logits, accuracy and its F1) for ``model`` on ``batches``."""
+    return (head or Logits("accuracy")).evaluate(model, batches)

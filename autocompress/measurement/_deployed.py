@@ -4,9 +4,9 @@ With the ONNX Runtime backend the compressed model is exported, its
 quantization lowered to ORT's integer kernels, the artifact checked against
 the torch simulation on the dev split (a mismatch raises), scored on the
 untouched test split, and timed interleaved with its reference models (the
-teacher, ORT's dynamic int8) in one paired probe. Accuracies and the task's
-other metrics (``autocompress.tasks.metrics``) are the artifact's own; the size is
-the file's bytes.
+teacher, ORT's dynamic int8) in one paired probe. The task's metrics (its
+head's: accuracy and F1, or an embedding's agreement with the teacher's) are
+the artifact's own; the size is the file's bytes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from autocompress.measurement._accuracy import model_scores
 from autocompress.measurement._latency import LatencyProbe, OrtProbe, PairedLatency, TorchProbe, measure_paired
 from autocompress.measurement._size import shipped_bytes
 from autocompress.runtime import LoweringReport, VerifyReport, export_onnx, lower, ort_feed, ort_session, verify
-from autocompress.tasks.metrics import classification_scores, split_scores
+from autocompress.tasks.heads import Head, Logits
+from autocompress.tasks.metrics import split_scores
 
 Batches = Sequence[Mapping[str, torch.Tensor]]
 CANDIDATE = "candidate"
@@ -32,18 +33,20 @@ CANDIDATE = "candidate"
 
 @dataclass(frozen=True)
 class Deployment:
-    """A measured model: paired latency, dev and test accuracy and other metrics, and (for ONNX) its file and check."""
+    """A measured model: paired latency, the task's metrics on dev and test, and (for ONNX) its file and check."""
 
     latency: PairedLatency
-    dev_accuracy: float
-    test_accuracy: float
-    simulated_dev_accuracy: float
+    dev_accuracy: float | None
+    """Accuracy of a classifier; None for a task without it (its metrics are all in ``scores``)."""
+    test_accuracy: float | None
+    simulated_dev_score: float
+    """``task.metric`` of the torch simulation on dev: what the lowered graph was checked against."""
     artifact: Path | None = None
     artifact_bytes: int | None = None
     check: VerifyReport | None = None
     lowering: LoweringReport | None = None
     scores: dict[str, float] = field(default_factory=dict)
-    """The task's metrics other than accuracy, by split: ``dev_f1``, ``test_f1`` (binary) or ``dev_macro_f1``, ..."""
+    """The task's metrics other than accuracy, by split: ``dev_f1``, ``test_f1`` (binary), ``dev_macro_f1``, ``dev_cosine``, ..."""
 
 
 EXACT_NBITS = 0
@@ -52,27 +55,24 @@ Level 4 (int8 activations) was ~15 % faster here but drifts from the simulation.
 
 
 def deploy(
-    model: PreTrainedModel, *, dev: Batches, threads: int, workdir: Path, metric: str = "accuracy"
+    model: PreTrainedModel, *, dev: Batches, threads: int, workdir: Path, head: Head | None = None
 ) -> tuple[LoweringReport, VerifyReport]:
-    """Export, lower to ORT kernels, verify against torch and score on ``dev`` (``metric`` among the scores); the artifact is ``workdir/model.onnx``."""
+    """Export, lower to ORT kernels, verify against torch and score on ``dev`` through ``head``; the artifact is ``workdir/model.onnx``."""
+    head = head or Logits("accuracy")
     workdir.mkdir(parents=True, exist_ok=True)
-    example = {k: v[:2] for k, v in dev[0].items() if k != "labels"}
-    exported = export_onnx(model, workdir / "model.fp32.onnx", example=example, lean=True)
+    example = {k: v[:2] for k, v in head.inputs(dev[0]).items()}
+    exported = export_onnx(model, workdir / "model.fp32.onnx", example=example, lean=True, head=head)
     report = lower(model, exported, workdir / "model.onnx", accuracy_level=EXACT_NBITS)
     exported.unlink()
-    return report, verify(report.path, model, dev, threads=threads, metric=metric)
+    return report, verify(report.path, model, dev, threads=threads, head=head)
 
 
-def onnx_scores(path: str | Path, batches: Batches, *, threads: int, metric: str = "accuracy") -> dict[str, float]:
-    """Accuracy and the task's other metrics (``metric`` among them) of an ONNX classifier (output ``logits``) on labelled batches."""
+def onnx_scores(path: str | Path, batches: Batches, *, threads: int, head: Head | None = None) -> dict[str, float]:
+    """The task's metrics (``head``'s; default: a classifier's accuracy and F1) of an ONNX graph on batches carrying their targets."""
+    head = head or Logits("accuracy")
     session = ort_session(path, threads=threads)
-    predictions, labels, num_labels = [], [], 0
-    for batch in batches:
-        (logits,) = session.run(["logits"], ort_feed(session, batch))
-        predictions.append(logits.argmax(-1))
-        labels.append(np.asarray(batch["labels"]))
-        num_labels = logits.shape[-1]
-    return classification_scores(np.concatenate(predictions), np.concatenate(labels), num_labels=num_labels, metric=metric)
+    outputs = [session.run([head.output_name], ort_feed(session, batch))[0] for batch in batches]
+    return head.scores(np.concatenate(outputs), batches)
 
 
 DEFAULT_LATENCY = LatencyConfig()
@@ -88,7 +88,7 @@ def deploy_and_measure(
     latency: LatencyConfig = DEFAULT_LATENCY,
     workdir: Path,
     scoring_threads: int | None = None,
-    metric: str = "accuracy",
+    head: Head | None = None,
 ) -> Deployment:
     """Lower (for ``onnxruntime``), verify on ``dev``, score on ``test``, then time ``model`` beside ``references``.
 
@@ -101,8 +101,10 @@ def deploy_and_measure(
     ``references`` are probes of the models every ratio is taken against
     (e.g. ``{"teacher": ..., "int8": ...}``); the candidate and they share
     every timing round, so a noisy minute slows all of them alike.
-    ``metric`` (``task.metric``) is scored beside accuracy and the task's F1.
+    ``head`` (default: a classifier's logits) reads, scores and verifies the
+    task's output; its ``metric`` (``task.metric``) is among the scores.
     """
+    head = head or Logits("accuracy")
     backend, threads = latency.backend, latency.threads
     budget = {"warmup": latency.warmup, "repeats": latency.repeats, "rounds": latency.rounds}
     timing = dict(references or {})
@@ -111,19 +113,19 @@ def deploy_and_measure(
     if backend == "torch":
         timing[CANDIDATE] = TorchProbe(model, threads=threads)
         paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, **budget)
-        dev_scores, test_scores = (model_scores(model, list(split), metric=metric) for split in (dev, test))
-        return Deployment(latency=paired, dev_accuracy=dev_scores["accuracy"], test_accuracy=test_scores["accuracy"],
-                          simulated_dev_accuracy=dev_scores["accuracy"], scores=split_scores("dev", dev_scores) | split_scores("test", test_scores))
+        dev_scores, test_scores = (model_scores(model, list(split), head=head) for split in (dev, test))
+        return Deployment(latency=paired, dev_accuracy=dev_scores.get("accuracy"), test_accuracy=test_scores.get("accuracy"),
+                          simulated_dev_score=dev_scores[head.metric], scores=split_scores("dev", dev_scores) | split_scores("test", test_scores))
     scoring = scoring_threads or threads
-    report, check = deploy(model, dev=dev, threads=scoring, workdir=workdir, metric=metric)
+    report, check = deploy(model, dev=dev, threads=scoring, workdir=workdir, head=head)
     timing[CANDIDATE] = OrtProbe(report.path, threads=threads)
     paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, **budget)
-    test_scores = onnx_scores(report.path, test, threads=scoring, metric=metric)
+    test_scores = onnx_scores(report.path, test, threads=scoring, head=head)
     return Deployment(
         latency=paired,
-        dev_accuracy=check.onnx_accuracy,
-        test_accuracy=test_scores["accuracy"],
-        simulated_dev_accuracy=check.torch_accuracy,
+        dev_accuracy=check.onnx_scores.get("accuracy"),
+        test_accuracy=test_scores.get("accuracy"),
+        simulated_dev_score=check.torch_scores[head.metric],
         artifact=Path(report.path),
         artifact_bytes=shipped_bytes(report.path),
         check=check,

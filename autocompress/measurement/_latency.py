@@ -123,12 +123,17 @@ def pick_sentences(texts: Sequence[str | tuple[str, str]], *, n: int = 32) -> li
 
 
 def latency_inputs(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | tuple[str, str]], *, max_length: int = 128
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | tuple[str, str]], *, max_length: int = 128, batch_size: int = 1
 ) -> list[dict[str, torch.Tensor]]:
-    """Tokenize each sentence, or (text, pair) of a sentence-pair task, on its own (unpadded, 1 x length tensors), as a probe expects."""
+    """Tokenize each sentence, or (text, pair) of a sentence-pair task, on its own (unpadded, 1 x length tensors), as a probe expects.
+
+    ``batch_size`` > 1: consecutive texts (``pick_sentences`` orders them by length) padded together, ``batch_size`` per call.
+    """
+    calls = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
     return [
-        dict(tokenizer(*([[text]] if isinstance(text, str) else [[text[0]], [text[1]]]), truncation=True, max_length=max_length, return_tensors="pt"))
-        for text in texts
+        dict(tokenizer(*([list(call)] if isinstance(call[0], str) else [[t[0] for t in call], [t[1] for t in call]]),
+                       padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+        for call in calls
     ]
 
 

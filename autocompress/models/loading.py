@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
 from autocompress.models import families as architectures
@@ -56,6 +56,20 @@ def load_classifier(name: str, num_labels: int | None = 2) -> PreTrainedModel:
     extra = {} if num_labels is None else {"num_labels": num_labels}
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(name), **extra)
     return model.eval()
+
+
+def load_encoder(name: str) -> PreTrainedModel:
+    """Load the bare encoder (``AutoModel``) without its pooler: a sentence embedding pools the token states itself,
+    and a layer the exported graph never runs would be shipped and lowered for nothing."""
+    model = AutoModel.from_pretrained(resolve_model_path(name))
+    drop_pooler(model)
+    return model.eval()
+
+
+def drop_pooler(model: PreTrainedModel) -> None:
+    """Remove the base model's pooler (BERT's ``[CLS]`` dense + tanh), which its ``forward`` then skips."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
 
 
 def encoder_list_name(model: PreTrainedModel) -> str:

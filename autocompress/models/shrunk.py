@@ -16,7 +16,7 @@ torch, transformers, safetensors and the standard library on purpose:
 ``save_shrunk`` copies it next to the weights as the modeling file of Hugging
 Face's custom-code mechanism (``auto_map``), so
 ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)``
-rebuilds any shrunk classifier.
+rebuilds any shrunk classifier (``AutoModel`` any shrunk bare encoder).
 
 A pruned word embedding is a ``RemappedEmbedding``: the rows of the tokens a
 task uses most, and a ``remap`` table sending every other token id to the kept
@@ -166,7 +166,8 @@ def save_shrunk(model: PreTrainedModel, folder: str | Path, *, tokenizer=None) -
         shrunk = shrunk_class(base).__name__
         source = Path(__file__).read_text()
         (folder / MODELING_FILE).write_text(f"{source}\n\n{shrunk} = shrunk_class(transformers.{base.__name__})\n")
-        config["auto_map"] = {"AutoModelForSequenceClassification": f"{Path(MODELING_FILE).stem}.{shrunk}"}
+        auto = "AutoModelForSequenceClassification" if base.__name__.endswith("ForSequenceClassification") else "AutoModel"
+        config["auto_map"] = {auto: f"{Path(MODELING_FILE).stem}.{shrunk}"}
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return folder
 
@@ -189,6 +190,8 @@ def load_shrunk(folder: str | Path) -> PreTrainedModel:
     state: dict[str, torch.Tensor] = {}
     for file in files:
         state.update(load_file(file))
+    if getattr(model, "pooler", None) is not None and not any(key.startswith("pooler.") for key in state):
+        model.pooler = None  # an encoder saved without the pooler it never ran (a sentence-embedding model)
     _load_strict(model, state, folder)
     return model.eval()
 

@@ -333,7 +333,7 @@ def lower(
 ) -> LoweringReport:
     """Write ``onnx_out``: ``onnx_in`` (exported from ``model``) with every quantized layer on ORT's integer kernels.
 
-    The file's metadata carries the class names (``id2label``, as JSON), so a shipped model names its predictions.
+    A classifier's file metadata carries the class names (``id2label``, as JSON), so a shipped model names its predictions.
 
     ``accuracy_level`` is MatMulNBits' compute type: 4 (int8 activations,
     rounded per block at run time) ran faster at batch 1 on AVX2 than 0 (float
@@ -387,8 +387,9 @@ def lower(
     if any(n.domain == MS_DOMAIN for n in new_nodes) and not any(o.domain == MS_DOMAIN for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     graph.drop_unused_initializers()
-    labels = {str(i): name for i, name in sorted(model.config.id2label.items())}
-    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "id2label": json.dumps(labels)})
+    if type(model).__name__.endswith("ForSequenceClassification"):  # a bare encoder's default id2label would name nothing
+        labels = {str(i): name for i, name in sorted(model.config.id2label.items())}
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "id2label": json.dumps(labels)})
     onnx_out = Path(onnx_out)
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(onnx_out))

@@ -1,7 +1,8 @@
 """Check that an ONNX Runtime graph computes what the torch simulation computes.
 
 Like Optimum's exporter check: run both on the same real batches and compare
-logits and accuracy, and refuse (``LoweringMismatch``) when they disagree.
+their outputs (logits, embeddings: the task head's) and scores, and refuse
+(``LoweringMismatch``) when they disagree.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import onnxruntime as ort
 import torch
 from transformers import PreTrainedModel
 
-from autocompress.tasks.metrics import classification_scores
+from autocompress.tasks.heads import Head, Logits
 
 MATMUL_INTEGER_RTOL = 0.2
-"""Relative logit tolerance for graphs with MatMulInteger layers (see ``verify``); others must be exact."""
+"""Relative output tolerance for graphs with MatMulInteger layers (see ``verify``); others must be exact."""
 
 
 class LoweringMismatch(RuntimeError):
@@ -56,12 +57,12 @@ class VerifyReport:
 
     n: int
     max_abs_diff: float
-    max_abs_logit: float
-    torch_accuracy: float
-    onnx_accuracy: float
-    argmax_agreement: float
+    max_abs_output: float
+    agreement: float
+    """The head's: the share of rows predicting the same class, or the lowest cosine between two embeddings of a row."""
+    torch_scores: dict[str, float] = field(default_factory=dict)
     onnx_scores: dict[str, float] = field(default_factory=dict)
-    """The ONNX graph's task metrics on these batches (accuracy and the task's F1, ``measure.classification_scores``)."""
+    """The task's metrics on these batches, of the simulation and of the ONNX graph (``head.scores``)."""
 
     def to_dict(self) -> dict[str, float | int | dict[str, float]]:
         return asdict(self)
@@ -85,14 +86,16 @@ def verify(
     atol: float = 1e-4,
     rtol: float | None = None,
     threads: int = 2,
-    metric: str = "accuracy",
+    head: Head | None = None,
 ) -> VerifyReport:
-    """Run ONNX Runtime and torch on ``batches`` (dicts with ``labels``); raise ``LoweringMismatch`` on disagreement.
+    """Run ONNX Runtime and torch on ``batches`` (with the targets of ``head``, default a classifier's ``labels``); raise
+    ``LoweringMismatch`` on disagreement.
 
-    Logits are close when ``max|onnx - torch| <= atol + rtol * max|torch|``;
-    accuracies may differ by at most ``max_accuracy_drop`` in either direction.
-    The report also scores the ONNX graph on the task's metrics (``metric``,
-    the selected one, always among them), so a trial needs no second pass.
+    Outputs are close when ``max|onnx - torch| <= atol + rtol * max|torch|``;
+    then the head judges the rest (``Head.mismatch``): accuracies may differ by
+    at most ``max_accuracy_drop`` in either direction, each embedding's cosine
+    with torch's must stay within the head's tolerance. The report scores both
+    on the task's metrics (``head.metric`` among them), so a trial needs no second pass.
 
     What the kernels allow, measured on all-MiniLM-L6-v2 over the search's
     1,000 dev sentences (SST-2, batches of 64, 2 threads; ORT 1.32, torch 2.13):
@@ -123,40 +126,39 @@ def verify(
     flips do, so this check barely or never sees it: it is tested per layer
     (``test_int8_per_channel_layers_lower_exactly``).
     """
+    head = head or Logits("accuracy")
     if not batches:
-        raise ValueError("batches is empty; verify needs at least one batch of real inputs with labels")
+        raise ValueError("batches is empty; verify needs at least one batch of real inputs with their targets")
+    missing = [name for name in head.target_names if name not in batches[0]]
+    if missing:
+        raise ValueError(f"every batch needs {missing}; got keys {sorted(batches[0])}")
     session = ort_session(onnx_path, threads=threads)
+    rounding = rounds_activations(onnx_path)
     if rtol is None:
-        rtol = MATMUL_INTEGER_RTOL if rounds_activations(onnx_path) else 0.0
-    torch_logits, onnx_logits, labels = [], [], []
+        rtol = MATMUL_INTEGER_RTOL if rounding else 0.0
+    simulated, deployed = [], []
     model.eval()
     for batch in batches:
-        if "labels" not in batch:
-            raise ValueError(f"every batch needs 'labels'; got keys {sorted(batch)}")
         feed = ort_feed(session, batch)
         with torch.no_grad():
-            torch_logits.append(model(**{name: batch[name] for name in feed}).logits.numpy())
-        onnx_logits.append(session.run(["logits"], feed)[0])
-        labels.append(np.asarray(batch["labels"]))
-    reference, lowered, truth = np.concatenate(torch_logits), np.concatenate(onnx_logits), np.concatenate(labels)
+            simulated.append(head(model, batch).numpy())
+        deployed.append(session.run([head.output_name], feed)[0])
+    reference, lowered = np.concatenate(simulated), np.concatenate(deployed)
     report = VerifyReport(
-        n=len(truth),
+        n=len(reference),
         max_abs_diff=float(np.abs(lowered - reference).max()),
-        max_abs_logit=float(np.abs(reference).max()),
-        torch_accuracy=float((reference.argmax(-1) == truth).mean()),
-        onnx_accuracy=float((lowered.argmax(-1) == truth).mean()),
-        argmax_agreement=float((reference.argmax(-1) == lowered.argmax(-1)).mean()),
-        onnx_scores=classification_scores(lowered.argmax(-1), truth, num_labels=lowered.shape[-1], metric=metric),
+        max_abs_output=float(np.abs(reference).max()),
+        agreement=head.agreement(reference, lowered),
+        torch_scores=head.scores(reference, batches),
+        onnx_scores=head.scores(lowered, batches),
     )
-    bound = atol + rtol * report.max_abs_logit
+    bound = atol + rtol * report.max_abs_output
     if report.max_abs_diff > bound:
         raise LoweringMismatch(
-            f"{onnx_path}: logits differ from torch by up to {report.max_abs_diff:.3g} > {bound:.3g} "
-            f"(atol={atol} + rtol={rtol} * max|logit| {report.max_abs_logit:.3g})"
+            f"{onnx_path}: {head.output_name} differ from torch by up to {report.max_abs_diff:.3g} > {bound:.3g} "
+            f"(atol={atol} + rtol={rtol} * max|output| {report.max_abs_output:.3g})"
         )
-    if abs(report.onnx_accuracy - report.torch_accuracy) > max_accuracy_drop:
-        raise LoweringMismatch(
-            f"{onnx_path}: accuracy {report.onnx_accuracy:.4f} vs torch {report.torch_accuracy:.4f} on {report.n} "
-            f"examples differs by more than max_accuracy_drop={max_accuracy_drop}"
-        )
+    problem = head.mismatch(report.torch_scores, report.onnx_scores, report.agreement, rounds_activations=rounding, max_drop=max_accuracy_drop)
+    if problem is not None:
+        raise LoweringMismatch(f"{onnx_path}: {problem} on {report.n} examples")
     return report

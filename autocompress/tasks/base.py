@@ -1,10 +1,11 @@
 """The Task seam: what the engine needs to know about a task, in one small base class.
 
 A task says how its data is read and split, what its teacher is (fine-tuned
-once and cached, or the model as it is), which metrics it records and which
-one the search maximizes, what a latency probe feeds the model, which inputs
-and outputs its ONNX graph has, and what exporters write beside the weights
-for it (label names, pooling, a generation config). The search, rebuilding
+once and cached, or the model as it is), its head (``heads``: how a model's
+output is read, scored against the batches' targets, distilled and verified,
+and what the ONNX graph's output is called), which metric the search
+maximizes, what a latency probe feeds the model, and what exporters write
+beside the weights for it (label names, pooling, a generation config). The search, rebuilding
 and exporting ask the task named by ``task.type`` (``TASKS``); a new task is a
 subclass in its own module and one line registering it.
 """
@@ -12,16 +13,17 @@ subclass in its own module and one line registering it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
+    from transformers import PretrainedConfig
 
     from autocompress.config import SearchConfig
     from autocompress.tasks.data import Examples
-    from autocompress.tasks.teacher import Teacher
+    from autocompress.tasks.heads import Head
+    from autocompress.tasks.teacher import Teacher, TeacherLocation
 
 Batch = Mapping[str, "torch.Tensor"]
 
@@ -35,8 +37,6 @@ class Task(ABC):
 
     name: ClassVar[str]
     """``task.type`` in a config and ``task`` in a policy."""
-    output_names: ClassVar[tuple[str, ...]]
-    """The ONNX graph's outputs, in order."""
 
     def __init__(self, config: SearchConfig) -> None:
         self.config = config
@@ -54,29 +54,35 @@ class Task(ABC):
         """The model every policy compresses: fine-tuned (once, cached) or used as it is."""
 
     @abstractmethod
-    def metric_names(self, teacher: Teacher) -> tuple[str, ...]:
-        """Every metric recorded for this task; ``self.metric`` among them."""
+    def locate_teacher(self) -> TeacherLocation:
+        """Where the teacher is (or will be) and whether it is ready, found without training."""
+
+    @abstractmethod
+    def head(self) -> Head:
+        """How models of this task are read, scored, distilled and verified (``autocompress.tasks.heads``)."""
+
+    @abstractmethod
+    def check(self, model: PretrainedConfig) -> str:
+        """Refuse, with a one-line ``ConfigError``, what this task cannot do with the data and ``model``'s config;
+        return the task's line for ``--dry-run``."""
 
     @property
     def metric(self) -> str:
         """The metric the search maximizes (``task.metric``)."""
         return self.config.task.metric
 
-    @abstractmethod
-    def scores(self, outputs: np.ndarray, targets: np.ndarray, *, teacher: Teacher) -> dict[str, float]:
-        """Every metric of ``metric_names`` from the model's outputs and the batches' targets."""
-
-    @abstractmethod
     def latency_inputs(self, examples: Examples, tokenizer: Any, *, count: int) -> list[dict[str, torch.Tensor]]:
-        """``count`` real inputs as a latency probe feeds them: one unpadded row each."""
+        """``count`` real inputs as a latency probe feeds them: one unpadded row each, or ``latency.batch_size`` rows padded together.
+
+        Texts (or pairs) at evenly spaced length quantiles of ``examples``; a task whose model reads other inputs overrides it.
+        """
+        from autocompress.measurement import latency_inputs, pick_sentences
+
+        batch = self.config.latency.batch_size
+        sentences = pick_sentences(examples.inputs(), n=min(count * batch, len(examples)))  # (text, pair) tuples for a pair task
+        return latency_inputs(tokenizer, sentences, max_length=self.config.task.max_length, batch_size=batch)
 
     @abstractmethod
     def export_metadata(self, teacher: Teacher) -> dict[str, Any]:
         """What exporters write beside the weights for this task (label names, ...), as config fields."""
 
-    def input_names(self, batch: Batch) -> list[str]:
-        """The ONNX graph's inputs: the batch's model inputs, without its targets."""
-        return [name for name in batch if name not in self.target_names]
-
-    target_names: ClassVar[Sequence[str]] = ()
-    """Batch keys that hold targets, not model inputs."""

@@ -29,7 +29,8 @@ class Examples:
     """Texts (and, for a sentence-pair task, their second texts) with integer class ids, of one split."""
 
     texts: tuple[str, ...]
-    labels: tuple[int, ...]
+    labels: tuple[int, ...] | None
+    """Class ids aligned with ``texts``; None for unlabelled texts (an embedding task)."""
     pairs: tuple[str, ...] | None = None
     """Second texts aligned with ``texts`` (``task.text_pair_column``); None for one text per row."""
 
@@ -41,7 +42,8 @@ class Examples:
 
     def subset(self, indices: Sequence[int]) -> "Examples":
         pairs = None if self.pairs is None else tuple(self.pairs[i] for i in indices)
-        return Examples(tuple(self.texts[i] for i in indices), tuple(self.labels[i] for i in indices), pairs)
+        labels = None if self.labels is None else tuple(self.labels[i] for i in indices)
+        return Examples(tuple(self.texts[i] for i in indices), labels, pairs)
 
     def sample(self, n: int, *, seed: int = 0) -> "Examples":
         """``n`` examples drawn without replacement, seeded: files are often sorted by label."""
@@ -175,7 +177,7 @@ SPLITS = ("train", "dev", "test")
 
 
 def stratified_holdout(examples: Examples, size: int, *, seed: int) -> tuple[Examples, Examples]:
-    """``(rest, held_out)``: ``size`` examples drawn per label in proportion, seeded.
+    """``(rest, held_out)``: ``size`` examples drawn per label in proportion (unlabelled: from all), seeded.
 
     ``rest`` keeps the file's order; ``held_out`` is shuffled, so any head of it
     is a random sample too (training files are often sorted by label).
@@ -183,7 +185,7 @@ def stratified_holdout(examples: Examples, size: int, *, seed: int) -> tuple[Exa
     if not 0 < size < len(examples):
         raise ValueError(f"cannot hold out {size} of {len(examples)} examples")
     by_label: dict[int, list[int]] = {}
-    for index, label in enumerate(examples.labels):
+    for index, label in enumerate(examples.labels or [0] * len(examples)):
         by_label.setdefault(label, []).append(index)
     rng = random.Random(seed)
     shares = {label: size * len(indices) / len(examples) for label, indices in sorted(by_label.items())}
@@ -277,7 +279,7 @@ def _has_own_dev(config: SearchConfig) -> bool:
 def batches(
     examples: Examples, tokenizer, *, batch_size: int, max_length: int
 ) -> list[dict[str, torch.Tensor]]:
-    """Tokenize into padded batches with ``labels``, in the examples' order; a sentence-pair task's two texts together."""
+    """Tokenize into padded batches with ``labels`` (when labelled), in the examples' order; a sentence-pair task's two texts together."""
     return list(_iter_batches(examples, tokenizer, batch_size, max_length))
 
 
@@ -303,5 +305,6 @@ def _iter_batches(examples: Examples, tokenizer, batch_size: int, max_length: in
             max_length=max_length,
             return_tensors="pt",
         )
-        encoded["labels"] = torch.tensor(examples.labels[start : start + batch_size])
+        if examples.labels is not None:
+            encoded["labels"] = torch.tensor(examples.labels[start : start + batch_size])
         yield dict(encoded)

@@ -21,6 +21,8 @@ from autocompress.config import ConfigError
 FILE_FORMATS = {".tsv": "\t", ".csv": ","}
 
 SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
+TEXT_SUFFIX = ".txt"
+"""Plain text, one text per non-blank line: unlabelled tasks only."""
 
 INTEGER = re.compile(r"[+-]?\d+")
 
@@ -36,24 +38,32 @@ class RawSplit:
     """Names a Hugging Face ``ClassLabel`` gives the integer labels (a dataset, or a Parquet file ``datasets`` wrote)."""
 
 def read_raw(
-    path: Path, text_column: str, label_column: str, *, text_pair_column: str | None = None, columns: Sequence[str] | None = None
+    path: Path, text_column: str, label_column: str | None, *, text_pair_column: str | None = None, columns: Sequence[str] | None = None
 ) -> RawSplit:
-    """Read a .tsv/.csv/.jsonl/.json/.parquet file's texts and label values; every error is one line naming the file and the field."""
+    """Read a .tsv/.csv/.jsonl/.json/.parquet file's texts and label values; every error is one line naming the file and the field.
+
+    ``label_column`` None reads texts only (no values), and then also a .txt file: one text per non-blank line.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: data file not found (set $AUTOCOMPRESS_DATA_ROOT or task.data_root)")
-    if path.suffix.lower() not in SUFFIXES:
-        raise ConfigError(f"{path}: unsupported data format {path.suffix!r}; allowed: {', '.join(SUFFIXES)}")
+    allowed = SUFFIXES if label_column is not None else (*SUFFIXES, TEXT_SUFFIX)
+    if path.suffix.lower() not in allowed:
+        extra = f" ({TEXT_SUFFIX} holds texts without labels)" if path.suffix.lower() == TEXT_SUFFIX else ""
+        raise ConfigError(f"{path}: unsupported data format {path.suffix!r}{extra}; allowed: {', '.join(allowed)}")
     stat = path.stat()
     return _read_raw_cached(path.resolve(), stat.st_mtime_ns, stat.st_size, text_column, label_column, text_pair_column,
                             None if columns is None else tuple(columns))
 
 @functools.lru_cache(maxsize=8)
 def _read_raw_cached(
-    path: Path, mtime_ns: int, size: int, text_column: str, label_column: str, pair_column: str | None, columns: tuple[str, ...] | None
+    path: Path, mtime_ns: int, size: int, text_column: str, label_column: str | None, pair_column: str | None, columns: tuple[str, ...] | None
 ) -> RawSplit:
     """One parse per file version: a search loads the train split for every split's labels."""
     suffix = path.suffix.lower()
+    if suffix == TEXT_SUFFIX:
+        texts = tuple(line.strip() for line in _utf8(path).splitlines() if line.strip())
+        return RawSplit(str(path), texts, None, ())
     if columns is not None and suffix not in FILE_FORMATS:
         raise ConfigError(f"{path}: task.columns names the columns of headerless .tsv/.csv files; a {suffix} file names its own")
     class_names = None
@@ -62,7 +72,9 @@ def _read_raw_cached(
     else:
         text = _utf8(path)
         header, rows = _delimited(path, text, columns) if suffix in FILE_FORMATS else _json(path, text)
-    wanted = {"task.text_column": text_column, "task.label_column": label_column}
+    wanted = {"task.text_column": text_column}
+    if label_column is not None:
+        wanted["task.label_column"] = label_column
     if pair_column:
         wanted["task.text_pair_column"] = pair_column
     missing = {field: column for field, column in wanted.items() if column not in header}
@@ -73,7 +85,7 @@ def _read_raw_cached(
     texts = _texts(path, rows, text_column, "task.text_column")
     pairs = _texts(path, rows, pair_column, "task.text_pair_column") if pair_column else None
     values = []
-    for where, row in rows:
+    for where, row in rows if label_column is not None else ():
         value = label_value(row.get(label_column))
         if value is None:
             raise ConfigError(f"{path}: {where}: no label in column {label_column!r} (task.label_column)")

@@ -11,15 +11,14 @@ task). F1 is scikit-learn's.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import get_args
 
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import f1_score
 
-from autocompress.config import MetricName
+from autocompress.config import TASK_METRICS
 
-METRICS: tuple[str, ...] = get_args(MetricName)
+METRICS: tuple[str, ...] = TASK_METRICS["sequence-classification"]
 
 
 def task_metrics(num_labels: int, selected: str = "accuracy") -> tuple[str, ...]:

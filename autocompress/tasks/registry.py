@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING
 
 from autocompress.tasks.base import Task
 from autocompress.tasks.classification import SequenceClassification
+from autocompress.tasks.embedding import SentenceEmbeddingTask
 
 if TYPE_CHECKING:
     from autocompress.config import SearchConfig
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (SequenceClassification,)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (SequenceClassification, SentenceEmbeddingTask)}
 
 
 def task_for(config: SearchConfig) -> Task:

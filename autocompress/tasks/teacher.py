@@ -42,7 +42,7 @@ class Teacher:
         return AutoConfig.from_pretrained(self.path)
 
 
-def _hash_files(folder: Path, digest: "hashlib._Hash") -> None:
+def hash_files(folder: Path, digest: "hashlib._Hash") -> None:
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(folder)).encode())
         with file.open("rb") as handle:
@@ -56,7 +56,7 @@ def teacher_key(config: SearchConfig, train: Examples, labels: TaskLabels | None
     digest = hashlib.sha256()
     model_path = Path(resolve_model_path(config.model))
     if model_path.is_dir():
-        _hash_files(model_path, digest)
+        hash_files(model_path, digest)
     else:
         digest.update(config.model.encode())
     digest.update(json.dumps([train.texts, train.labels, *([train.pairs] if train.pairs is not None else [])]).encode())
@@ -107,6 +107,8 @@ class TeacherLocation:
     path: Path
     ready: bool
     train: Examples | None = None
+    as_is: bool = False
+    """The model itself is the teacher (an embedding task): nothing is fine-tuned."""
 
 
 def locate_teacher(config: SearchConfig) -> TeacherLocation:

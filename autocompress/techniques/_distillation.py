@@ -8,7 +8,7 @@ trained for the grid it will run on.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 
 from autocompress.config import RecoveryConfig
 from autocompress.distill import RecoveryResult, kept_layer_map, recover
+from autocompress.tasks.heads import Head, Logits
 from autocompress.techniques._base import Technique
 
 if TYPE_CHECKING:
@@ -37,15 +38,16 @@ class RecoveryStopped(RuntimeError):
 
 @dataclass(frozen=True)
 class Distillation:
-    """What every trial's recovery shares: the teacher, its cached logits and the data."""
+    """What every trial's recovery shares: the teacher, its cached outputs and the data, and the task's head."""
 
     teacher: PreTrainedModel
     train_batches: Sequence[Batch]
     teacher_logits: Sequence[torch.Tensor]
+    """The teacher's outputs (the head's: logits, embeddings) on ``train_batches``."""
     eval_batches: Sequence[Batch]
     settings: RecoveryConfig
-    metric: str = "accuracy"
-    """The task metric intermediate checks score (``task.metric``): the pruner compares what the search optimizes."""
+    head: Head = field(default_factory=lambda: Logits("accuracy"))
+    """Reads, scores and distils the task's output; intermediate checks score its ``metric`` (``task.metric``), what the pruner compares."""
 
 
 class Recovery(Technique):
@@ -90,7 +92,7 @@ class Recovery(Technique):
             fake_quant={n: (s.bits, policy.group_size) for n, s in plan.items() if s.bits <= 8 and policy.scheme == "linear"},
             eval_batches=kd.eval_batches,
             report=self.report,
-            metric=kd.metric,
+            head=kd.head,
         )
         if self.result.stopped_early:
-            raise RecoveryStopped(self.result, kd.metric)
+            raise RecoveryStopped(self.result, kd.head.metric)

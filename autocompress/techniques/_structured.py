@@ -186,10 +186,14 @@ def _per_unit(values: Sequence[torch.Tensor], dims: Sequence[int], units: int) -
 
 
 def _gradients(model: PreTrainedModel, calibration: Mapping[str, torch.Tensor], params: list[torch.Tensor]):
-    """Gradients of the calibration loss for ``params``, leaving no ``.grad`` and the model's mode untouched."""
-    if not isinstance(calibration, Mapping) or "labels" not in calibration:
+    """Gradients of the calibration loss for ``params``, leaving no ``.grad`` and the model's mode untouched.
+
+    The loss is the calibration batch's own (a task head's ``Calibration``), else the model's loss on its ``labels``.
+    """
+    own_loss = getattr(calibration, "loss", None)
+    if not isinstance(calibration, Mapping) or (own_loss is None and "labels" not in calibration):
         keys = sorted(calibration) if isinstance(calibration, Mapping) else type(calibration).__name__
-        raise ValueError(f"calibration must be a dict of model inputs including 'labels'; got {keys}")
+        raise ValueError(f"calibration must be a dict of model inputs including 'labels', or a task head's Calibration; got {keys}")
     was_training = model.training
     flags = [p.requires_grad for p in params]
     try:
@@ -197,7 +201,7 @@ def _gradients(model: PreTrainedModel, calibration: Mapping[str, torch.Tensor], 
         for p in params:
             p.requires_grad_(True)
         with torch.enable_grad():
-            loss = model(**calibration).loss
+            loss = own_loss(model) if own_loss is not None else model(**calibration).loss
             return torch.autograd.grad(loss, params)
     finally:
         model.train(was_training)

@@ -58,9 +58,11 @@ class VocabularyPruning(Technique):
     @classmethod
     def for_task(cls, config: SearchConfig, tokenizer: Any) -> VocabularyPruning:
         """Counts from ``config``'s training split as the model sees it (tokenized, truncated); the tokenizer's special ids."""
-        from autocompress.tasks.data import load_split, token_counts
+        from autocompress.tasks.data import token_counts
+        from autocompress.tasks.registry import task_for
 
-        return cls(token_counts(load_split(config, "train"), tokenizer, max_length=config.task.max_length), tokenizer.all_special_ids)
+        train = task_for(config).load_split("train")
+        return cls(token_counts(train, tokenizer, max_length=config.task.max_length), tokenizer.all_special_ids)
 
     def apply(
         self,

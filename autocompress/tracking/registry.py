@@ -21,7 +21,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from autocompress.config import ConfigError
+from autocompress.config import TASK_METRICS, ConfigError
 from autocompress.models.loading import tokenizer_files
 
 CHAMPION = "champion"
@@ -31,9 +31,9 @@ TOKENIZER_TAG = "autocompress.tokenizer"
 """On a search's parent run: the folder holding the tokenizer files shipped with every model."""
 MODEL_NAME_TAG = "autocompress.registered_model"
 """On a search's parent run: the registered model its trials go to."""
-VERSION_METRICS = ("dev_accuracy", "test_accuracy", "dev_f1", "test_f1", "dev_macro_f1", "test_macro_f1",
+VERSION_METRICS = (*(f"{split}_{metric}" for metrics in TASK_METRICS.values() for metric in metrics for split in ("dev", "test")),
                    "speedup", "speedup_vs_int8", "latency_ms", "size_mb", "compression")
-"""A trial run's metrics copied onto its registered model version (the F1 pair the task has, if any)."""
+"""A trial run's metrics copied onto its registered model version (those its task has)."""
 
 
 @dataclass(frozen=True)

@@ -80,14 +80,14 @@ def test_the_chosen_student_is_trained_again_once_and_exported_from_its_kept_wei
         client = mlflow.MlflowClient("sqlite:///mlflow.db")
         run, = client.search_runs([client.get_experiment_by_name("final").experiment_id], f"tags.`{TRIAL_TAG}` = '{final.number}'")
         from_mlflow = rebuild(from_run(run.info.run_id, tracking_uri="sqlite:///mlflow.db"))  # the MLflow run knows the weights too
-    np.testing.assert_allclose(from_mlflow.logits, source.logits, atol=1e-6)
-    assert source.accuracy == pytest.approx(final.user_attrs["dev_accuracy"], abs=1e-9)
+    np.testing.assert_allclose(from_mlflow.outputs, source.outputs, atol=1e-6)
+    assert source.scores["accuracy"] == pytest.approx(final.user_attrs["dev_accuracy"], abs=1e-9)
     shorter = rebuild(from_trial(study, origin.number))  # dropped from the front with its weights: trained again, 2 steps
-    assert not np.allclose(source.logits, shorter.logits, atol=1e-4)  # 6 steps moved the student beyond where 2 left it
+    assert not np.allclose(source.outputs, shorter.outputs, atol=1e-4)  # 6 steps moved the student beyond where 2 left it
     # without them it trains again on the final rows and budget: the same model
     shutil.rmtree(final.user_attrs["trained_model"])
     again = rebuild(from_trial(study, final.number))
-    np.testing.assert_allclose(again.logits, source.logits, atol=1e-4)
+    np.testing.assert_allclose(again.outputs, source.outputs, atol=1e-4)
 
 
 def test_final_training_needs_a_space_of_students(tmp_path):

@@ -127,7 +127,7 @@ def assert_exports_and_picks(uri, storage, out, children, capsys):
     chosen_trial = next(row["trial"] for row in json.loads((out / "pareto.json").read_text()) if row.get("chosen"))
     for name in ("onnx", "hf"):
         report = json.loads((out / "exports" / name / "export_report.json").read_text())
-        assert report["format"] == name and report["max_abs_logit_diff"] <= report["tolerance"]
+        assert report["format"] == name and report["max_abs_diff"] <= report["tolerance"]
         assert report["origin"]["trial"] == chosen_trial and report["origin"]["recorded"]["dev_accuracy"] > 0  # which trial it is
         assert json.loads((out / "exports" / name / "policy.json").read_text()) == chosen
     champion = next(r for r in children if json.loads(mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/policy.json")) == chosen)

@@ -27,6 +27,7 @@ def test_two_models_searched_on_one_machine_keep_their_own_samples(tmp_path):
     hardware = fingerprint_id(hardware_fingerprint(threads=2))
     assert cost_target(minilm, "onnxruntime") != cost_target(tiny, "onnxruntime")
     assert cost_target(minilm, "onnxruntime") != cost_target(minilm, "torch")
+    assert cost_target(minilm, "onnxruntime", 32) != cost_target(minilm, "onnxruntime") == cost_target(minilm, "onnxruntime", 1)
 
     store = CostModelStore(tmp_path)
     for bits in (4, 8, 16, 32):

@@ -56,8 +56,8 @@ def test_grouped_mixed_policy_exports_verifies_and_a_corrupted_config_fails(expo
 
     assert {CONFIG_FILE, f"{MODEL_DIR}/config.json", f"{MODEL_DIR}/model.safetensors", "policy.json"} <= set(report.files)
     assert (tmp_path / "export_report.json").is_file()
-    assert report.max_abs_logit_diff <= TorchaoExporter.tolerance
-    assert report.accuracy >= report.source_accuracy - 0.005
+    assert report.max_abs_diff <= TorchaoExporter.tolerance
+    assert report.score >= report.source_score - 0.005
     assert report.rows == 128
 
     mapping = entries(tmp_path)
@@ -109,8 +109,8 @@ def test_per_channel_policy_with_removed_blocks_and_embedding(export_source, tmp
     source = dataclasses.replace(source, dev=source.dev[:2])  # 64 rows: eager int8 x int8 runs as a slow int32 matmul on CPU
     report = exporter("torchao").export(source, tmp_path)
     print(report.line())
-    assert report.max_abs_logit_diff <= TorchaoExporter.tolerance
-    assert report.accuracy >= report.source_accuracy - 0.005
+    assert report.max_abs_diff <= TorchaoExporter.tolerance
+    assert report.score >= report.source_score - 0.005
     assert "autocompress_blocks" in json.loads((tmp_path / MODEL_DIR / "config.json").read_text())
 
     mapping = entries(tmp_path)

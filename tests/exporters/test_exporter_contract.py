@@ -28,7 +28,7 @@ def test_every_format_exports_a_common_policy_and_verifies_it_in_its_tool(name, 
     target.check(COMMON)
     report = target.export(export_source(COMMON), tmp_path / name)
     assert report.format == name and report.rows > 0
-    assert report.agreement >= 0.95 and report.max_abs_logit_diff <= report.tolerance
+    assert report.agreement >= 0.95 and report.max_abs_diff <= report.tolerance
     assert "policy.json" in report.files and all((tmp_path / name / file).exists() for file in report.files)
     assert Policy.load(tmp_path / name / "policy.json") == COMMON
     assert json.loads((tmp_path / name / "export_report.json").read_text())["format"] == name

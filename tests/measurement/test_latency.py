@@ -342,3 +342,13 @@ def test_ort_probe_sessions_do_not_spin(onnx_path):
     """Idle ORT threads that busy-wait would slow the next model of a paired probe down."""
     options = OrtProbe(onnx_path, threads=2).session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_batched_latency_inputs_pad_like_length_texts_together(tokenizer, texts):
+    """latency.batch_size: each call carries that many texts, padded to the longest; consecutive by length, as an indexer sorts."""
+    texts = pick_sentences(texts, n=64)
+    calls = latency_inputs(tokenizer, texts, max_length=48, batch_size=32)
+    assert [call["input_ids"].shape[0] for call in calls] == [32, 32]
+    lengths = [len(tokenizer(text, truncation=True, max_length=48)["input_ids"]) for text in texts]
+    assert [call["input_ids"].shape[1] for call in calls] == [max(lengths[:32]), max(lengths[32:])]
+    assert calls[0]["attention_mask"].sum().item() == sum(lengths[:32])  # padding is masked

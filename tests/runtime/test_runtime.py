@@ -151,8 +151,8 @@ def test_int8_per_channel_runs_on_matmulinteger(base, sentence_batches, tmp_path
     assert {layer.op for name, layer in report.layers.items() if ".encoder." in name} == {"MatMulInteger"}
     assert report.file_bytes == pytest.approx(expected_bytes(model), rel=0.01)
     result = verify(report.path, model, sentence_batches, max_accuracy_drop=0.07)
-    assert result.argmax_agreement >= 0.9
-    assert result.max_abs_diff < 0.2 * result.max_abs_logit  # exact per layer; flipped uint8 roundings compound
+    assert result.agreement >= 0.9
+    assert result.max_abs_diff < 0.2 * result.max_abs_output  # exact per layer; flipped uint8 roundings compound
 
 
 def test_int4_group32_and_int8_embedding(base, fp32_onnx, sentence_batches, tmp_path):
@@ -171,7 +171,7 @@ def test_int4_group32_and_int8_embedding(base, fp32_onnx, sentence_batches, tmp_
     assert verify(exact.path, model, sentence_batches, atol=1e-4, rtol=0.0).max_abs_diff < 1e-4
     fast = lower(model, tmp_path / "source.onnx", tmp_path / "fast.onnx")  # default accuracy_level=4
     assert all(a.i == 4 for n in onnx.load(fast.path).graph.node for a in n.attribute if a.name == "accuracy_level")
-    assert verify(fast.path, model, sentence_batches, max_accuracy_drop=0.07).argmax_agreement >= 0.9
+    assert verify(fast.path, model, sentence_batches, max_accuracy_drop=0.07).agreement >= 0.9
 
 
 def test_int4_embedding_runs_on_gather_block_quantized(base, sentence_batches, tmp_path):
@@ -312,7 +312,7 @@ def test_verify_is_exact_by_default_where_no_matmulinteger_runs(base, sentence_b
     onnx.save(proto, str(tmp_path / "slightly_off.onnx"))
     verify(report.path, model, sentence_batches, max_accuracy_drop=1.0)
     loose = verify(tmp_path / "slightly_off.onnx", model, sentence_batches, max_accuracy_drop=1.0, rtol=0.2)
-    assert 1e-4 < loose.max_abs_diff < 0.2 * loose.max_abs_logit
+    assert 1e-4 < loose.max_abs_diff < 0.2 * loose.max_abs_output
     with pytest.raises(LoweringMismatch, match="rtol=0.0"):
         verify(tmp_path / "slightly_off.onnx", model, sentence_batches, max_accuracy_drop=1.0)
 
@@ -332,10 +332,12 @@ def test_verify_needs_labels(base, fp32_onnx, sentence_batches):
 def test_verify_scores_the_graph_on_the_task_metrics(base, fp32_onnx, sentence_batches):
     """The report carries the graph's accuracy, F1 and the selected metric, equal to torch's on an exact graph."""
     from autocompress.measurement import model_scores
+    from autocompress.tasks import Logits
 
-    report = verify(fp32_onnx, base, sentence_batches, metric="macro_f1")
-    assert set(report.onnx_scores) == {"accuracy", "f1", "macro_f1"} and report.onnx_scores["accuracy"] == report.onnx_accuracy
-    assert report.onnx_scores == pytest.approx(model_scores(base, list(sentence_batches), metric="macro_f1"))
+    head = Logits("macro_f1")
+    report = verify(fp32_onnx, base, sentence_batches, head=head)
+    assert set(report.onnx_scores) == {"accuracy", "f1", "macro_f1"} and report.onnx_scores == pytest.approx(report.torch_scores)
+    assert report.onnx_scores == pytest.approx(model_scores(base, list(sentence_batches), head=head))
 
 
 def matmul_integer_layers(path) -> dict[str, tuple[str, str]]:

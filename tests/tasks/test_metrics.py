@@ -104,6 +104,7 @@ def test_the_objective_constraint_and_logged_metrics_use_the_selected_metric(mod
     from autocompress.controller.run import make_objective
     from autocompress.controller.trial import Measurement, SearchContext
     from autocompress.cost import CostModelStore
+    from autocompress.tasks import Logits
     from autocompress.tracking.runs import METRICS_ATTR
 
     baseline = {"dev_accuracy": 0.90, "test_accuracy": 0.89, "dev_macro_f1": 0.80, "test_macro_f1": 0.78, "size_bytes": 90e6,
@@ -114,7 +115,7 @@ def test_the_objective_constraint_and_logged_metrics_use_the_selected_metric(mod
                                        "scores": {"dev_macro_f1": 0.75, "test_macro_f1": 0.74}})
     config = parse_config({"task": {"metric": "macro_f1"}, "search": {"constraints": {"max_accuracy_drop": 0.01}}})
     context = SearchContext(config, None, model, None, [], [], [{"input_ids": torch.zeros(1, 16, dtype=torch.long)}], {}, tmp_path,
-                            CostModelStore(tmp_path / "costs"), {"cpu": "test"}, {}, baseline)
+                            Logits("macro_f1"), CostModelStore(tmp_path / "costs"), {"cpu": "test"}, {}, baseline)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     study.optimize(make_objective(context, OneMeasurement(measured)), n_trials=1)
     trial = study.trials[0]

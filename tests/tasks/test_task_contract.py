@@ -1,11 +1,14 @@
-"""The Task contract: every task passes the same suite; sequence classification runs it on single texts and on pairs.
+"""The Task contract: every task passes the same suite; sequence classification runs it on single texts and on pairs,
+sentence embeddings on unlabelled texts.
 
 A subclass gives the ``task`` section of a config on committed data and the
 expected shape of its splits. The suite reads the splits through the task,
-checks that dev never overlaps train, that batches carry the model's inputs
-and the targets, that latency inputs are single unpadded rows, and that a
-teacher (a tiny random BERT fine-tuned a few steps) scores with every metric
-the task names, the search's among them.
+checks that dev and test never overlap train, that batches carry the model's
+inputs and the head's targets, that latency inputs are single unpadded rows,
+that a teacher (a tiny random BERT, fine-tuned a few steps where the task
+fine-tunes) scores with the task's metrics, the search's among them, that a
+perfect output scores 1, and that the head's output survives ONNX export and
+verification.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import pytest
 import torch
 from families import TINY_TEACHER, tiny_model
 
-from autocompress.config import TaskType, parse_config
+from autocompress.config import TASK_METRICS, TaskType, parse_config
 from autocompress.models.loading import load_tokenizer
-from autocompress.tasks import TASKS, SequenceClassification, Task, task_for
+from autocompress.runtime import export_onnx, verify
+from autocompress.tasks import EMBEDDING_TARGET, TASKS, SentenceEmbeddingTask, SequenceClassification, Task, task_for
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -45,25 +49,35 @@ class TaskContract:
                                "teacher": TINY_TEACHER}, source="contract.yaml")
         return task_for(config)
 
-    @pytest.fixture(scope="class")
-    def teacher(self, task, tmp_path_factory):
+    @pytest.fixture(scope="class", autouse=True)
+    def cache(self, tmp_path_factory):
+        """Teachers and cached teacher outputs go to a scratch cache."""
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path_factory.mktemp("cache")))
-            return task.teacher()
+            yield
+
+    @pytest.fixture(scope="class")
+    def teacher(self, task):
+        return task.teacher()
 
     def test_the_registry_builds_this_task(self, task):
         assert type(task) is self.task_class and TASKS[self.task_class.name] is self.task_class
 
-    def test_splits_have_their_rows_and_dev_is_held_out_of_train(self, task):
+    def test_splits_have_their_rows_and_dev_and_test_are_held_out_of_train(self, task):
         train, dev, test = (task.load_split(split) for split in ("train", "dev", "test"))
         assert (len(train), len(dev), len(test)) == self.sizes
         assert not set(map(str, dev.inputs())) & set(map(str, train.inputs()))
+        assert not set(map(str, test.inputs())) & set(map(str, train.inputs()))
+
+    def test_check_names_the_task_in_one_line(self, task, teacher):
+        line = task.check(teacher.load_config())
+        assert line.startswith("task: ") and "\n" not in line
 
     def test_batches_carry_the_model_inputs_and_the_targets(self, task, teacher):
-        tokenizer = load_tokenizer(str(teacher.path))
+        tokenizer, head = load_tokenizer(str(teacher.path)), task.head()
         batch = task.batches(task.load_split("dev").head(5), tokenizer, batch_size=4)[0]
-        assert set(task.target_names) <= set(batch) and "input_ids" in task.input_names(batch)
-        assert not set(task.target_names) & set(task.input_names(batch))
+        assert set(head.target_names) <= set(batch) and "input_ids" in head.inputs(batch)
+        assert not set(head.target_names) & set(head.inputs(batch))
         assert len(batch["input_ids"]) == 4 and batch["input_ids"].shape[1] <= task.config.task.max_length
 
     def test_latency_inputs_are_single_unpadded_rows(self, task, teacher):
@@ -71,17 +85,33 @@ class TaskContract:
         inputs = task.latency_inputs(task.load_split("dev"), tokenizer, count=6)
         assert len(inputs) == 6 and all(x["input_ids"].shape[0] == 1 and bool(x["attention_mask"].all()) for x in inputs)
 
-    def test_the_teacher_scores_with_every_metric_the_task_names(self, task, teacher):
-        names = task.metric_names(teacher)
-        assert task.metric in names
-        model, tokenizer = teacher.load(), load_tokenizer(str(teacher.path))
+    def test_the_teacher_scores_with_the_task_metrics_and_a_perfect_output_scores_one(self, task, teacher):
+        head, model, tokenizer = task.head(), teacher.load(), load_tokenizer(str(teacher.path))
         batches = task.batches(task.load_split("dev"), tokenizer, batch_size=16)
-        with torch.no_grad():
-            outputs = np.concatenate([model(**{k: v for k, v in b.items() if k in task.input_names(b)}).logits.numpy() for b in batches])
-        targets = np.concatenate([b[task.target_names[0]].numpy() for b in batches])
-        scores = task.scores(outputs, targets, teacher=teacher)
-        assert set(scores) == set(names) and all(0.0 <= value <= 1.0 for value in scores.values())
-        assert task.scores(_one_hot(targets, outputs.shape[1]), targets, teacher=teacher)[task.metric] == 1.0
+        scores = head.evaluate(model, batches)
+        assert head.metric == task.metric and task.metric in scores
+        assert set(scores) <= set(TASK_METRICS[task.name]) and all(-1.0 <= value <= 1.0 for value in scores.values())
+        assert head.scores(self.perfect_outputs(batches), batches)[task.metric] == pytest.approx(1.0)
+
+    def test_the_head_output_is_exported_and_verified(self, task, teacher, tmp_path):
+        head, model, tokenizer = task.head(), teacher.load(), load_tokenizer(str(teacher.path))
+        batches = task.batches(task.load_split("dev"), tokenizer, batch_size=16)
+        path = export_onnx(model, tmp_path / "model.onnx", example=head.inputs(batches[0]), lean=True, head=head)
+        report = verify(path, model, batches, head=head)
+        assert report.onnx_scores == pytest.approx(report.torch_scores, abs=1e-6) and report.max_abs_diff < 1e-4
+
+    def perfect_outputs(self, batches: list[dict[str, torch.Tensor]]) -> np.ndarray:
+        """Outputs that score 1 on the task's metric."""
+        raise NotImplementedError
+
+
+class Classification(TaskContract):
+    task_class = SequenceClassification
+
+    def perfect_outputs(self, batches):
+        """Outputs whose argmax is the label."""
+        labels = np.concatenate([b["labels"].numpy() for b in batches])
+        return np.eye(int(labels.max()) + 1)[labels]
 
     def test_exporters_get_the_label_names(self, task, teacher):
         metadata = task.export_metadata(teacher)
@@ -89,20 +119,31 @@ class TaskContract:
         assert {v: k for k, v in metadata["id2label"].items()} == metadata["label2id"]
 
 
-def _one_hot(targets: np.ndarray, classes: int) -> np.ndarray:
-    """Outputs whose argmax is the target: a perfect model scores 1 on every metric."""
-    return np.eye(classes)[targets]
-
-
-class TestSingleTexts(TaskContract):
-    task_class = SequenceClassification
+class TestSingleTexts(Classification):
     task_section = {"data_root": str(DATA), "train": "topics/train.tsv", "test": "topics/test.tsv", "columns": ["label", "text"],
                     "text_column": "text", "dev_size": 64, "metric": "macro_f1", "max_length": 24}
     sizes = (320 - 64, 64, 80)
 
 
-class TestTextPairs(TaskContract):
-    task_class = SequenceClassification
+class TestTextPairs(Classification):
     task_section = {"data_root": str(DATA), "train": "pairs/train.jsonl", "test": "pairs/test.jsonl", "text_column": "premise",
                     "text_pair_column": "hypothesis", "dev_size": 64, "max_length": 24}
     sizes = (320 - 64, 64, 80)
+
+
+class TestSentenceEmbeddings(TaskContract):
+    """Unlabelled texts (the topics file's texts), dev and test carved from train; the tiny encoder is its own teacher."""
+
+    task_class = SentenceEmbeddingTask
+    task_section = {"data_root": str(DATA), "train": "topics/train.tsv", "test": None, "test_size": 64, "columns": ["label", "text"],
+                    "text_column": "text", "dev_size": 32, "metric": "recall_at_10", "max_length": 24}
+    sizes = (320 - 64 - 32, 32, 64)
+
+    def perfect_outputs(self, batches):
+        """The teacher's own embeddings."""
+        return np.concatenate([b[EMBEDDING_TARGET].numpy() for b in batches])
+
+    def test_the_teacher_is_the_model_as_it_is(self, task, teacher):
+        assert teacher.path == Path(task.config.model) and not teacher.trained_now
+        assert task.locate_teacher().as_is and task.export_metadata(teacher) == {}
+        assert not task.pooling.declared and task.pooling.mode == "mean"  # no sentence-transformers files: mean pooling, said so
