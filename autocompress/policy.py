@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from autocompress.config import ConfigError
+from autocompress.config import OUTPUT_PRECISIONS, ConfigError
 from autocompress.deprecation import RenamedWarning
 
 if TYPE_CHECKING:
@@ -154,6 +154,8 @@ class Policy:
     recovery_steps: int = 0
     vocab_rows: int | None = None
     """Word-embedding rows kept (the task's most used tokens; the others read their nearest kept row); None keeps all."""
+    output_precision: str = "float32"
+    """How an index stores an embedding model's outputs: float32, int8 or binary (``techniques._output``)."""
     task: str = DEFAULT_TASK
     """The task the policy was found for (``autocompress.tasks``)."""
     version: int = POLICY_VERSION
@@ -173,6 +175,8 @@ class Policy:
             raise ValueError(f"recovery_steps must be >= 0; got {self.recovery_steps}")
         if self.vocab_rows is not None and self.vocab_rows < 1:
             raise ValueError(f"vocab_rows must be a positive integer or null; got {self.vocab_rows}")
+        if self.output_precision not in OUTPUT_PRECISIONS:
+            raise ValueError(f"output_precision must be one of {OUTPUT_PRECISIONS}; got {self.output_precision!r}")
         if self.embedding_bits not in EMBEDDING_BITS:
             raise ValueError(f"embedding_bits must be one of {EMBEDDING_BITS}; got {self.embedding_bits}")
         for key in self.layers:
@@ -256,6 +260,7 @@ class Policy:
             "embedding_bits": self.embedding_bits,
             "recovery_steps": self.recovery_steps,
             "vocab_rows": self.vocab_rows,
+            "output_precision": self.output_precision,
             "num_blocks": len(blocks),
             "kept_blocks": len(self.kept_blocks) if self.kept_blocks is not None else len(blocks),
         }

@@ -15,10 +15,12 @@ whole ``SearchConfig`` and reading it).
 from autocompress.config._base import (
     DATA_ROOT_ENV,
     DEPLOYABLE_BITS,
+    OUTPUT_PRECISIONS,
     RENAMED_FIELDS,
     TASK_METRICS,
     ConfigError,
     MetricName,
+    OutputPrecision,
     Strict,
     TaskType,
 )
@@ -50,6 +52,8 @@ __all__ = [
     "FinalTrainingConfig",
     "LatencyConfig",
     "MetricName",
+    "OUTPUT_PRECISIONS",
+    "OutputPrecision",
     "TASK_METRICS",
     "PruneMode",
     "PrunerName",

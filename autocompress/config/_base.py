@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -14,6 +14,9 @@ RENAMED_FIELDS = {
 }
 """Old dotted field path -> its name now (same section): the test split was called validation before dev was split off."""
 DEPLOYABLE_BITS = (2, 4, 8, 16, 32)
+OutputPrecision = Literal["float32", "int8", "binary"]
+"""How a search index stores an embedding model's outputs (sentence-transformers' ``quantize_embeddings`` precisions)."""
+OUTPUT_PRECISIONS: tuple[str, ...] = get_args(OutputPrecision)
 TaskType = Literal["sequence-classification", "embedding"]
 """The tasks ``autocompress.tasks.TASKS`` implements (a test keeps the two lists equal)."""
 MetricName = Literal["accuracy", "f1", "macro_f1", "cosine", "recall_at_10", "spearman"]

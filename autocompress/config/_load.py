@@ -40,6 +40,13 @@ class SearchConfig(Strict):
     source: str | None = Field(None, exclude=True, description="file the config was read from")
 
     @model_validator(mode="after")
+    def _output_precision_needs_embeddings(self) -> "SearchConfig":
+        if self.space.output_precision != ["float32"] and self.task.type != "embedding":
+            raise ValueError(f"space.output_precision {self.space.output_precision} quantizes output embeddings; "
+                             f"task.type {self.task.type!r} returns none (allowed: [float32], or task.type embedding)")
+        return self
+
+    @model_validator(mode="after")
     def _simulation_needs_torch(self) -> "SearchConfig":
         if self.space.simulation_only and self.latency.backend != "torch":
             raise ValueError("space.simulation_only: true needs latency.backend: torch (ONNX Runtime cannot run those choices)")

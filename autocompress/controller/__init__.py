@@ -1,8 +1,9 @@
 """The search: Optuna proposes policies, trials run here or on Ray, the front is read back from the study.
 
-``run`` drives one search (``run_search``); ``study`` opens, resumes and
-signs the Optuna study; ``trial`` is one policy compressed, lowered and
-measured; ``workers`` runs trials on Ray; ``fidelity`` and ``final_training``
+``run`` drives one search (``run_search``); ``objective`` is what the study
+calls per trial (sample, cost-model check, hand to a worker, record);
+``study`` opens, resumes and signs the Optuna study; ``trial`` is one policy
+compressed, lowered and measured; ``workers`` runs trials on Ray; ``fidelity`` and ``final_training``
 stage short proxies and the front's long trainings; ``pareto`` and
 ``picking`` read the front and pick from it; ``jobs`` and ``progress`` keep
 detached searches; ``preflight`` and ``space_check`` refuse bad input before

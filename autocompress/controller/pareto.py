@@ -65,6 +65,7 @@ def measured_row(attrs: Mapping[str, Any], baseline: dict[str, Any], *, trial: i
         "compression": baseline["size_bytes"] / size,
         "size_vs_int8": baseline["int8"]["size_bytes"] / size,
         "sparsity": attrs["sparsity"],
+        **({"index_bytes_per_vector": attrs["index_bytes_per_vector"]} if attrs.get("index_bytes_per_vector") else {}),
         "seed": attrs["seed"],
         "policy": attrs["policy"],
         "artifact": attrs.get("artifact"),
@@ -105,7 +106,12 @@ def pareto_front(trials: list[FrozenTrial], directions: list[optuna.study.StudyD
 
     Trials are matched back by position, not number: the trials of several studies may share numbers.
     """
-    scratch = optuna.create_study(directions=directions)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a "new study created in memory" line per front read
+    try:
+        scratch = optuna.create_study(directions=directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for index, trial in enumerate(trials):
         scratch.add_trial(optuna.trial.create_trial(
             values=trial.values, user_attrs={"index": index}, constraints=trial.constraints if constrained else None))

@@ -32,7 +32,7 @@ import psutil
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.config import ConfigError, SamplerName, SearchConfig
+from autocompress.config import ConfigError, LatencyConfig, SamplerName, SearchConfig, SpaceConfig, TaskConfig
 
 OBJECTIVES = ("dev_accuracy", "relative_latency", "size_mb")
 """Accuracy on the dev split; latency over the teacher's, timed in the same probe; shipped file size in MB.
@@ -80,10 +80,14 @@ def study_metric(study: optuna.Study) -> str:
     return names[0].removeprefix("dev_") if names else "accuracy"
 
 
+SIGNED_LATENCY = {"backend", "threads", "batch_size"}
+"""The latency settings a study's ratios depend on (the timing budget only changes their noise)."""
+
+
 def signature(config: SearchConfig, teacher_key: str) -> dict[str, Any]:
     """What a study's trials depend on; the data root is left out (it may move between machines)."""
     task = config.task.model_dump(mode="json", exclude={"data_root"})
-    latency = config.latency.model_dump(mode="json", include={"backend", "threads"})
+    latency = config.latency.model_dump(mode="json", include=SIGNED_LATENCY)
     return {
         "version": SIGNATURE_VERSION,
         "model": config.model,
@@ -146,6 +150,18 @@ def load_existing(config: SearchConfig) -> optuna.Study | None:
     return study
 
 
+def with_later_defaults(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored signature with the fields later releases added at their defaults: an older study ran with what they default to
+    (``task.metric``: accuracy; ``task.test_size``; ``latency.batch_size``: 1)."""
+    sections = {"task": TaskConfig().model_dump(mode="json", exclude={"data_root"}), "space": SpaceConfig().model_dump(mode="json"),
+                "latency": LatencyConfig().model_dump(mode="json", include=SIGNED_LATENCY)}
+    filled = dict(stored)
+    for name, defaults in sections.items():
+        if isinstance(stored.get(name), Mapping):
+            filled[name] = {**defaults, **stored[name]}
+    return filled
+
+
 def check_resumable(study: optuna.Study, config: SearchConfig, expected: Mapping[str, Any]) -> None:
     """Refuse, in one line, to add trials to a study created under another signature."""
     stored = study.user_attrs.get(SIGNATURE_ATTR)
@@ -153,9 +169,7 @@ def check_resumable(study: optuna.Study, config: SearchConfig, expected: Mapping
     hint = "pass --study-name NEW (or search.study_name) to start a new study"
     if stored is None:
         raise ConfigError(f"{config.source}: {where} was made by an older autocompress (other objectives); {hint}")
-    if isinstance(stored.get("task"), Mapping) and "metric" not in stored["task"]:
-        stored = {**stored, "task": {**stored["task"], "metric": "accuracy"}}  # made before task.metric: it optimized accuracy
-    difference = _first_difference(stored, dict(expected))
+    difference = _first_difference(with_later_defaults(stored), dict(expected))
     if difference:
         field, old, new = difference
         raise ConfigError(f"{config.source}: {where} was created with {field}={json.dumps(old)}, this config gives {json.dumps(new)}; {hint}")

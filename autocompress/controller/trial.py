@@ -53,7 +53,7 @@ from autocompress.paths import cost_models_dir
 from autocompress.policy import Policy
 from autocompress.runtime import dynamic_int8, export_onnx
 from autocompress.tasks.data import Examples
-from autocompress.tasks.heads import Head
+from autocompress.tasks.heads import Head, SentenceEmbedding
 from autocompress.tasks.registry import task_for
 from autocompress.tasks.teacher import Teacher
 from autocompress.techniques import (
@@ -98,6 +98,8 @@ class Measurement:
     """The lowered ONNX file that was verified and timed (under the study's work folder)."""
     scores: dict[str, float] = field(default_factory=dict)
     """The task's metrics other than accuracy, by split: ``dev_f1``, ``test_f1`` (binary), ``dev_macro_f1``, ``dev_cosine``, ..."""
+    index_bytes_per_vector: int | None = None
+    """An embedding model's: the bytes a search index stores per text at the policy's ``output_precision``."""
     trained_model: str | None = None
     """A distilled student's float weights (``save_shrunk`` folder), so exports reuse them instead of training it again."""
 
@@ -274,7 +276,8 @@ def by_length(examples: Examples) -> Examples:
 
 
 def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, name: str) -> Measurement:
-    """The task's metrics on dev and test, shipped size and paired latency of the deployed ``model``."""
+    """The task's metrics on dev and test (as the policy reads the output), shipped size and paired latency of the deployed ``model``."""
+    head = context.head.for_policy(policy)
     deployed = deploy_and_measure(
         model,
         dev=context.dev,
@@ -284,7 +287,7 @@ def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, n
         latency=context.config.latency,
         workdir=context.workdir / name,
         scoring_threads=context.scoring_threads,
-        head=context.head,
+        head=head,
     )
     timing = deployed.latency
     own = timing.results["candidate"]
@@ -313,6 +316,7 @@ def measure(model: PreTrainedModel, policy: Policy, context: SearchContext, *, n
         timed_until=max(result.finished for result in timing.results.values()),
         artifact=str(deployed.artifact) if deployed.artifact is not None else None,
         scores=deployed.scores,
+        index_bytes_per_vector=head.index_bytes(model.config.hidden_size) if isinstance(head, SentenceEmbedding) else None,
     )
 
 

@@ -64,7 +64,7 @@ import torch
 
 from autocompress.exporters._base import Exporter, ExportMismatch, NotExpressible, Source, quantized_layers, torch_outputs
 from autocompress.policy import Policy
-from autocompress.runtime import export_onnx, ort_feed, ort_session, weight_digest
+from autocompress.runtime import export_onnx, ort_feed, ort_session, tiling_block, weight_digest
 from autocompress.techniques import layer_plan
 from autocompress.techniques.quantizer import QUANT_ATTR, QuantizedWeight, runs_as_matmul_integer
 
@@ -115,10 +115,10 @@ two there) and three rows at 2 bits, both refused with ``ExportMismatch``.
 """
 
 
-def _block(group: int, allowed: tuple[int, ...] = NBITS_BLOCKS) -> int | None:
-    """The largest allowed block that tiles a quantization group (ORT then scales each block), or None."""
-    fits = [block for block in allowed if group % block == 0]
-    return max(fits) if fits else None
+def _block(group: int, high: int = NBITS_BLOCKS[-1]) -> int | None:
+    """The largest power-of-two block of at least 16 and at most ``high`` that tiles a quantization group (ORT then scales
+    each block), or None."""
+    return tiling_block(group, NBITS_BLOCKS[0], high)
 
 
 class OrtRecipeExporter(Exporter):
@@ -259,7 +259,7 @@ class OrtRecipeExporter(Exporter):
         name = next(n for n, m in source.model.named_modules() if m is embedding)
         if q.bits != GATHER_BITS:  # check() refuses 8 bits already
             raise NotExpressible(f"embedding_bits={q.bits}: MatMulNBitsQuantizer's Gather path is {GATHER_BITS}-bit only")
-        block = _block(q.group_size, tuple(2**k for k in range(4, 13)))
+        block = _block(q.group_size, high=2**12)
         if block is None:
             raise NotExpressible(
                 f"embedding {name!r}: rows of {q.group_size} have no power-of-two block >= 16 for GatherBlockQuantized"

@@ -105,7 +105,7 @@ def rebuild(origin: Origin) -> Source:
 
     config = origin.config
     task = task_for(config)
-    teacher, head = task.teacher(), task.head()
+    teacher, head = task.teacher(), task.head().for_policy(origin.policy)
     tokenizer = load_tokenizer(str(teacher.path))
     dev, _, calibration = task_batches(config, tokenizer)
     try:

@@ -8,6 +8,7 @@ from autocompress.runtime._lower import (
     kernel_refusal,
     lower,
     nbits_block,
+    tiling_block,
     weight_digest,
 )
 from autocompress.runtime._onnx import export_onnx
@@ -35,6 +36,7 @@ __all__ = [
     "kernel_refusal",
     "lower",
     "nbits_block",
+    "tiling_block",
     "ort_feed",
     "ort_session",
     "rounds_activations",

@@ -83,11 +83,16 @@ class LoweringReport:
         return {"path": self.path, "file_bytes": self.file_bytes, "layers": layers}
 
 
+def tiling_block(group: int, low: int, high: int | None = None) -> int | None:
+    """The largest power of two in ``[low, high]`` that divides ``group`` (a block that tiles the group), or None."""
+    block = group & -group  # largest power of two dividing group; every smaller one divides it too
+    block = block if high is None else min(block, high)
+    return block if block >= low else None
+
+
 def nbits_block(bits: int, group: int) -> int | None:
     """Largest block MatMulNBits / GatherBlockQuantized accept that tiles a quantization group, or None."""
-    block = group & -group  # largest power of two dividing group
-    block = min(block, MAX_BLOCK.get(bits, block))
-    return block if block >= MIN_BLOCK else None
+    return tiling_block(group, MIN_BLOCK, MAX_BLOCK.get(bits))
 
 
 def kernel_refusal(bits: int, group_size: int | None, in_features: int, scheme: str) -> str | None:

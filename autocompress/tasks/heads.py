@@ -22,11 +22,12 @@ import torch
 from autocompress.distill import embedding_loss, kd_loss
 from autocompress.models.families import TOKENIZER_INPUTS
 from autocompress.models.pooling import Pooling, pool
-from autocompress.tasks.embedding_metrics import embedding_scores
+from autocompress.tasks.embedding_metrics import bytes_per_vector, embedding_scores, quantized_recall
 from autocompress.tasks.metrics import classification_scores
 
 if TYPE_CHECKING:
     from autocompress.config import RecoveryConfig
+    from autocompress.policy import Policy
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -80,6 +81,10 @@ class Head(ABC):
     def calibration(self, batch: Batch) -> Calibration:
         """``batch`` as the calibration batch techniques score importance on, with this head's loss."""
         return Calibration(batch, self)
+
+    def for_policy(self, policy: Policy) -> Head:
+        """This head as ``policy`` asks to read the output (an index's precision); the same head unless a policy field says otherwise."""
+        return self
 
     @abstractmethod
     def agreement(self, reference: np.ndarray, lowered: np.ndarray) -> float:
@@ -154,16 +159,29 @@ class SentenceEmbedding(Head):
     output_name = "sentence_embedding"
     target_names = (EMBEDDING_TARGET,)
 
-    def __init__(self, metric: str, pooling: Pooling) -> None:
+    def __init__(self, metric: str, pooling: Pooling, precision: str = "float32") -> None:
         super().__init__(metric)
         self.pooling = pooling
+        self.precision = precision
+        """How the index stores the outputs (``policy.output_precision``): neighbour recall is scored on the stored vectors."""
 
     def read(self, output: Any, inputs: Batch) -> torch.Tensor:
         return pool(output.last_hidden_state, inputs["attention_mask"], self.pooling)
 
+    def for_policy(self, policy: Policy) -> SentenceEmbedding:
+        return self if policy.output_precision == self.precision else SentenceEmbedding(self.metric, self.pooling, policy.output_precision)
+
     def scores(self, outputs: np.ndarray, batches: Sequence[Batch]) -> dict[str, float]:
+        """Cosine and Spearman of the model's own outputs; recall@10 of what the index stores (``self.precision``)."""
         teacher = np.concatenate([np.asarray(batch[EMBEDDING_TARGET], dtype=np.float32) for batch in batches])
-        return embedding_scores(outputs, teacher, metric=self.metric)
+        scores = embedding_scores(outputs, teacher, metric=self.metric)
+        if self.precision != "float32":
+            scores["recall_at_10"] = quantized_recall(outputs, teacher, self.precision)
+        return scores
+
+    def index_bytes(self, dim: int) -> int:
+        """Bytes an index stores per vector of ``dim`` dimensions at this head's precision."""
+        return bytes_per_vector(dim, self.precision)
 
     def loss(self, student: torch.Tensor, teacher: torch.Tensor, batch: Batch, settings: RecoveryConfig) -> torch.Tensor:
         return embedding_loss(student, teacher)

@@ -4,7 +4,8 @@ One module per technique: ``_structured`` (heads, FFN neurons, blocks),
 ``_vocabulary`` (word-embedding rows the task does not use), ``_magnitude``
 (unstructured pruning), ``_distillation`` (recovery training),
 ``_quantization`` (weight bits, on the integer grid of ``quantizer``, which the
-runtime's lowering shares). ``compress`` applies them in order on a copy.
+runtime's lowering shares), ``_output`` (how an index stores an embedding
+model's outputs). ``compress`` applies them in order on a copy.
 
 Each ``Technique`` subclass owns its section of a policy (fields and their
 JSON Schema), samples its decisions and refuses a space a model cannot take;
@@ -23,6 +24,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     **dict.fromkeys(["Distillation", "Recovery", "RecoveryStopped"], "_distillation"),
     **dict.fromkeys(["MagnitudePruning", "prune_smallest_"], "_magnitude"),
     "Quantization": "_quantization",
+    "OutputQuantization": "_output",
     **dict.fromkeys(["StructuredPruning", "evenly_spaced", "head_importance", "neuron_importance", "shrink_"], "_structured"),
     **dict.fromkeys(["VocabularyPruning", "prune_vocabulary_"], "_vocabulary"),
 })

@@ -13,6 +13,7 @@ from autocompress.models.loading import block_linears, encoder_list_name
 from autocompress.techniques._base import Technique
 from autocompress.techniques._distillation import Recovery
 from autocompress.techniques._magnitude import MagnitudePruning
+from autocompress.techniques._output import OutputQuantization
 from autocompress.techniques._quantization import Quantization
 from autocompress.techniques._structured import StructuredPruning
 from autocompress.techniques._vocabulary import VocabularyPruning
@@ -20,7 +21,7 @@ from autocompress.techniques._vocabulary import VocabularyPruning
 if TYPE_CHECKING:
     from autocompress.policy import LayerSpec, Policy
 
-TECHNIQUES: tuple[type[Technique], ...] = (StructuredPruning, MagnitudePruning, Quantization, Recovery, VocabularyPruning)
+TECHNIQUES: tuple[type[Technique], ...] = (StructuredPruning, MagnitudePruning, Quantization, Recovery, VocabularyPruning, OutputQuantization)
 """Every technique a policy has a section for, in the order the search samples their decisions.
 
 A new technique is registered by appending it here: appending keeps the order

@@ -22,7 +22,8 @@ def test_an_embedding_search_runs_end_to_end(tiny, tmp_path, capsys):
     config = yaml.safe_load(path.read_text())
     config["task"] = {**config["task"], "type": "embedding", "train": "sst2/train.tsv", "test": None, "test_size": 64,
                       "dev_size": 48, "test_subset": None, "metric": "recall_at_10"}
-    config["space"] = {"weight_bits": [8, 32], "group_size": [None], "embedding_bits": [32], "num_blocks": [3, 6], "recovery_steps": [0, 6]}
+    config["space"] = {"weight_bits": [8, 32], "group_size": [None], "embedding_bits": [32], "num_blocks": [3, 6], "recovery_steps": [0, 6],
+                       "output_precision": ["int8"]}  # an index of int8 vectors: recall@10 is scored on them
     config["recovery"] = {"batch_size": 16, "train_subset": 96, "eval_every": 3, "eval_subset": 32}
     path.write_text(yaml.safe_dump(config))
 
@@ -50,6 +51,8 @@ def test_an_embedding_search_runs_end_to_end(tiny, tmp_path, capsys):
     out = tmp_path / "out"
     front = json.loads((out / "pareto.json").read_text())
     assert front and all({"dev_recall_at_10", "test_cosine", "recall_at_10_drop"} <= set(row) for row in front)
+    assert all(row["index_bytes_per_vector"] == 384 and row["policy"]["techniques"]["output_quantization"]["output_precision"] == "int8"
+               for row in front)
     shipped = ort.InferenceSession(str(out / "best_model" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in shipped.get_outputs()] == ["sentence_embedding"]
 

@@ -95,7 +95,7 @@ def test_a_drop_of_exactly_the_budget_is_feasible():
     from dataclasses import fields
 
     from autocompress.config import parse_config
-    from autocompress.controller.run import _constraints
+    from autocompress.controller.objective import _constraints
     from autocompress.controller.trial import Measurement
 
     values = {f.name: 0 for f in fields(Measurement)} | {"dev_accuracy": 0.891, "size_bytes": 10}

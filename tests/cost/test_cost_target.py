@@ -8,7 +8,7 @@ import optuna
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from autocompress.controller.run import predict_latency
+from autocompress.controller.objective import predict_latency
 from autocompress.controller.trial import cost_target
 from autocompress.cost import CostModelStore, policy_features
 from autocompress.measurement import fingerprint_id, hardware_fingerprint

@@ -85,6 +85,15 @@ def test_a_study_names_its_metric_and_refuses_another_on_resume(tmp_path):
     with pytest.raises(ConfigError, match="task.metric"):
         check_resumable(old, macro, signature(macro, "key"))
 
+    # so with every field a later release adds (task.test_size, latency.batch_size): an older study ran at their defaults
+    older = optuna.create_study(study_name="older", storage=settings["search"]["storage"], directions=["maximize", "minimize", "minimize"])
+    older.set_user_attr("autocompress.signature", {**before, "task": {k: v for k, v in before["task"].items() if k != "test_size"},
+                                                   "latency": {k: v for k, v in before["latency"].items() if k != "batch_size"}})
+    check_resumable(older, plain, signature(plain, "key"))
+    batched = parse_config({**settings, "latency": {"batch_size": 32}}, source="batched.yaml")
+    with pytest.raises(ConfigError, match="latency.batch_size=1, this config gives 32"):
+        check_resumable(older, batched, signature(batched, "key"))
+
 
 class OneMeasurement:
     """Workers that return a fixed measurement for every trial."""
@@ -101,7 +110,7 @@ class OneMeasurement:
 
 
 def test_the_objective_constraint_and_logged_metrics_use_the_selected_metric(model, tmp_path):
-    from autocompress.controller.run import make_objective
+    from autocompress.controller.objective import make_objective
     from autocompress.controller.trial import Measurement, SearchContext
     from autocompress.cost import CostModelStore
     from autocompress.tasks import Logits

@@ -20,12 +20,15 @@ import torch
 from families import tiny_model
 
 from autocompress.config import PruneMode, RecoveryConfig, SpaceConfig
+from autocompress.models.pooling import Pooling
 from autocompress.policy import LayerSpec, Policy, assemble_schema
+from autocompress.tasks import EMBEDDING_TARGET, SentenceEmbedding
 from autocompress.techniques import (
     DEFAULT_TECHNIQUES,
     TECHNIQUES,
     Distillation,
     MagnitudePruning,
+    OutputQuantization,
     Quantization,
     Recovery,
     StructuredPruning,
@@ -37,7 +40,7 @@ from autocompress.techniques import (
 
 OPEN_SPACE = SpaceConfig(weight_bits=[4, 8, 32], group_size=[None, 16], prune_mode=PruneMode.GLOBAL, prune_ratios=[0.0, 0.5],
                          embedding_bits=[4, 8, 32], heads=[2, 4], ffn_widths=[32, 64], num_blocks=[1, 2], recovery_steps=[0, 2],
-                         vocab_rows=[None, 2000])
+                         vocab_rows=[None, 2000], output_precision=["float32", "int8", "binary"])
 """A space that leaves every technique's decisions open, for the tiny 2-block model (4 heads, FFN 64)."""
 
 
@@ -146,6 +149,25 @@ class TestVocabularyPruning(TechniqueContract):
         return Policy(vocab_rows=2000)
 
 
+class TestOutputQuantization(TechniqueContract):
+    """It leaves the model alone and changes what is measured: the index's vectors, and so neighbour recall and bytes."""
+
+    technique = OutputQuantization
+
+    def active(self):
+        return Policy(output_precision="binary", task="embedding")
+
+    def test_an_active_policy_changes_the_model_measurably(self, sentence_batches):
+        model = tiny_model("bert").base_model
+        head = SentenceEmbedding("recall_at_10", Pooling("mean", normalize=True, declared=False, source="test"))
+        batches = [{**b, EMBEDDING_TARGET: head(model, b).detach()} for b in sentence_batches[:2]]
+        quantized = head.for_policy(self.active())
+        assert head.for_policy(Policy()) is head and quantized.precision == "binary"
+        outputs = head.outputs(model, batches)
+        assert head.scores(outputs, batches)["recall_at_10"] == 1.0 > quantized.scores(outputs, batches)["recall_at_10"]
+        assert head.index_bytes(384) == 4 * 384 and quantized.index_bytes(384) == 384 // 8
+
+
 class TestRecovery(TechniqueContract):
     technique = Recovery
 
@@ -168,7 +190,7 @@ def test_the_pipeline_runs_in_stage_order_and_a_technique_that_needs_data_needs_
     assert all(t.stage < Quantization.stage for t in TECHNIQUES if t is not Quantization)  # quantization rounds what is left
     with pytest.raises(ValueError, match="asks for vocabulary_pruning, which needs the task's data: pass prepare="):
         float_techniques(everything)
-    assert [type(t) for t in DEFAULT_TECHNIQUES] == [StructuredPruning, MagnitudePruning, Quantization]
+    assert [type(t) for t in DEFAULT_TECHNIQUES] == [StructuredPruning, MagnitudePruning, OutputQuantization, Quantization]
 
 
 def test_compress_applies_what_the_policy_asks_and_refuses_a_vocabulary_without_the_tasks_data(sentence_batches):
