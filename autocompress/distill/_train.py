@@ -105,6 +105,8 @@ def recover(
     with contextlib.ExitStack() as stack:
         stack.callback(student.eval)
         stack.enter_context(_fake_quantized(student, fake_quant or {}))
+        if not head.dropout:
+            stack.enter_context(_without_dropout(student))
         if attention_weight > 0:
             stack.enter_context(eager_attention(student))
             stack.enter_context(eager_attention(teacher))
@@ -167,6 +169,19 @@ def _check_options(train_batches, steps, teacher_logits) -> None:
             f"teacher_logits has {len(teacher_logits)} entries but train_batches has {len(train_batches)}; "
             "give one logits tensor per batch"
         )
+
+
+@contextlib.contextmanager
+def _without_dropout(model: nn.Module) -> Iterator[None]:
+    """Every dropout of ``model`` at probability 0 (attention reads its module's ``p`` too), restored afterwards."""
+    probabilities = {module: module.p for module in model.modules() if isinstance(module, nn.Dropout)}
+    for module in probabilities:
+        module.p = 0.0
+    try:
+        yield
+    finally:
+        for module, p in probabilities.items():
+            module.p = p
 
 
 def _cycle(count: int, steps: int) -> Iterator[int]:

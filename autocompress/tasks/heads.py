@@ -39,6 +39,8 @@ class Head(ABC):
     """The output's name in ONNX graphs."""
     target_names: ClassVar[tuple[str, ...]]
     """Batch keys that hold targets, not model inputs."""
+    dropout: ClassVar[bool] = True
+    """Whether the student trains with its dropout on while distilling."""
 
     def __init__(self, metric: str) -> None:
         self.metric = metric
@@ -158,6 +160,9 @@ class SentenceEmbedding(Head):
 
     output_name = "sentence_embedding"
     target_names = (EMBEDDING_TARGET,)
+    dropout = False
+    """A student starts next to its teacher's deterministic embeddings, and dropout noise pulls it away: measured on the
+    packaged MiniLM at int8, 200 steps at 2e-5 moved dev cosine from 0.9905 to 0.9881 with dropout, to 0.9918 without."""
 
     def __init__(self, metric: str, pooling: Pooling, precision: str = "float32") -> None:
         super().__init__(metric)

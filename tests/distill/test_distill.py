@@ -331,3 +331,23 @@ def test_optuna_pruner_stops_a_collapsing_trial(teacher, train_batches, eval_bat
     assert states == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.PRUNED]
     assert steps_run == [4, 4, 2]
     assert min(t.value for t in study.trials[:2]) > study.trials[2].intermediate_values[2]
+
+
+def test_embedding_distillation_trains_without_dropout_and_restores_it(sentence_batches):
+    """A student equal to its teacher starts at zero loss only if dropout is off; the model's dropout is back afterwards."""
+    from families import tiny_model
+
+    from autocompress.models.pooling import Pooling
+    from autocompress.tasks.heads import EMBEDDING_TARGET, Logits, SentenceEmbedding
+
+    teacher = tiny_model("bert").base_model
+    teacher.config.hidden_dropout_prob = 0.1
+    head = SentenceEmbedding("cosine", Pooling("mean", normalize=True, declared=False, source="test"))
+    batches = [{**b, EMBEDDING_TARGET: head(teacher, b).detach()} for b in sentence_batches[:2]]
+    targets = [b[EMBEDDING_TARGET] for b in batches]
+    student = copy.deepcopy(teacher)
+    before = {name: module.p for name, module in student.named_modules() if isinstance(module, nn.Dropout)}
+    assert any(p > 0 for p in before.values())
+    result = recover(student, teacher, batches, steps=2, teacher_logits=targets, head=head)
+    assert result.losses[0] < 1e-9 and not head.dropout and Logits.dropout  # classifiers keep training with dropout
+    assert {name: module.p for name, module in student.named_modules() if isinstance(module, nn.Dropout)} == before
