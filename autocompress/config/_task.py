@@ -46,8 +46,8 @@ class TaskConfig(Strict):
     test: str | None = Field(
         "sst2/validation.tsv",
         description="untouched test file, scored only for the final report and never read by the search "
-        "(SST-2's public validation set, as its test labels are hidden); null: carve test_size rows from train "
-        "(before dev is carved), or hf_test_split with hf_dataset",
+        "(SST-2's public validation set, as its test labels are hidden); null (an embedding task's default): carve "
+        "test_size rows from train (before dev is carved), or hf_test_split with hf_dataset",
     )
     test_size: int = Field(
         2000,
@@ -139,10 +139,11 @@ class TaskConfig(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _metric_of_task(cls, data: Any) -> Any:
-        """An embedding task without ``metric`` optimizes ``cosine``: accuracy needs labels."""
-        if isinstance(data, dict) and data.get("type") == "embedding" and "metric" not in data:
-            return {**data, "metric": "cosine"}
+    def _defaults_of_task(cls, data: Any) -> Any:
+        """An embedding task's own defaults: it optimizes ``cosine`` (accuracy needs labels), and without a ``test`` file it
+        carves ``test_size`` texts (SST-2's 872 validation rows are too few a corpus for neighbour recall)."""
+        if isinstance(data, dict) and data.get("type") == "embedding":
+            return {"metric": "cosine", "test": None, **data}
         return data
 
     @model_validator(mode="after")
