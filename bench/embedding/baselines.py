@@ -59,7 +59,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-DEFAULT_DATA = Path("/work/shared/data/sst2/train.tsv")
+DATA_ROOT = Path(os.environ.get("AUTOCOMPRESS_DATA_ROOT", REPO.parent / "shared" / "data"))  # read in place, as the search does
+DEFAULT_DATA = DATA_ROOT / "sst2" / "train.tsv"
 DEFAULT_WORKDIR = Path.home() / ".cache" / "autocompress" / "bench-embedding"
 
 LOG = logging.getLogger("bench.embedding")
