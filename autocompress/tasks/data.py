@@ -204,10 +204,15 @@ def _read(config: SearchConfig, split: str) -> RawSplit:
     task = config.task
     if task.hf_dataset:
         return _read_hf(config, {"train": task.hf_train_split, "dev": task.hf_dev_split, "test": task.hf_test_split}[split])
-    relative = getattr(task, split)
+    return read_raw(split_file(config, split), task.text_column, task.label_column, text_pair_column=task.text_pair_column, columns=task.columns)
+
+
+def split_file(config: SearchConfig, split: str) -> Path:
+    """The file ``task.<split>`` names, under the data root; a one-line ``ConfigError`` when it names none."""
+    relative = getattr(config.task, split)
     if relative is None:
         raise ConfigError(f"{config.source}: field 'task.{split}' is required when task.hf_dataset is not set")
-    return read_raw(config.data_path(relative), task.text_column, task.label_column, text_pair_column=task.text_pair_column, columns=task.columns)
+    return config.data_path(relative)
 
 
 def _read_hf(config: SearchConfig, split: str) -> RawSplit:

@@ -13,6 +13,7 @@ normalizes inside and returns ``sentence_embedding``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -90,18 +91,30 @@ class SentenceEmbeddingTask(Task):
     def export_metadata(self, teacher: Teacher) -> dict[str, Any]:
         return {}
 
-    @cached_property
+    @property
     def _key(self) -> str:
-        """The teacher's identity: its files (or hub id) and the pooling; the key its cached embeddings are stored under."""
-        digest = hashlib.sha256(b"embedding:")
-        path = Path(resolve_model_path(self.config.model))
-        if path.is_dir():
-            hash_files(path, digest)
-        else:
-            digest.update(self.config.model.encode())
-        digest.update(json.dumps({"mode": self.pooling.mode, "normalize": self.pooling.normalize}).encode())
-        return f"embedding-{digest.hexdigest()[:16]}"
+        return teacher_key(self.config.model, self.pooling)
 
-    @cached_property
+    @property
     def _teacher_model(self) -> PreTrainedModel:
-        return self.teacher().load()
+        return _loaded(str(self.teacher().path))
+
+
+@functools.lru_cache(maxsize=4)
+def teacher_key(model: str, pooling: Pooling) -> str:
+    """The teacher's identity, hashed once per process (the search, its exports and vocabulary each build the task anew):
+    its files (or hub id) and the pooling; the key its cached embeddings are stored under."""
+    digest = hashlib.sha256(b"embedding:")
+    path = Path(resolve_model_path(model))
+    if path.is_dir():
+        hash_files(path, digest)
+    else:
+        digest.update(model.encode())
+    digest.update(json.dumps({"mode": pooling.mode, "normalize": pooling.normalize}).encode())
+    return f"embedding-{digest.hexdigest()[:16]}"
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(path: str) -> PreTrainedModel:
+    """The teacher that embeds the batches' targets, loaded once per process; only ever run in eval mode, never trained."""
+    return load_encoder(path)

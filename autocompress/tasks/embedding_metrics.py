@@ -29,16 +29,17 @@ PRECISIONS: tuple[str, ...] = ("float32", "int8", "binary")
 _PAIR_CHUNK = 16_384  # pairs per einsum in similarity_spearman: bounds the (pairs, dim) temporaries
 
 
-def embedding_scores(candidate: ArrayLike, teacher: ArrayLike, *, metric: str = "cosine") -> dict[str, float]:
-    """Every metric of ``EMBEDDING_METRICS``; ``metric``, the one the search optimizes, is checked to fail early."""
+def embedding_scores(candidate: ArrayLike, teacher: ArrayLike, *, metric: str = "cosine", precision: str = "float32") -> dict[str, float]:
+    """Every metric of ``EMBEDDING_METRICS``; ``metric``, the one the search optimizes, is checked to fail early.
+
+    ``precision``: how an index stores the candidate's vectors; recall@10 is
+    found on those (``quantized_recall``), cosine and Spearman on the vectors themselves.
+    """
     if metric not in EMBEDDING_METRICS:
         raise ValueError(f"unknown embedding metric {metric!r}; allowed: {', '.join(EMBEDDING_METRICS)}")
     candidate, teacher = _paired(candidate, teacher)
-    return {
-        "cosine": mean_cosine(candidate, teacher),
-        "recall_at_10": neighbour_recall(candidate, teacher, k=10),
-        "spearman": similarity_spearman(candidate, teacher),
-    }
+    recall = neighbour_recall(candidate, teacher, k=10) if precision == "float32" else quantized_recall(candidate, teacher, precision)
+    return {"cosine": mean_cosine(candidate, teacher), "recall_at_10": recall, "spearman": similarity_spearman(candidate, teacher)}
 
 
 def mean_cosine(candidate: ArrayLike, teacher: ArrayLike) -> float:

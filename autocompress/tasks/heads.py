@@ -22,7 +22,7 @@ import torch
 from autocompress.distill import embedding_loss, kd_loss
 from autocompress.models.families import TOKENIZER_INPUTS
 from autocompress.models.pooling import Pooling, pool
-from autocompress.tasks.embedding_metrics import bytes_per_vector, embedding_scores, quantized_recall
+from autocompress.tasks.embedding_metrics import bytes_per_vector, embedding_scores
 from autocompress.tasks.metrics import classification_scores
 
 if TYPE_CHECKING:
@@ -179,10 +179,7 @@ class SentenceEmbedding(Head):
     def scores(self, outputs: np.ndarray, batches: Sequence[Batch]) -> dict[str, float]:
         """Cosine and Spearman of the model's own outputs; recall@10 of what the index stores (``self.precision``)."""
         teacher = np.concatenate([np.asarray(batch[EMBEDDING_TARGET], dtype=np.float32) for batch in batches])
-        scores = embedding_scores(outputs, teacher, metric=self.metric)
-        if self.precision != "float32":
-            scores["recall_at_10"] = quantized_recall(outputs, teacher, self.precision)
-        return scores
+        return embedding_scores(outputs, teacher, metric=self.metric, precision=self.precision)
 
     def index_bytes(self, dim: int) -> int:
         """Bytes an index stores per vector of ``dim`` dimensions at this head's precision."""

@@ -10,7 +10,7 @@ at least the corpus a neighbour-recall metric needs), then dev
 from __future__ import annotations
 
 from autocompress.config import ConfigError, SearchConfig
-from autocompress.tasks.data import SPLITS, Examples, stratified_holdout
+from autocompress.tasks.data import SPLITS, Examples, split_file, stratified_holdout
 from autocompress.tasks.files import read_raw
 
 
@@ -53,10 +53,7 @@ def _read(config: SearchConfig, split: str) -> Examples:
     task = config.task
     if task.hf_dataset:
         return _read_hf(config, {"train": task.hf_train_split, "dev": task.hf_dev_split, "test": task.hf_test_split}[split])
-    relative = getattr(task, split)
-    if relative is None:
-        raise ConfigError(f"{config.source}: field 'task.{split}' is required when task.hf_dataset is not set")
-    raw = read_raw(config.data_path(relative), task.text_column, None, columns=task.columns)
+    raw = read_raw(split_file(config, split), task.text_column, None, columns=task.columns)
     return _nonempty(config, Examples(raw.texts, None), split)
 
 

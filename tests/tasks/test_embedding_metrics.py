@@ -206,3 +206,12 @@ def test_errors_are_one_line_and_name_what_is_allowed(call, names):
     message = str(raised.value)
     assert "\n" not in message
     assert all(name in message for name in names), message
+
+
+def test_an_index_precision_changes_recall_only():
+    rng = np.random.default_rng(3)
+    teacher = rng.normal(size=(200, 16))
+    candidate = teacher + 0.3 * rng.normal(size=(200, 16))
+    floats, binary = embedding_scores(candidate, teacher), embedding_scores(candidate, teacher, precision="binary")
+    assert binary["recall_at_10"] == quantized_recall(candidate, teacher, "binary") < floats["recall_at_10"]
+    assert (binary["cosine"], binary["spearman"]) == (floats["cosine"], floats["spearman"])

@@ -18,7 +18,6 @@ from typing import get_args
 
 import numpy as np
 import pytest
-import torch
 from families import TINY_TEACHER, tiny_model
 
 from autocompress.config import TASK_METRICS, TaskType, parse_config
@@ -34,7 +33,8 @@ def test_the_config_names_exactly_the_registered_tasks():
 
 
 class TaskContract:
-    """Subclasses set ``task_class``, ``task_section`` (a config's ``task:``) and ``sizes`` (train, dev, test rows)."""
+    """Subclasses set ``task_class``, ``task_section`` (a config's ``task:``) and ``sizes`` (train, dev, test rows), and define
+    ``perfect_outputs(batches)``, outputs that score 1 on the task's metric."""
 
     task_class: type[Task]
     task_section: dict
@@ -99,10 +99,6 @@ class TaskContract:
         path = export_onnx(model, tmp_path / "model.onnx", example=head.inputs(batches[0]), lean=True, head=head)
         report = verify(path, model, batches, head=head)
         assert report.onnx_scores == pytest.approx(report.torch_scores, abs=1e-6) and report.max_abs_diff < 1e-4
-
-    def perfect_outputs(self, batches: list[dict[str, torch.Tensor]]) -> np.ndarray:
-        """Outputs that score 1 on the task's metric."""
-        raise NotImplementedError
 
 
 class Classification(TaskContract):
