@@ -97,9 +97,16 @@ def _bounds(field: FieldInfo) -> dict[str, float]:
     }
 
 
+REQUIRED = "(required)"
+"""The default shown for a field a section must give (``task.retrieval.queries`` once ``task.retrieval`` is set)."""
+
+
 def _submodel(field: FieldInfo) -> type[BaseModel] | None:
-    annotation = field.annotation
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    """The section model a field holds, also an optional one (``PairsConfig | None``: null leaves the section out)."""
+    for annotation in (field.annotation, *get_args(field.annotation)):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+    return None
 
 
 def describe_sections(model: type[BaseModel] = SearchConfig, prefix: str = "") -> dict[str, str]:
@@ -123,7 +130,7 @@ def describe_fields(model: type[BaseModel] = SearchConfig, prefix: str = "") -> 
         if sub is not None:
             docs += describe_fields(sub, f"{prefix}{name}.")
             continue
-        default = to_jsonable_python(field.get_default(call_default_factory=True))
+        default = REQUIRED if field.is_required() else to_jsonable_python(field.get_default(call_default_factory=True))
         docs.append(
             FieldDoc(
                 path=f"{prefix}{name}",

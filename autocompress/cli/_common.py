@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from autocompress.config import ConfigError
+from autocompress.credentials import SecretFilter
 from autocompress.deprecation import RenamedWarning
 
 NO_FEASIBLE_TRIAL = 3
@@ -48,6 +49,7 @@ def setup_logging(log_file: Path | None = None) -> None:
         handlers.append(file)
     for handler in handlers:
         handler.autocompress = True
+        handler.addFilter(SecretFilter())  # a driver's error quoting a store URL never prints its password
         root.addHandler(handler)
 
 
@@ -66,11 +68,12 @@ def load_study(storage: str, name: str):
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
-    from autocompress.controller.study import redacted
+    from autocompress.credentials import masked, resolve, scrub
 
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=resolve(storage, "--storage"))
     except KeyError:
-        raise ConfigError(f"{redacted(storage)}: no study named {name!r}") from None
+        raise ConfigError(f"{masked(storage)}: no study named {name!r}") from None
     except (SQLAlchemyError, RuntimeError, ValueError, ImportError, OSError) as error:  # not an Optuna database, a bad URL, a missing driver
-        raise ConfigError(f"{redacted(storage)}: cannot open as an Optuna storage ({str(error).strip().splitlines()[0]})") from None
+        reason = scrub(str(error).strip().splitlines()[0])
+        raise ConfigError(f"{masked(storage)}: cannot open as an Optuna storage ({reason})") from None

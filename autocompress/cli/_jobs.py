@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from autocompress.cli._common import INTERRUPTED, NO_FEASIBLE_TRIAL, setup_logging
-from autocompress.config import ConfigError, SearchConfig, load_config
+from autocompress.config import STORAGE_ENV, ConfigError, SearchConfig, load_config
+from autocompress.credentials import has_password, masked
 
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
@@ -67,12 +68,24 @@ def detach(args: argparse.Namespace, config: SearchConfig) -> int:
     dashboard = config.execution.ray_address if (config.execution.ray_address or "").startswith(RAY_JOB_PREFIX) else None
     if dashboard:
         options = replace_option(options, "--ray-address", "auto")  # the job runs on the cluster and joins it there
+    storage, secrets = absolute_storage(config.search.storage), {}
+    for option, variable, url in (("--storage", STORAGE_ENV, storage), ("--tracking-uri", "MLFLOW_TRACKING_URI", config.tracking.uri)):
+        if url and has_password(url):  # the job reads it from its environment: not from its argv (ps) nor its record
+            if dashboard:
+                raise ConfigError(f"{option} {masked(url)}: a Ray job's environment shows on its dashboard; write it as file:PATH "
+                                  f"(readable on the cluster) or set {variable} on the cluster's nodes and pass env:{variable}")
+            secrets[variable] = url
+            options = replace_option(options, option, f"env:{variable}")
+    storage = f"env:{STORAGE_ENV}" if STORAGE_ENV in secrets else storage
     job = Job(
         id=new_id(config.search.study_name), kind="ray" if dashboard else "local", argv=search_argv(args.config, options),
-        cwd=os.getcwd(), storage=absolute_storage(config.search.storage), study_name=config.search.study_name,
+        cwd=os.getcwd(), storage=storage, study_name=config.search.study_name,
         output=str(Path(config.output).resolve()), workers=config.execution.workers, started=0, dashboard=dashboard,
     )
-    launch(job)
+    launch(job, env=secrets)
+    if secrets:
+        print(f"the job reads its password from ${' and $'.join(secrets)}; set {'them' if len(secrets) > 1 else 'it'} again to "
+              "`status` or `resume` it from another shell", file=sys.stderr)
     where = f"Ray job on {dashboard}" if dashboard else f"pid {job.pid}, log {job.log}"
     print(f"{job.id}\nstarted job {job.id} ({where}); follow it with:\n"
           f"  autocompress status {job.id}\n  autocompress logs {job.id} --follow\n  autocompress stop {job.id}")
@@ -96,8 +109,10 @@ def replace_option(options: list[str], name: str, value: str) -> list[str]:
 def study_of(job):
     import optuna
 
+    from autocompress.credentials import resolve
+
     try:
-        return optuna.load_study(study_name=job.study_name, storage=job.storage)
+        return optuna.load_study(study_name=job.study_name, storage=resolve(job.storage, f"job {job.id}'s storage"))
     except KeyError:
         return None
 
@@ -117,9 +132,9 @@ def status(args: argparse.Namespace) -> int:
     where = f"pid {job.pid}" if job.kind == "local" else f"Ray job on {job.dashboard}"
     print(f"job {job.id}: {state} ({job.kind}, {where}, {job.workers} worker(s), started {started})")
     if summary is None:
-        print(f"study {job.study_name!r} in {job.storage}: not created yet")
+        print(f"study {job.study_name!r} in {masked(job.storage)}: not created yet")
         return 0
-    print(f"study {job.study_name!r} in {job.storage}: {summary.state}")
+    print(f"study {job.study_name!r} in {masked(job.storage)}: {summary.state}")
     print(summary.line())
     return 0
 

@@ -15,8 +15,10 @@ whole ``SearchConfig`` and reading it).
 from autocompress.config._base import (
     DATA_ROOT_ENV,
     DEPLOYABLE_BITS,
+    LABELLED_METRICS,
     OUTPUT_PRECISIONS,
     RENAMED_FIELDS,
+    STORAGE_ENV,
     TASK_METRICS,
     ConfigError,
     MetricName,
@@ -39,26 +41,30 @@ from autocompress.config._search import (
     TrackingConfig,
 )
 from autocompress.config._space import PruneMode, SpaceConfig
-from autocompress.config._task import TaskConfig, TeacherConfig
+from autocompress.config._task import PairsConfig, RetrievalConfig, TaskConfig, TeacherConfig
 
 __all__ = [
     "DATA_ROOT_ENV",
     "DEPLOYABLE_BITS",
     "RENAMED_FIELDS",
+    "STORAGE_ENV",
     "TOP_LEVEL",
     "ConfigError",
     "ConstraintsConfig",
     "ExecutionConfig",
     "FinalTrainingConfig",
+    "LABELLED_METRICS",
     "LatencyConfig",
     "MetricName",
     "OUTPUT_PRECISIONS",
     "OutputPrecision",
+    "PairsConfig",
     "TASK_METRICS",
     "PruneMode",
     "PrunerName",
     "RecoveryConfig",
     "Registration",
+    "RetrievalConfig",
     "SamplerName",
     "SearchConfig",
     "SearchSettings",

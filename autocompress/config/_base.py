@@ -7,6 +7,9 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict
 
 DATA_ROOT_ENV = "AUTOCOMPRESS_DATA_ROOT"
+STORAGE_ENV = "AUTOCOMPRESS_STORAGE"
+"""Holds the Optuna storage URL: it overrides a config file's ``search.storage`` (``--storage`` overrides both), which then
+reads ``env:AUTOCOMPRESS_STORAGE`` so that nothing copies the URL (``autocompress.credentials``)."""
 RENAMED_FIELDS = {
     "task.validation": "test",
     "task.validation_subset": "test_subset",
@@ -19,14 +22,17 @@ OutputPrecision = Literal["float32", "int8", "binary"]
 OUTPUT_PRECISIONS: tuple[str, ...] = get_args(OutputPrecision)
 TaskType = Literal["sequence-classification", "embedding"]
 """The tasks ``autocompress.tasks.TASKS`` implements (a test keeps the two lists equal)."""
-MetricName = Literal["accuracy", "f1", "macro_f1", "cosine", "recall_at_10", "spearman"]
+MetricName = Literal["accuracy", "f1", "macro_f1", "cosine", "recall_at_10", "spearman", "gold_spearman", "ndcg_at_10", "recall_at_100"]
 """The task metrics a search can optimize: a classifier's (``autocompress.tasks.metrics``), an embedding model's
-agreement with its teacher (``autocompress.tasks.embedding_metrics``)."""
+agreement with its teacher and, with labelled pairs or retrieval files, with their labels (``autocompress.tasks.embedding_metrics``)."""
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "sequence-classification": ("accuracy", "f1", "macro_f1"),
-    "embedding": ("cosine", "recall_at_10", "spearman"),
+    "embedding": ("cosine", "recall_at_10", "spearman", "gold_spearman", "ndcg_at_10", "recall_at_100"),
 }
-"""The metrics each task type records and may optimize (``task.metric``)."""
+"""The metrics each task type may record and optimize (``task.metric``); an embedding task records the last three only
+with the files they need (``task.pairs``, ``task.retrieval``)."""
+LABELLED_METRICS: dict[str, str] = {"gold_spearman": "pairs", "ndcg_at_10": "retrieval", "recall_at_100": "retrieval"}
+"""Embedding metrics scored on labelled files, and the ``task`` section that names those files."""
 
 
 class ConfigError(ValueError):

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from autocompress.config._base import DATA_ROOT_ENV, RENAMED_FIELDS, ConfigError, Strict
+from autocompress.config._base import DATA_ROOT_ENV, RENAMED_FIELDS, STORAGE_ENV, ConfigError, Strict
 from autocompress.config._search import ExecutionConfig, LatencyConfig, RecoveryConfig, SearchSettings, TrackingConfig
 from autocompress.config._space import SpaceConfig
 from autocompress.config._task import TaskConfig, TeacherConfig
@@ -124,4 +124,6 @@ def load_config(path: str | Path) -> SearchConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}") from None
+    if os.environ.get(STORAGE_ENV) and isinstance(data, dict) and isinstance(data.get("search", {}), dict):
+        data = {**data, "search": {**data.get("search", {}), "storage": f"env:{STORAGE_ENV}"}}  # the reference, never the URL
     return parse_config(data, source=str(path))

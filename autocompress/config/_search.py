@@ -152,7 +152,9 @@ class SearchSettings(Strict):
     )
     storage: str = Field(
         "sqlite:///autocompress.db",
-        description="Optuna storage URL holding the study (a relative sqlite path is relative to the working folder)",
+        description="Optuna storage URL holding the study (a relative sqlite path is relative to the working folder); "
+        "env:NAME reads it from environment variable NAME and file:PATH from the first line of a file only its owner may read, "
+        "so no copy of a password is kept (argv, job records, logs); $AUTOCOMPRESS_STORAGE overrides it, --storage overrides both",
     )
     seed: int = Field(0, description="seed of the sampler, of torch and of the calibration and distillation samples")
     population_size: int = Field(
@@ -255,8 +257,9 @@ class TrackingConfig(Strict):
 
     uri: str | None = Field(
         None,
-        description="MLflow tracking URI; --tracking-uri overrides; null: $MLFLOW_TRACKING_URI, else MLflow's local default "
-        "(sqlite:///mlflow.db in the working folder)",
+        description="MLflow tracking URI (env:NAME and file:PATH as for search.storage); --tracking-uri overrides; "
+        "null: $MLFLOW_TRACKING_URI, else MLflow's local default (sqlite:///mlflow.db in the working folder); "
+        "a server's basic-auth user comes from $MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD",
     )
     experiment: str = Field("autocompress", description="MLflow experiment the runs are logged under (created if missing)")
     registry: Registration = Field(

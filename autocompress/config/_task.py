@@ -2,11 +2,54 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from autocompress.config._base import TASK_METRICS, MetricName, Strict, TaskType
+from autocompress.config._base import LABELLED_METRICS, TASK_METRICS, MetricName, Strict, TaskType
+
+
+class _SplitFiles(Strict):
+    """Labelled files an embedding task scores beside its texts, one per split (``dev``, ``test``), at least one of them."""
+
+    section: ClassVar[str]
+
+    @model_validator(mode="after")
+    def _some_file(self) -> "_SplitFiles":
+        if getattr(self, "dev") is None and getattr(self, "test") is None:
+            raise ValueError(f"task.{self.section} names no file for any split; set task.{self.section}.dev and/or "
+                             f"task.{self.section}.test, or remove task.{self.section}")
+        return self
+
+
+class PairsConfig(_SplitFiles):
+    """Sentence pairs with a gold similarity score (STS-B style), scored beside an embedding task's texts: ``gold_spearman``."""
+
+    section = "pairs"
+
+    dev: str | None = Field(None, description="pairs file under task.data_root scored on dev (the search may maximize gold_spearman); "
+                            ".tsv/.csv with a header row, .jsonl, .json or .parquet; null: no pairs on dev")
+    test: str | None = Field(None, description="pairs file scored for the final report; null: no pairs on test")
+    sentence1_column: str = Field("sentence1", description="column holding a pair's first text")
+    sentence2_column: str = Field("sentence2", description="column holding a pair's second text")
+    score_column: str = Field("score", description="column holding the gold similarity (any numeric scale: only its order counts)")
+
+
+class RetrievalConfig(_SplitFiles):
+    """Queries retrieving from a corpus with relevance judgements (the BEIR layout), scored beside an embedding task's texts:
+    ``ndcg_at_10`` and ``recall_at_100`` of each judged query over the whole corpus, cosine (or the index's similarity)."""
+
+    section = "retrieval"
+
+    queries: str = Field(description="queries file under task.data_root (BEIR: queries.jsonl): id_column and text_column")
+    corpus: str = Field(description="corpus file (BEIR: corpus.jsonl): id_column, text_column and optionally title_column")
+    dev: str | None = Field(None, description="relevance judgements scored on dev (BEIR: qrels/dev.tsv): columns query-id, corpus-id, "
+                            "score (a graded relevance; 0 is not relevant); null: no retrieval on dev")
+    test: str | None = Field(None, description="relevance judgements scored for the final report (BEIR: qrels/test.tsv); null: none on test")
+    id_column: str = Field("_id", description="column holding a query's or a document's id")
+    text_column: str = Field("text", description="column holding a query's or a document's text")
+    title_column: str | None = Field("title", description="corpus column whose non-empty value is put before the text, as BEIR's "
+                                     "evaluation does; null: texts only")
 
 
 class TaskConfig(Strict):
@@ -115,6 +158,8 @@ class TaskConfig(Strict):
         "Embedding (default cosine): cosine, the mean cosine between the teacher's and the model's embedding of a text; "
         "recall_at_10, the share of each text's 10 nearest neighbours (by the teacher) the model finds among the split; "
         "spearman, the rank correlation of pairwise similarities with the teacher's; all three are recorded. "
+        "With task.pairs: gold_spearman, the rank correlation of each pair's cosine with its gold score; with "
+        "task.retrieval: ndcg_at_10 and recall_at_100 of the judged queries; to be maximized they need their dev and test files. "
         "Each on dev and test",
     )
     max_length: int = Field(
@@ -136,6 +181,10 @@ class TaskConfig(Strict):
         "faster trials, noisier decisions; null: all rows",
     )
     test_subset: int | None = Field(None, ge=1, description="score only the first N test rows in the final report; null: all rows")
+    pairs: PairsConfig | None = Field(None, description="an embedding task's labelled sentence pairs, scored on dev and/or test "
+                                      "beside the texts (gold_spearman); null: none")
+    retrieval: RetrievalConfig | None = Field(None, description="an embedding task's retrieval files (queries, corpus, judgements), "
+                                              "scored on dev and/or test beside the texts (ndcg_at_10, recall_at_100); null: none")
 
     @model_validator(mode="before")
     @classmethod
@@ -150,6 +199,15 @@ class TaskConfig(Strict):
     def _labels_agree(self) -> "TaskConfig":
         if self.metric not in TASK_METRICS[self.type]:
             raise ValueError(f"task.metric {self.metric!r} is not a metric of task.type {self.type!r}; allowed: {', '.join(TASK_METRICS[self.type])}")
+        for section in ("pairs", "retrieval"):
+            if getattr(self, section) is not None and self.type != "embedding":
+                raise ValueError(f"task.{section} is scored by an embedding task; task.type {self.type!r} has labels of its own")
+        section = LABELLED_METRICS.get(self.metric)
+        if section is not None:
+            files = getattr(self, section)
+            missing = [f"task.{section}.{split}" for split in ("dev", "test") if files is None or getattr(files, split) is None]
+            if missing:
+                raise ValueError(f"task.metric {self.metric!r} is scored on task.{section}'s files: set {' and '.join(missing)}")
         if self.labels is not None:
             repeated = sorted({name for name in self.labels if self.labels.count(name) > 1})
             if repeated:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import optuna
 
 from autocompress.config import PrunerName, SearchConfig
+from autocompress.controller.study import storage_url
 
 TWIN_ATTR = "search_trial"
 
@@ -49,7 +50,7 @@ class Fidelity:
         if group not in self.studies:
             self.studies[group] = optuna.create_study(
                 study_name=f"{self.config.search.study_name}.fidelity.{group}",
-                storage=self.config.search.storage,
+                storage=storage_url(self.config),
                 direction="maximize",
                 pruner=make_pruner(self.config),
                 load_if_exists=True,
@@ -64,7 +65,7 @@ class Fidelity:
     @staticmethod
     def attach(config: SearchConfig, study_name: str, trial_id: int) -> optuna.Trial:
         """The twin ``trial_id`` of companion ``study_name``, opened from the storage (by a worker in another process)."""
-        study = optuna.load_study(study_name=study_name, storage=config.search.storage, pruner=make_pruner(config))
+        study = optuna.load_study(study_name=study_name, storage=storage_url(config), pruner=make_pruner(config))
         return optuna.trial.Trial(study, trial_id)
 
     @staticmethod

@@ -16,6 +16,7 @@ from transformers import AutoConfig, PretrainedConfig
 from autocompress.config import ConfigError, SearchConfig
 from autocompress.controller.space_check import SpaceSummary, check_space
 from autocompress.controller.study import check_resumable, load_existing, signature
+from autocompress.credentials import masked
 from autocompress.models.loading import resolve_model_path
 from autocompress.tasks.registry import task_for
 from autocompress.tasks.teacher import TeacherLocation
@@ -67,7 +68,7 @@ class Preflight:
 
     def _study_state(self) -> str:
         settings = self.config.search
-        where = f"{settings.study_name!r} in {settings.storage}"
+        where = f"{settings.study_name!r} in {masked(settings.storage)}"
         budget = f"{settings.n_trials} trials this run" if settings.n_trials else "no trial limit"
         if self.study is None:
             return f"{where}: new; {budget}"

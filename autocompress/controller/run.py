@@ -39,13 +39,13 @@ from autocompress.controller.study import (
     fail_orphans,
     open_study,
     planned_total,
-    redacted,
     retry_all_interrupted,
     study_uid,
     trials_done,
 )
 from autocompress.controller.trial import SearchContext
 from autocompress.controller.workers import Workers, make_workers
+from autocompress.credentials import masked
 from autocompress.models.loading import block_linears
 from autocompress.paths import study_work_dir
 from autocompress.space import uniform_starts
@@ -164,7 +164,7 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
     study.set_user_attr(TRACKING_ATTR, {"uri": config.tracking.uri, "experiment": config.tracking.experiment})
     study.set_user_attr(SEARCH_RUN_ATTR, {
         "params": {"model": config.model, "teacher_key": context.teacher.key, "sampler": config.search.sampler.value,
-                   "storage": redacted(config.search.storage), "workers": config.execution.workers},
+                   "storage": masked(config.search.storage), "workers": config.execution.workers},
         "metrics": _baseline_metrics(context.baseline),
         "tags": {f"hardware.{k}": str(v) for k, v in context.fingerprint.items()} | {"python": sys.version.split()[0], "platform": platform.platform(),
                  TOKENIZER_TAG: str(context.teacher.path), MODEL_NAME_TAG: config.tracking.registered_model or default_model_name(study.study_name)},
@@ -218,9 +218,9 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
 
 def _without_passwords(config: dict[str, Any]) -> dict[str, Any]:
     """The config as logged to MLflow: database passwords in the storage and tracking URIs masked."""
-    config["search"]["storage"] = redacted(config["search"]["storage"])
+    config["search"]["storage"] = masked(config["search"]["storage"])
     if config["tracking"]["uri"]:
-        config["tracking"]["uri"] = redacted(config["tracking"]["uri"])
+        config["tracking"]["uri"] = masked(config["tracking"]["uri"])
     return config
 
 
@@ -271,6 +271,10 @@ def finish_search(study: optuna.Study, config: SearchConfig, tracker: Tracker | 
             print(report.line())
             if tracker is not None:
                 tracker.log_export(chosen["trial"], Path(report.folder))
+                if numbers and (Path(report.folder) / "modules.json").is_file():  # a sentence-transformers folder: its own flavor
+                    registered = tracker.register_sentence_transformers(chosen["trial"], Path(report.folder), name=name)
+                    if registered:
+                        print(f"registered {registered.uri} (version {registered.version})")
         print(tracker.where())
     result = SearchResult(study.study_name, rows, chosen, output)
     if not result.feasible:

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import optuna
 import psutil
-import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.config import ConfigError, LatencyConfig, SamplerName, SearchConfig, SpaceConfig, TaskConfig
+from autocompress.credentials import absolute_reference, masked, resolve
 
 OBJECTIVES = ("dev_accuracy", "relative_latency", "size_mb")
 """Accuracy on the dev split; latency over the teacher's, timed in the same probe; shipped file size in MB.
@@ -109,26 +109,23 @@ def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any
 
 
 def absolute_storage(url: str) -> str:
-    """``url`` (an Optuna or MLflow store) with a relative SQLite path made absolute, so other processes open the same file."""
+    """``url`` (an Optuna or MLflow store, or an ``env:``/``file:`` reference to one) with a relative SQLite or file path made
+    absolute, so other processes open the same file."""
+    url = absolute_reference(url)
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
         return prefix + str(Path(url[len(prefix):]).resolve())
     return url
 
 
-def redacted(url: str) -> str:
-    """``url`` with its password masked (``postgresql://user:***@host/db``), for logs and MLflow params."""
-    if "@" not in url or "://" not in url:
-        return url
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url
+def storage_url(config: SearchConfig) -> str:
+    """The Optuna storage URL ``search.storage`` gives, read from its environment variable or file when it is a reference."""
+    return resolve(config.search.storage, f"{config.source}: field 'search.storage'")
 
 
 def make_storage(config: SearchConfig) -> str | optuna.storages.BaseStorage:
     """The study storage; RDB storages (SQLite, PostgreSQL, MySQL) get Optuna's heartbeat and retry interrupted trials."""
-    url = config.search.storage
+    url = storage_url(config)
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         return url
     beat = config.execution.heartbeat_seconds
@@ -165,7 +162,7 @@ def with_later_defaults(stored: Mapping[str, Any]) -> dict[str, Any]:
 def check_resumable(study: optuna.Study, config: SearchConfig, expected: Mapping[str, Any]) -> None:
     """Refuse, in one line, to add trials to a study created under another signature."""
     stored = study.user_attrs.get(SIGNATURE_ATTR)
-    where = f"study {study.study_name!r} in {config.search.storage}"
+    where = f"study {study.study_name!r} in {masked(config.search.storage)}"
     hint = "pass --study-name NEW (or search.study_name) to start a new study"
     if stored is None:
         raise ConfigError(f"{config.source}: {where} was made by an older autocompress (other objectives); {hint}")

@@ -8,22 +8,24 @@ labelled files or Hugging Face datasets into splits and ``texts`` unlabelled
 ones, ``teacher`` fine-tunes (once, cached) a classifier the policies
 compress, ``metrics`` scores classifiers (accuracy, F1, macro F1) and
 ``embedding_metrics`` embeddings against their teacher's (cosine, neighbour
-recall, Spearman; output quantization).
+recall, Spearman; output quantization) and against labels (gold Spearman of
+pairs, nDCG@10 and recall@100 of retrieval), whose files ``evaluation_sets`` reads.
 """
 
 from autocompress._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     **dict.fromkeys(["Examples", "batches", "load_split", "read_file", "resolve_labels", "task_labels", "token_counts"], "data"),
-    **dict.fromkeys(["RawSplit", "read_raw"], "files"),
+    **dict.fromkeys(["RawSplit", "read_raw", "read_rows"], "files"),
     **dict.fromkeys(["check_metric", "classification_scores", "split_scores", "task_metrics"], "metrics"),
     **dict.fromkeys(["Teacher", "TeacherLocation", "get_teacher", "hash_files", "locate_teacher", "teacher_key"], "teacher"),
     "Task": "base",
     "SequenceClassification": "classification",
     **dict.fromkeys(["EmbeddingTeacher", "SentenceEmbeddingTask"], "embedding"),
     **dict.fromkeys(["EMBEDDING_METRICS", "bytes_per_vector", "embedding_scores", "mean_cosine", "neighbour_recall", "quantize_embeddings",
-                     "similarity_spearman"], "embedding_metrics"),
+                     "similarity_spearman", "gold_spearman", "retrieval_scores"], "embedding_metrics"),
+    **dict.fromkeys(["EvaluationSets", "PairSet", "RetrievalSet", "evaluation_scores", "load_evaluation_sets"], "evaluation_sets"),
     **dict.fromkeys(["EMBEDDING_TARGET", "Calibration", "Head", "Logits", "SentenceEmbedding"], "heads"),
-    "load_texts": "texts",
+    **dict.fromkeys(["Texts", "load_split_texts", "load_texts"], "texts"),
     **dict.fromkeys(["TASKS", "task_for"], "registry"),
 })

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,10 @@ class Examples:
         return self if n is None else self.subset(range(min(n, len(self))))
 
     def subset(self, indices: Sequence[int]) -> "Examples":
+        """These rows at ``indices``; a subclass keeps its other fields (an embedding split's evaluation sets)."""
         pairs = None if self.pairs is None else tuple(self.pairs[i] for i in indices)
         labels = None if self.labels is None else tuple(self.labels[i] for i in indices)
-        return Examples(tuple(self.texts[i] for i in indices), labels, pairs)
+        return replace(self, texts=tuple(self.texts[i] for i in indices), labels=labels, pairs=pairs)
 
     def sample(self, n: int, *, seed: int = 0) -> "Examples":
         """``n`` examples drawn without replacement, seeded: files are often sorted by label."""

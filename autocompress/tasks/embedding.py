@@ -31,7 +31,7 @@ from autocompress.tasks import data
 from autocompress.tasks.base import Task
 from autocompress.tasks.heads import EMBEDDING_TARGET, Head, SentenceEmbedding
 from autocompress.tasks.teacher import Teacher, TeacherLocation, hash_files
-from autocompress.tasks.texts import load_texts
+from autocompress.tasks.texts import Texts, load_split_texts
 
 if TYPE_CHECKING:
     import torch
@@ -53,12 +53,16 @@ class SentenceEmbeddingTask(Task):
 
     name = "embedding"
 
-    def load_split(self, split: str) -> Examples:
-        return load_texts(self.config, split)
+    def load_split(self, split: str) -> Texts:
+        return load_split_texts(self.config, split)
 
     def batches(self, examples: Examples, tokenizer: Any, *, batch_size: int) -> list[dict[str, torch.Tensor]]:
-        """Tokenized batches, each with the teacher's embedding of its rows (``teacher_embedding``)."""
-        plain = data.batches(examples, tokenizer, batch_size=batch_size, max_length=self.config.task.max_length)
+        """Tokenized batches, each with the teacher's embedding of its rows (``teacher_embedding``); then those of the
+        split's labelled sets (``tasks.evaluation_sets``), their rows marked, when it has any."""
+        max_length = self.config.task.max_length
+        plain = data.batches(examples, tokenizer, batch_size=batch_size, max_length=max_length)
+        if isinstance(examples, Texts) and examples.evaluation:
+            plain += examples.evaluation.batches(tokenizer, batch_size=batch_size, max_length=max_length)
         if not plain:
             return plain
         targets = cached_teacher_logits(self._teacher_model, plain, teacher_key=self.teacher().key, head=self.head())
@@ -86,7 +90,11 @@ class SentenceEmbeddingTask(Task):
         if self.config.teacher.checkpoint:
             raise ConfigError(f"{self.config.source}: field 'teacher.checkpoint': an embedding task's teacher is the model as it is; "
                               "leave teacher.checkpoint null and name the model in 'model'")
-        return f"task: sentence embeddings of one text per row ({self.config.task.text_column}), {self.pooling.describe()}"
+        task = self.config.task
+        labelled = [f"{name} on {', '.join(split for split in ('dev', 'test') if getattr(files, split))}"
+                    for name, files in (("labelled pairs", task.pairs), ("retrieval", task.retrieval)) if files]
+        scored = f"; scored beside: {'; '.join(labelled)}" if labelled else ""
+        return f"task: sentence embeddings of one text per row ({task.text_column}), {self.pooling.describe()}{scored}"
 
     def export_metadata(self, teacher: Teacher) -> dict[str, Any]:
         return {}

@@ -9,6 +9,12 @@ nearest neighbours (what retrieval sees), and ``spearman`` whether all pairwise
 similarities keep their order (what ranking and clustering see). The last two
 are invariant to any rotation of the candidate's space.
 
+With labels (``task.pairs``, ``task.retrieval``), the scores say what the
+model is for rather than how close it stays: ``gold_spearman`` ranks sentence
+pairs' cosines against human similarity scores (sentence-transformers'
+``EmbeddingSimilarityEvaluator``), ``ndcg_at_10`` and ``recall_at_100`` rank a
+corpus for each judged query (BEIR's, with linear gains as ``pytrec_eval``).
+
 Output quantization follows sentence-transformers' ``quantize_embeddings`` so
 that the vectors scored here are the ones a deployment would store, and
 ``quantized_recall`` measures neighbours on them with the similarity a vector
@@ -17,13 +23,14 @@ index uses for that precision.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import spearmanr
 
 EMBEDDING_METRICS: tuple[str, ...] = ("cosine", "recall_at_10", "spearman")
+"""The metrics scored on any texts against the teacher; the labelled ones come from ``gold_spearman`` and ``retrieval_scores``."""
 PRECISIONS: tuple[str, ...] = ("float32", "int8", "binary")
 
 _PAIR_CHUNK = 16_384  # pairs per einsum in similarity_spearman: bounds the (pairs, dim) temporaries
@@ -82,6 +89,56 @@ def similarity_spearman(candidate: ArrayLike, teacher: ArrayLike, *, max_pairs: 
     if any(np.all(s == s[0]) for s in sims):  # scipy's own test for constant input
         return 0.0
     return float(spearmanr(*sims).statistic)
+
+
+def gold_spearman(first: ArrayLike, second: ArrayLike, gold: ArrayLike) -> float:
+    """Spearman correlation of each pair's cosine (row i of ``first`` with row i of ``second``), rounded to 6 decimals, with
+    its gold score; 0.0 when either side is constant (no order to compare), as ``similarity_spearman``."""
+    first, second = _paired(first, second)
+    gold = np.asarray(gold, dtype=np.float64).ravel()
+    if len(gold) != len(first) or len(gold) < 2:
+        raise ValueError(f"gold_spearman needs one gold score per pair and at least 2 pairs, got {len(gold)} scores for {len(first)} pairs")
+    # to 6 decimals: pairs whose cosines differ by float rounding alone (the same two texts, say) tie in every runtime
+    cosines = np.round(np.einsum("ij,ij->i", _unit(first), _unit(second)), 6)
+    if np.all(cosines == cosines[0]) or np.all(gold == gold[0]):
+        return 0.0
+    return float(spearmanr(cosines, gold).statistic)
+
+
+def retrieval_scores(
+    queries: ArrayLike, corpus: ArrayLike, judgements: Sequence[Mapping[int, float]], *, precision: str = "float32", chunk: int = 1024
+) -> dict[str, float]:
+    """``ndcg_at_10`` and ``recall_at_100`` of each query over the corpus, averaged over the queries with a relevant document.
+
+    ``judgements[q]`` maps corpus rows to query q's graded relevance (> 0:
+    relevant). Documents are ranked by ``quantized_similarity`` at
+    ``precision`` (int8 ranges from the corpus, as an index calibrates them),
+    ties to the lower row. nDCG uses linear gains, ``rel / log2(rank + 1)``,
+    over the ideal order of the query's judgements; recall@100 is the share of
+    relevant documents among the first 100 (every document when the corpus is smaller).
+    """
+    queries, corpus = np.asarray(queries), np.asarray(corpus)
+    if queries.ndim != 2 or corpus.ndim != 2 or queries.shape[1] != corpus.shape[1] or len(judgements) != len(queries):
+        raise ValueError(f"queries {queries.shape} and corpus {corpus.shape} must be (rows, dim) of one dim, with one judgement per query ({len(judgements)})")
+    judged = [q for q, relevance in enumerate(judgements) if any(grade > 0 for grade in relevance.values())]
+    if not judged:
+        raise ValueError("no query has a relevant document (a relevance above 0): nothing to rank")
+    _check_precision(precision)
+    ranges = None if precision != "int8" else np.vstack((corpus.min(axis=0), corpus.max(axis=0)))
+    stored = quantize_embeddings(corpus, precision, ranges=ranges)
+    asked = quantize_embeddings(queries[judged], precision, ranges=ranges)
+    depth = min(100, len(corpus))
+    ranked = _neighbours(lambda rows: quantized_similarity(asked[rows], stored, precision), len(judged), depth, chunk, own=False)
+    discounts = 1 / np.log2(np.arange(2, 12))
+    ndcg, recall = [], []
+    for found, q in zip(ranked, judged):
+        relevance = judgements[q]
+        gains = np.array([relevance.get(int(row), 0.0) for row in found[:10]], dtype=np.float64)
+        ideal = np.sort(np.array([grade for grade in relevance.values() if grade > 0], dtype=np.float64))[::-1][:10]
+        ndcg.append(float(gains @ discounts[: len(gains)] / (ideal @ discounts[: len(ideal)])))
+        relevant = {row for row, grade in relevance.items() if grade > 0}
+        recall.append(len(relevant.intersection(found.tolist())) / len(relevant))
+    return {"ndcg_at_10": float(np.mean(ndcg)), "recall_at_100": float(np.mean(recall))}
 
 
 def quantize_embeddings(embeddings: ArrayLike, precision: str, *, ranges: np.ndarray | None = None) -> np.ndarray:
@@ -167,8 +224,9 @@ def _recall(candidate_similarity: Callable[[slice], np.ndarray], teacher: np.nda
     return float(overlap.mean() / k)
 
 
-def _neighbours(similarity: Callable[[slice], np.ndarray], n: int, k: int, chunk: int) -> np.ndarray:
-    """The (n, k) indices of each row's k most similar other rows, ties to the lower index.
+def _neighbours(similarity: Callable[[slice], np.ndarray], n: int, k: int, chunk: int, *, own: bool = True) -> np.ndarray:
+    """The (n, k) indices of each row's k most similar other rows, ties to the lower index; ``own=False``: rows of
+    another set (queries against a corpus), so none is skipped.
 
     Equal to ``argsort(-similarity, kind="stable")[:, :k]`` without the row
     itself, but a partition finds the k-th value first and only the rows' few
@@ -179,7 +237,8 @@ def _neighbours(similarity: Callable[[slice], np.ndarray], n: int, k: int, chunk
         rows = slice(start, min(start + chunk, n))
         negated = -np.asarray(similarity(rows), dtype=np.float64)
         m = len(negated)
-        negated[np.arange(m), np.arange(start, start + m)] = np.inf  # never its own neighbour
+        if own:
+            negated[np.arange(m), np.arange(start, start + m)] = np.inf  # never its own neighbour
         kth = np.partition(negated, k - 1, axis=1)[:, k - 1 : k]
         row, col = np.nonzero(negated <= kth)
         order = np.lexsort((col, negated[row, col], row))  # by row, then similarity, then index

@@ -66,12 +66,7 @@ def _read_raw_cached(
         return RawSplit(str(path), texts, None, ())
     if columns is not None and suffix not in FILE_FORMATS:
         raise ConfigError(f"{path}: task.columns names the columns of headerless .tsv/.csv files; a {suffix} file names its own")
-    class_names = None
-    if suffix == ".parquet":
-        header, rows, class_names = _parquet(path, label_column)
-    else:
-        text = _utf8(path)
-        header, rows = _delimited(path, text, columns) if suffix in FILE_FORMATS else _json(path, text)
+    header, rows, class_names = _parse(path, columns, label_column)
     wanted = {"task.text_column": text_column}
     if label_column is not None:
         wanted["task.label_column"] = label_column
@@ -94,6 +89,30 @@ def _read_raw_cached(
 
 Rows = list[tuple[str, dict[str, Any]]]
 """Rows of a file with where each is (``line 3``, ``row 3``), for error messages."""
+
+def read_rows(path: Path, field: str) -> tuple[list[str], Rows]:
+    """The columns and rows of a file that is not a split (a labelled pairs or retrieval file), ``field`` naming the config
+    field that points at it in errors: .tsv/.csv with a header row, .jsonl, .json or .parquet."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: data file not found ({field}; set $AUTOCOMPRESS_DATA_ROOT or task.data_root)")
+    if path.suffix.lower() not in SUFFIXES:
+        raise ConfigError(f"{path}: unsupported data format {path.suffix!r} for {field}; allowed: {', '.join(SUFFIXES)}")
+    stat = path.stat()
+    header, rows, _ = _parse_cached(path.resolve(), stat.st_mtime_ns, stat.st_size)
+    return header, rows
+
+@functools.lru_cache(maxsize=8)
+def _parse_cached(path: Path, mtime_ns: int, size: int) -> tuple[list[str], Rows, tuple[str, ...] | None]:
+    return _parse(path, None, None)
+
+def _parse(path: Path, columns: tuple[str, ...] | None, label_column: str | None) -> tuple[list[str], Rows, tuple[str, ...] | None]:
+    """Header, rows and (Parquet written by ``datasets``) the label column's class names of a non-text file."""
+    if path.suffix.lower() == ".parquet":
+        return _parquet(path, label_column)
+    text = _utf8(path)
+    header, rows = _delimited(path, text, columns) if path.suffix.lower() in FILE_FORMATS else _json(path, text)
+    return header, rows, None
 
 def _utf8(path: Path) -> str:
     raw = path.read_bytes()
@@ -139,7 +158,7 @@ def _json(path: Path, text: str) -> tuple[list[str], Rows]:
             raise ConfigError(f"{path}: {where}: expected a JSON object of columns, got {type(row).__name__}")
     return (list(rows[0][1]) if rows else []), rows
 
-def _parquet(path: Path, label_column: str) -> tuple[list[str], Rows, tuple[str, ...] | None]:
+def _parquet(path: Path, label_column: str | None) -> tuple[list[str], Rows, tuple[str, ...] | None]:
     """A Parquet file's rows, and the ``ClassLabel`` names of its label column when ``datasets`` wrote it."""
     import pyarrow as pa
     import pyarrow.parquet as pq

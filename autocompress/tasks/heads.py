@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from autocompress.config import LABELLED_METRICS
 from autocompress.distill import embedding_loss, kd_loss
 from autocompress.models.families import TOKENIZER_INPUTS
 from autocompress.models.pooling import Pooling, pool
 from autocompress.tasks.embedding_metrics import bytes_per_vector, embedding_scores
+from autocompress.tasks.evaluation_sets import EVAL_KIND, evaluation_scores
 from autocompress.tasks.metrics import classification_scores
 
 if TYPE_CHECKING:
@@ -177,9 +179,17 @@ class SentenceEmbedding(Head):
         return self if policy.output_precision == self.precision else SentenceEmbedding(self.metric, self.pooling, policy.output_precision)
 
     def scores(self, outputs: np.ndarray, batches: Sequence[Batch]) -> dict[str, float]:
-        """Cosine and Spearman of the model's own outputs; recall@10 of what the index stores (``self.precision``)."""
-        teacher = np.concatenate([np.asarray(batch[EMBEDDING_TARGET], dtype=np.float32) for batch in batches])
-        return embedding_scores(outputs, teacher, metric=self.metric, precision=self.precision)
+        """Cosine and Spearman of the model's own outputs; recall@10 of what the index stores (``self.precision``); then
+        the labelled sets' scores (``tasks.evaluation_sets``) from the rows of theirs that ``batches`` carry."""
+        starts = np.cumsum([0, *(len(batch["input_ids"]) for batch in batches)])
+        texts = [i for i, batch in enumerate(batches) if EVAL_KIND not in batch]
+        own = np.concatenate([outputs[starts[i] : starts[i + 1]] for i in texts])
+        teacher = np.concatenate([np.asarray(batches[i][EMBEDDING_TARGET], dtype=np.float32) for i in texts])
+        scores = embedding_scores(own, teacher, metric="cosine" if self.metric in LABELLED_METRICS else self.metric, precision=self.precision)
+        labelled = evaluation_scores(outputs, batches, precision=self.precision) if len(texts) < len(batches) else {}
+        if self.metric not in scores | labelled:
+            raise ValueError(f"the batches carry no {self.metric} set (task.{LABELLED_METRICS[self.metric]}) to score task.metric on")
+        return scores | labelled
 
     def index_bytes(self, dim: int) -> int:
         """Bytes an index stores per vector of ``dim`` dimensions at this head's precision."""

@@ -9,9 +9,25 @@ at least the corpus a neighbour-recall metric needs), then dev
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from autocompress.config import ConfigError, SearchConfig
 from autocompress.tasks.data import SPLITS, Examples, split_file, stratified_holdout
+from autocompress.tasks.evaluation_sets import EvaluationSets, load_evaluation_sets
 from autocompress.tasks.files import read_raw
+
+
+@dataclass(frozen=True)
+class Texts(Examples):
+    """A split's unlabelled texts and the labelled sets (``task.pairs``, ``task.retrieval``) scored beside them."""
+
+    evaluation: EvaluationSets = EvaluationSets()
+
+
+def load_split_texts(config: SearchConfig, split: str) -> Texts:
+    """``load_texts`` of ``split`` with that split's evaluation sets."""
+    texts = load_texts(config, split)
+    return Texts(texts.texts, None, evaluation=load_evaluation_sets(config, split))
 
 
 def load_texts(config: SearchConfig, split: str) -> Examples:

@@ -6,13 +6,16 @@ beside it, so ``mlflow artifacts download --artifact-uri models:/NAME@champion``
 gives ``model.onnx`` with ``extra_files/`` (tokenizer, policy) beside it, and ``mlflow.pyfunc.load_model`` runs it on
 ONNX Runtime's CPU provider; the version's MLmodel metadata carries the
 teacher's ``id2label``/``label2id``. Registering the same run twice reuses its
-version; an alias (``champion`` for the chosen trial) moves to it.
+version; an alias (``champion`` for the chosen trial) moves to it. An embedding
+model's sentence-transformers export registers beside it with MLflow's
+``sentence_transformers`` flavor (``register_sentence_transformers``).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ ARTIFACT_TAG = "autocompress.artifact"
 """On a trial's run: the ONNX file the search verified and timed."""
 TOKENIZER_TAG = "autocompress.tokenizer"
 """On a search's parent run: the folder holding the tokenizer files shipped with every model."""
+SENTENCE_TRANSFORMERS_SUFFIX = "-sentence-transformers"
+"""An embedding model's sentence-transformers folder registers as ``NAME-sentence-transformers`` beside its ONNX ``NAME``."""
 MODEL_NAME_TAG = "autocompress.registered_model"
 """On a search's parent run: the registered model its trials go to."""
 VERSION_METRICS = (*(f"{split}_{metric}" for metrics in TASK_METRICS.values() for metric in metrics for split in ("dev", "test")),
@@ -78,6 +83,37 @@ def register_run(run_id: str, *, name: str | None = None, alias: str | None = No
     return Registered(name, str(version), alias)
 
 
+def register_sentence_transformers(run_id: str, folder: Path, *, name: str, alias: str | None = None,
+                                   tracking_uri: str | None = None) -> Registered:
+    """An embedding model's sentence-transformers folder (its hf export, already checked by sentence-transformers itself)
+    logged with MLflow's ``sentence_transformers`` flavor on its trial's run and registered as ``NAME-sentence-transformers``.
+
+    ``mlflow.sentence_transformers.load_model(uri)`` then gives a ``SentenceTransformer`` and pyfunc's ``predict`` embeds
+    strings; the ONNX version under ``NAME`` stays the file the search timed.
+    """
+    import sentence_transformers
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.get_run(run_id)
+    model = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)  # as MLflow's flavor loads it
+    requirements = [f"sentence-transformers=={sentence_transformers.__version__}", f"transformers=={transformers.__version__}",
+                    f"torch=={torch.__version__.split('+')[0]}"]  # stated: MLflow would infer them in a subprocess loading the model
+    policy = Path(folder) / "policy.json"
+
+    def log() -> Any:
+        return mlflow.sentence_transformers.log_model(
+            model, name="sentence_transformers", pip_requirements=requirements, extra_files=[str(policy)] if policy.is_file() else None,
+            metadata={"trial": run.data.tags.get("optuna.trial_number")})
+
+    version = _register(client, run, f"{name}{SENTENCE_TRANSFORMERS_SUFFIX}", log)
+    if alias:
+        client.set_registered_model_alias(f"{name}{SENTENCE_TRANSFORMERS_SUFFIX}", alias, version)
+    return Registered(f"{name}{SENTENCE_TRANSFORMERS_SUFFIX}", str(version), alias)
+
+
 def _log_and_register(client: MlflowClient, run: Any, artifact: Path, policy: dict[str, Any], tokenizer: str | None, name: str) -> str:
     import onnx
 
@@ -86,34 +122,44 @@ def _log_and_register(client: MlflowClient, run: Any, artifact: Path, policy: di
         extra["policy.json"].write_text(json.dumps(policy, indent=2, sort_keys=True) + "\n")
         extra |= {path.name: path for path in (tokenizer_files(tokenizer) if tokenizer else [])}
         model = onnx.load(str(artifact))
-        metrics = {k: v for k, v in run.data.metrics.items() if k in VERSION_METRICS}
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(client.tracking_uri)
-        try:
-            with mlflow.start_run(run_id=run.info.run_id):
-                info = mlflow.onnx.log_model(
-                    model,
-                    name="model",
-                    onnx_execution_providers=["CPUExecutionProvider"],
-                    save_as_external_data=False,
-                    signature=_signature(artifact),
-                    # what mlflow.onnx's pyfunc needs; spares MLflow inferring them in a subprocess that loads the model (seconds)
-                    pip_requirements=[*mlflow.onnx.get_default_pip_requirements(), f"numpy=={np.__version__}"],
-                    extra_files=[str(path) for path in extra.values()],
-                    metadata={"autocompress.policy_version": policy.get("version"), "trial": run.data.tags.get("optuna.trial_number"),
-                              **_label_names(tokenizer)},
-                    params={k: str(v) for k, v in run.data.params.items() if not k.startswith("block")},
-                )
-            client.set_terminated(run.info.run_id, status=run.info.status, end_time=run.info.end_time)
-            if not client.search_registered_models(f"name = '{name}'"):
-                client.create_registered_model(name, description="Compressed models found by autocompress; `champion` is the search's chosen trial.")
-            version = client.create_model_version(  # resolves models:/m-... through the tracking URI set above
-                name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id,
-                tags={**{k: f"{v:.6g}" for k, v in metrics.items()}, "trial": run.data.tags.get("optuna.trial_number", "")},
-                description=f"trial {run.data.tags.get('optuna.trial_number')}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
+
+        def log() -> Any:
+            return mlflow.onnx.log_model(
+                model,
+                name="model",
+                onnx_execution_providers=["CPUExecutionProvider"],
+                save_as_external_data=False,
+                signature=_signature(artifact),
+                # what mlflow.onnx's pyfunc needs; spares MLflow inferring them in a subprocess that loads the model (seconds)
+                pip_requirements=[*mlflow.onnx.get_default_pip_requirements(), f"numpy=={np.__version__}"],
+                extra_files=[str(path) for path in extra.values()],
+                metadata={"autocompress.policy_version": policy.get("version"), "trial": run.data.tags.get("optuna.trial_number"),
+                          **_label_names(tokenizer)},
+                params={k: str(v) for k, v in run.data.params.items() if not k.startswith("block")},
             )
-        finally:
-            mlflow.set_tracking_uri(previous)
+
+        return _register(client, run, name, log)
+
+
+def _register(client: MlflowClient, run: Any, name: str, log: Callable[[], Any]) -> str:
+    """Log a model with ``log()`` inside trial ``run`` (left as it ended) and register it as a new version of ``name``,
+    tagged with the run's task and speed metrics."""
+    metrics = {k: v for k, v in run.data.metrics.items() if k in VERSION_METRICS}
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run.info.run_id):
+            info = log()
+        client.set_terminated(run.info.run_id, status=run.info.status, end_time=run.info.end_time)
+        if not client.search_registered_models(f"name = '{name}'"):
+            client.create_registered_model(name, description="Compressed models found by autocompress; `champion` is the search's chosen trial.")
+        version = client.create_model_version(  # resolves models:/m-... through the tracking URI set above
+            name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id,
+            tags={**{k: f"{v:.6g}" for k, v in metrics.items()}, "trial": run.data.tags.get("optuna.trial_number", "")},
+            description=f"trial {run.data.tags.get('optuna.trial_number')}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)
     return version.version
 
 

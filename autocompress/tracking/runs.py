@@ -38,7 +38,8 @@ from autocompress.controller.study import (
     RETRY_OF_ATTR,
     STATE_ATTR,
 )
-from autocompress.tracking.registry import ARTIFACT_TAG, CHAMPION, Registered, register_run
+from autocompress.credentials import masked, resolve
+from autocompress.tracking.registry import ARTIFACT_TAG, CHAMPION, Registered, register_run, register_sentence_transformers
 
 if TYPE_CHECKING:
     from autocompress.tasks.teacher import Teacher
@@ -72,7 +73,7 @@ class Tracker:
             os.environ.setdefault(key, value)
         self.study = study
         self.experiment = experiment
-        self.uri = tracking_uri or mlflow.get_tracking_uri()
+        self.uri = resolve(tracking_uri, "tracking.uri") if tracking_uri else mlflow.get_tracking_uri()
         self.client: MlflowClient | None = None
         self.experiment_id = ""
         self.parent_run_id = ""
@@ -102,10 +103,10 @@ class Tracker:
                 if self.down_since is None:
                     self.down_since = time.time()
                     log.warning("MLflow at %s failed to %s (%s); the study keeps every trial, "
-                                "the next trial retries and `autocompress sync` catches up", self.uri, what, _first_line(error))
+                                "the next trial retries and `autocompress sync` catches up", masked(self.uri), what, _first_line(error))
                 return None
             if self.down_since is not None:
-                log.warning("MLflow at %s is back; trials since %s synced", self.uri, time.strftime("%H:%M:%S", time.localtime(self.down_since)))
+                log.warning("MLflow at %s is back; trials since %s synced", masked(self.uri), time.strftime("%H:%M:%S", time.localtime(self.down_since)))
                 self.down_since = None
             return result
 
@@ -241,6 +242,15 @@ class Tracker:
 
         return self._guarded("register the chosen model", write) or []
 
+    def register_sentence_transformers(self, number: int, folder: Path, *, name: str) -> Registered | None:
+        """Register trial ``number``'s sentence-transformers export (``folder``) with MLflow's flavor, as the ``champion``."""
+
+        def write() -> Registered:
+            run = self._trial_runs(self.client)[number]
+            return register_sentence_transformers(run, folder, name=name, alias=CHAMPION, tracking_uri=self.uri)
+
+        return self._guarded("register the sentence-transformers model", write)
+
     def log_teacher(self, teacher: Teacher) -> None:
         """A nested run for a freshly fine-tuned teacher: its loss curve and its model folder."""
 
@@ -257,11 +267,11 @@ class Tracker:
     def where(self) -> str:
         """Where to look: the experiment page in the MLflow UI (its model-training view), for a server or a local store."""
         if not self.experiment_id:
-            return f"MLflow at {self.uri} was not reached; `autocompress sync` catches up"
+            return f"MLflow at {masked(self.uri)} was not reached; `autocompress sync` catches up"
         page = f"#/experiments/{self.experiment_id}/runs/{self.parent_run_id}?workflowType=machine_learning"
         if self.uri.startswith(("http://", "https://")):
-            return f"MLflow: {self.uri.rstrip('/')}/{page}"
-        return f"MLflow: `mlflow ui --backend-store-uri {self.uri}`, then open http://127.0.0.1:5000/{page}"
+            return f"MLflow: {masked(self.uri).rstrip('/')}/{page}"
+        return f"MLflow: `mlflow ui --backend-store-uri {masked(self.uri)}`, then open http://127.0.0.1:5000/{page}"
 
     def finish(self) -> None:
         """End the parent run with the status of how the search ended (the study's ``autocompress.state``)."""

@@ -3,6 +3,7 @@ trials are scored by their agreement with its embeddings, and the chosen model s
 the graph) and as a sentence-transformers folder."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -14,6 +15,7 @@ import yaml
 from autocompress.cli import main
 
 pytestmark = pytest.mark.slow
+LABELLED = Path(__file__).resolve().parents[1] / "data"
 
 
 def test_an_embedding_search_runs_end_to_end(tiny, tmp_path, capsys):
@@ -21,7 +23,11 @@ def test_an_embedding_search_runs_end_to_end(tiny, tmp_path, capsys):
                 tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "emb"})
     config = yaml.safe_load(path.read_text())
     config["task"] = {**config["task"], "type": "embedding", "train": "sst2/train.tsv", "test": None, "test_size": 64,
-                      "dev_size": 48, "test_subset": None, "metric": "recall_at_10"}
+                      "dev_size": 48, "test_subset": None, "metric": "recall_at_10",
+                      # labelled sets scored beside the texts (committed synthetic files, read where they lie)
+                      "pairs": {"dev": str(LABELLED / "similarity/dev.jsonl"), "test": str(LABELLED / "similarity/test.jsonl")},
+                      "retrieval": {"queries": str(LABELLED / "retrieval/queries.jsonl"), "corpus": str(LABELLED / "retrieval/corpus.jsonl"),
+                                    "dev": str(LABELLED / "retrieval/qrels/dev.tsv"), "test": str(LABELLED / "retrieval/qrels/test.tsv")}}
     config["space"] = {"weight_bits": [8, 32], "group_size": [None], "embedding_bits": [32], "num_blocks": [3, 6], "recovery_steps": [0, 6],
                        "output_precision": ["int8"]}  # an index of int8 vectors: recall@10 is scored on them
     config["recovery"] = {"batch_size": 16, "train_subset": 96, "eval_every": 3, "eval_subset": 32}
@@ -30,6 +36,7 @@ def test_an_embedding_search_runs_end_to_end(tiny, tmp_path, capsys):
     assert main(["search", str(path), "--dry-run"]) == 0
     plan = capsys.readouterr().out
     assert "mean pooling + L2 normalize (from" in plan and "the model as it is, not fine-tuned" in plan
+    assert "scored beside: labelled pairs on dev, test; retrieval on dev, test" in plan
 
     assert main(["search", str(path)]) == 0
     printed = capsys.readouterr().out
@@ -40,13 +47,16 @@ def test_an_embedding_search_runs_end_to_end(tiny, tmp_path, capsys):
     assert 0.5 < baseline["int8"]["test_cosine"] < 1.0  # ORT's dynamic int8 moves the embeddings
     assert study.metric_names[0] == "dev_recall_at_10"
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert done and all(t.user_attrs["dev_accuracy"] is None and {"dev_cosine", "test_spearman"} <= set(t.user_attrs["scores"]) for t in done)
+    labelled = {f"{split}_{name}" for split in ("dev", "test") for name in ("gold_spearman", "ndcg_at_10", "recall_at_100")}
+    assert labelled <= set(baseline) and baseline["test_gold_spearman"] > 0.5  # the teacher ranks the pairs' shared parts
+    assert done and all(t.user_attrs["dev_accuracy"] is None and {"dev_cosine", "test_spearman", *labelled} <= set(t.user_attrs["scores"])
+                        for t in done)
     assert not (tmp_path / "cache" / "teachers").exists()  # nothing fine-tuned
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["emb"], output_format="list")
     trial_runs = [r for r in runs if r.info.run_name.startswith("trial-") and "dev_cosine" in r.data.metrics]
-    assert len(trial_runs) == len(done) and all("accuracy_drop" not in r.data.metrics for r in trial_runs)
+    assert len(trial_runs) == len(done) and all("accuracy_drop" not in r.data.metrics and labelled <= set(r.data.metrics) for r in trial_runs)
 
     out = tmp_path / "out"
     front = json.loads((out / "pareto.json").read_text())
@@ -68,3 +78,8 @@ def test_an_embedding_search_runs_end_to_end(tiny, tmp_path, capsys):
     deployed = shipped.run(None, feed)[0]
     cosine = (encoded * deployed).sum(-1) / np.linalg.norm(encoded, axis=-1) / np.linalg.norm(deployed, axis=-1)
     assert cosine.min() > 0.9  # the same model; the ONNX file rounds activations where the policy is int8
+
+    # the same folder is registered with MLflow's sentence_transformers flavor beside the ONNX version
+    assert "registered models:/autocompress-emb-sentence-transformers@champion" in printed
+    loaded = mlflow.sentence_transformers.load_model("models:/autocompress-emb-sentence-transformers@champion")
+    assert np.allclose(loaded.encode(texts), encoded, atol=1e-5)

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 TRAIN, TEST = 320, 80
+SIMILARITY, CORPUS = 40, 120
 
 TOPICS = {
     "World": {
@@ -140,6 +141,47 @@ def pair_rows(rng: random.Random, count: int) -> list[dict[str, str]]:
     return rows
 
 
+def similarity_rows(rng: random.Random, count: int) -> list[dict]:
+    """``count`` pairs of person-action-place sentences; the gold score is how many of the three parts they share (0-3)."""
+    def sentence(parts: dict[str, str]) -> str:
+        article = "An" if parts["person"][0] in "aeiou" else "A"
+        return f"{article} {parts['person']} {parts['action']} {parts['place']}."
+
+    kinds = {"person": PEOPLE, "action": ACTIONS, "place": PLACES}
+    rows = []
+    for index in range(count):
+        shared = index % 4
+        first = {kind: rng.choice(words) for kind, words in kinds.items()}
+        kept = set(rng.sample(sorted(kinds), shared))
+        second = {kind: first[kind] if kind in kept else rng.choice([w for w in words if w != first[kind]]) for kind, words in kinds.items()}
+        rows.append({"sentence1": sentence(first), "sentence2": sentence(second), "score": float(shared)})
+    rng.shuffle(rows)
+    return rows
+
+
+def retrieval_files(rng: random.Random, documents: int) -> tuple[list[dict], list[dict], dict[str, list[tuple[str, str, int]]]]:
+    """A corpus of topic sentences (some titled), one query per (actor, event) that several documents report, and judgements
+    split into dev and test by query: 2 for a document with the query's actor and event, 1 for one with its event only."""
+    corpus, facts = [], []
+    for index in range(documents):
+        label = list(TOPICS)[index % len(TOPICS)]
+        words = TOPICS[label]
+        actor, event = rng.choice(words["actors"][:3]), rng.choice(words["events"][:3])
+        text = rng.choice(TEMPLATES).format(actor=actor, event=event, detail=rng.choice(words["details"]),
+                                            **{key: rng.choice(values) for key, values in SHARED.items()})
+        corpus.append({"_id": f"d{index}", "title": label if index % 3 == 0 else "", "text": text[0].upper() + text[1:]})
+        facts.append((actor, event))
+    queries, qrels = [], {"dev": [], "test": []}
+    for number, (actor, event) in enumerate(sorted(set(facts))):
+        query = f"q{number}"
+        queries.append({"_id": query, "text": f"Which reports say {actor} {event}?"})
+        split = "dev" if number % 2 == 0 else "test"
+        for document, (other_actor, other_event) in zip(corpus, facts):
+            if other_event == event:
+                qrels[split].append((query, document["_id"], 2 if other_actor == actor else 1))
+    return corpus, queries, qrels
+
+
 def main() -> None:
     rng = random.Random(12)
     topics = topic_rows(rng, TRAIN + TEST)
@@ -152,6 +194,18 @@ def main() -> None:
         pq.write_table(table, HERE / "topics" / f"{split}.parquet")
     for split, rows in (("train", pairs[:TRAIN]), ("test", pairs[TRAIN:])):
         (HERE / "pairs" / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    labelled = random.Random(13)  # its own seed: the files above keep their bytes
+    (HERE / "similarity").mkdir(exist_ok=True)
+    similarity = similarity_rows(labelled, 2 * SIMILARITY)
+    for split, rows in (("dev", similarity[:SIMILARITY]), ("test", similarity[SIMILARITY:])):
+        (HERE / "similarity" / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    corpus, queries, qrels = retrieval_files(labelled, CORPUS)
+    (HERE / "retrieval" / "qrels").mkdir(parents=True, exist_ok=True)
+    for name, rows in (("corpus", corpus), ("queries", queries)):
+        (HERE / "retrieval" / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for split, judged in qrels.items():
+        lines = "".join(f"{query}\t{document}\t{grade}\n" for query, document, grade in judged)
+        (HERE / "retrieval" / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + lines)
 
 
 if __name__ == "__main__":

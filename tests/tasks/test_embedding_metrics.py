@@ -14,11 +14,13 @@ from autocompress.tasks.embedding_metrics import (
     PRECISIONS,
     bytes_per_vector,
     embedding_scores,
+    gold_spearman,
     mean_cosine,
     neighbour_recall,
     quantize_embeddings,
     quantized_recall,
     quantized_similarity,
+    retrieval_scores,
     similarity_spearman,
 )
 
@@ -215,3 +217,53 @@ def test_an_index_precision_changes_recall_only():
     floats, binary = embedding_scores(candidate, teacher), embedding_scores(candidate, teacher, precision="binary")
     assert binary["recall_at_10"] == quantized_recall(candidate, teacher, "binary") < floats["recall_at_10"]
     assert (binary["cosine"], binary["spearman"]) == (floats["cosine"], floats["spearman"])
+
+
+def test_gold_spearman_ranks_pair_cosines_against_the_gold_scores():
+    first = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    second = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 0.9]])  # cosines 1, 0.707, 0, 0.9986
+    assert gold_spearman(first, second, [3, 1, 0, 2]) == pytest.approx(1.0)  # cosine ranks (4, 2, 1, 3), the gold's too
+    assert gold_spearman(first, second, [2, 1, 0, 3]) == pytest.approx(0.8)  # gold ranks (3, 2, 1, 4): 1 - 6 * 2 / (4 * 15)
+    assert gold_spearman(first, second, [1, 1, 1, 1]) == 0.0  # no order among the gold scores: no evidence
+    with pytest.raises(ValueError, match="one gold score per pair"):
+        gold_spearman(first, second, [1, 2])
+
+
+def test_retrieval_ndcg_and_recall_by_hand():
+    corpus = np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0]], dtype=float)
+    queries = np.array([[1, 0.1], [0, 1], [-1, -1]], dtype=float)
+    judgements = [{1: 1.0}, {0: 2.0, 2: 1.0}, {3: 0.0}]  # the third query has nothing relevant: it does not count
+    # query 0 ranks documents 0, 1, 2, 3: its one relevant document second, DCG 1/log2(3), ideal 1
+    # query 1 ranks 2, 1, then 0 and 3 tied at cosine 0 (the lower row first): DCG 1 + 2/log2(4) = 2, ideal 2 + 1/log2(3)
+    expected = (1 / math.log2(3) + 2 / (2 + 1 / math.log2(3))) / 2
+    scores = retrieval_scores(queries, corpus, judgements)
+    assert scores == {"ndcg_at_10": pytest.approx(expected), "recall_at_100": 1.0}  # 4 documents: all within 100
+
+
+def test_retrieval_recall_at_100_counts_the_first_hundred_only():
+    rng = np.random.default_rng(0)
+    corpus = rng.normal(size=(150, 8))
+    query = corpus[:1] + 1e-3
+    order = np.argsort(-(corpus / np.linalg.norm(corpus, axis=1, keepdims=True)) @ (query[0] / np.linalg.norm(query[0])), kind="stable")
+    judged = {int(order[5]): 1.0, int(order[99]): 1.0, int(order[100]): 1.0, int(order[149]): 3.0}
+    scores = retrieval_scores(query, corpus, [judged])
+    assert scores["recall_at_100"] == pytest.approx(2 / 4)
+    assert scores["ndcg_at_10"] == pytest.approx((1 / math.log2(7)) / (3 + 1 / math.log2(3) + 1 / math.log2(4) + 1 / math.log2(5)))
+
+
+@pytest.mark.parametrize("precision", ["int8", "binary"])
+def test_retrieval_on_stored_vectors_ranks_by_the_index_similarity(precision):
+    rng = np.random.default_rng(1)
+    corpus, queries = rng.normal(size=(200, 64)), rng.normal(size=(20, 64))
+    judged = [{int(np.argmax(corpus @ q)): 1.0} for q in queries]  # each query's best dot product
+    ranges = np.vstack((corpus.min(axis=0), corpus.max(axis=0)))
+    stored, asked = (quantize_embeddings(x, precision, ranges=ranges if precision == "int8" else None) for x in (corpus, queries))
+    top = np.argsort(-quantized_similarity(asked, stored, precision), axis=1, kind="stable")[:, :100]
+    expected = np.mean([next(iter(j)) in row for j, row in zip(judged, top)])
+    scores = retrieval_scores(queries, corpus, judged, precision=precision)
+    assert scores["recall_at_100"] == pytest.approx(expected) and scores["ndcg_at_10"] < retrieval_scores(queries, corpus, judged)["ndcg_at_10"]
+
+
+def test_retrieval_refuses_judgements_without_a_relevant_document():
+    with pytest.raises(ValueError, match="no query has a relevant document"):
+        retrieval_scores(np.eye(2), np.eye(2), [{0: 0.0}, {}])

@@ -143,3 +143,23 @@ class TestSentenceEmbeddings(TaskContract):
         assert teacher.path == Path(task.config.model) and not teacher.trained_now
         assert task.locate_teacher().as_is and task.export_metadata(teacher) == {}
         assert not task.pooling.declared and task.pooling.mode == "mean"  # no sentence-transformers files: mean pooling, said so
+
+
+class TestSentenceEmbeddingsWithLabelledSets(TestSentenceEmbeddings):
+    """The same texts with labelled pairs and retrieval files scored beside them on dev and test."""
+
+    task_section = {**TestSentenceEmbeddings.task_section, "metric": "cosine",
+                    "pairs": {"dev": "similarity/dev.jsonl", "test": "similarity/test.jsonl"},
+                    "retrieval": {"queries": "retrieval/queries.jsonl", "corpus": "retrieval/corpus.jsonl",
+                                  "dev": "retrieval/qrels/dev.tsv", "test": "retrieval/qrels/test.tsv"}}
+
+    def perfect_outputs(self, batches):
+        """The teacher's own embeddings, also of the labelled sets' rows (scored on their labels, not on it)."""
+        return super().perfect_outputs(batches)
+
+    @pytest.mark.parametrize("split", ["dev", "test"])
+    def test_both_splits_score_the_labelled_sets(self, task, teacher, split):
+        head, tokenizer = task.head(), load_tokenizer(str(teacher.path))
+        scores = head.evaluate(teacher.load(), task.batches(task.load_split(split), tokenizer, batch_size=16))
+        assert set(scores) == set(TASK_METRICS["embedding"]) and 0 < scores["recall_at_100"] <= 1
+        assert "labelled pairs on dev, test; retrieval on dev, test" in task.check(teacher.load_config())
