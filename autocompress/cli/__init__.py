@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="restart a stopped or killed job until its study holds its whole budget")
     resume.add_argument("job", nargs="?", help="job id or a unique prefix (default: the latest job)")
     commands.add_parser("jobs", help="list jobs and their state")
+    gc = commands.add_parser("gc", help="delete the cache's work folders of studies no longer in their storage, and say what it freed")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     sync = commands.add_parser("sync", help="log every finished trial MLflow lacks (after a tracking server was down)")
     sync.add_argument("--storage", required=True, help="Optuna storage URL of the study")
     sync.add_argument("--study-name", required=True)
@@ -130,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     commands = {"search": _jobs.search, "status": _jobs.status, "logs": _jobs.logs, "stop": _jobs.stop, "resume": _jobs.resume,
-                "jobs": _jobs.jobs, "pareto": _results.pareto, "pick": _results.pick, "export": _results.export,
+                "jobs": _jobs.jobs, "gc": _jobs.gc, "pareto": _results.pareto, "pick": _results.pick, "export": _results.export,
                 "register": _results.register, "sync": _results.sync, "apply": _results.apply, "config": _results.config}
     code = 1
     try:

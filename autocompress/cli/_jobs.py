@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -120,13 +121,19 @@ def study_of(job):
 def status(args: argparse.Namespace) -> int:
     from autocompress.controller.jobs import load
     from autocompress.controller.progress import summarize
+    from autocompress.controller.retention import folder_bytes
+    from autocompress.controller.study import UID_ATTR, study_uid
+    from autocompress.paths import study_work_dir
 
     job = load(args.job)
     study = study_of(job)
     summary = summarize(study, workers=job.workers) if study is not None else None
+    folder = study_work_dir(study_uid(study)) if study is not None and UID_ATTR in study.user_attrs else None
+    files = folder_bytes(folder) if folder is not None else 0
     state = job.state()
     if args.json:
-        print(json.dumps({"job": job.id, "job_state": state, "kind": job.kind, "study": summary.to_dict() if summary else None}, indent=2))
+        print(json.dumps({"job": job.id, "job_state": state, "kind": job.kind, "study": summary.to_dict() if summary else None,
+                          "files_bytes": files}, indent=2))
         return 0
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.started))
     where = f"pid {job.pid}" if job.kind == "local" else f"Ray job on {job.dashboard}"
@@ -136,6 +143,24 @@ def status(args: argparse.Namespace) -> int:
         return 0
     print(f"study {job.study_name!r} in {masked(job.storage)}: {summary.state}")
     print(summary.line())
+    if folder is not None:
+        print(f"files: {files / 1e6:.0f} MB in {folder}")
+    return 0
+
+
+def gc(args: argparse.Namespace) -> int:
+    from autocompress.controller.retention import collect
+
+    folders = collect()
+    freed = 0
+    for folder in folders:
+        print(f"{'delete' if folder.remove else 'keep  '} {folder.bytes / 1e6:9.1f} MB  {folder.path.name}: {folder.reason}")
+        if folder.remove:
+            freed += folder.bytes
+            if not args.dry_run:
+                shutil.rmtree(folder.path, ignore_errors=True)
+    verb = "would free" if args.dry_run else "freed"
+    print(f"{verb} {freed / 1e6:.1f} MB of {sum(f.bytes for f in folders) / 1e6:.1f} MB in {len(folders)} work folder(s)")
     return 0
 
 

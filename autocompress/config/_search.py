@@ -268,6 +268,11 @@ class TrackingConfig(Strict):
         "trial, the chosen one aliased champion) or none; --register overrides",
     )
     registered_model: str | None = Field(None, description="registered model name; null: autocompress-<study name>")
+    keep_artifacts: Literal["front", "all"] = Field(
+        "front",
+        description="front: a finished trial's local files (ONNX, distilled weights) are deleted once it is off the Pareto front, "
+        "which it never re-enters; the front's, the references and the outputs stay; all: keep every trial's files",
+    )
     export_formats: list[Literal["onnx", "hf", "ort-recipe", "torchao", "llm-compressor"]] = Field(
         ["onnx", "hf"],
         description="formats the chosen trial is exported to when the search ends (OUTPUT/exports/FORMAT, and the exports/ "

@@ -28,6 +28,7 @@ from autocompress.controller.study import (
     OWNER_ATTR,
     PRUNE_REASON_ATTR,
     RETRY_OF_ATTR,
+    trial_name,
     trial_owner,
     trial_seed,
 )
@@ -97,7 +98,7 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
         started = time.perf_counter()
         depth = len(policy.kept_blocks) if policy.kept_blocks is not None else num_blocks
         twin = context.fidelity.twin(trial.number, f"blocks{depth}") if context.fidelity and policy.recovery_steps and not final else None
-        request = TrialRequest(policy.to_dict(), f"trial-{trial.number}", seed, (twin.study.study_name, twin._trial_id) if twin else None, final)
+        request = TrialRequest(policy.to_dict(), trial_name(trial.number), seed, (twin.study.study_name, twin._trial_id) if twin else None, final)
         try:
             outcome = workers.run(request)
             if outcome.measurement is not None:

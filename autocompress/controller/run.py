@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import signal
 import sys
 import threading
@@ -31,10 +30,12 @@ from autocompress.controller.objective import make_objective
 from autocompress.controller.pareto import BASELINE_ATTR, format_table, front_rows, select
 from autocompress.controller.preflight import preflight
 from autocompress.controller.progress import LiveLine
+from autocompress.controller.retention import record_study, release_dominated, retention_callback
 from autocompress.controller.study import (
     BUDGET_ATTR,
     STATE_ATTR,
     STOP_ATTR,
+    UID_ATTR,
     absolute_storage,
     fail_orphans,
     open_study,
@@ -156,7 +157,9 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
     study.set_user_attr(STOP_ATTR, False)
     study.set_user_attr(STATE_ATTR, "running")
     log.info("preparing teacher, data and references")
-    context = SearchContext.build(config, study_work_dir(study_uid(study)))
+    workdir = study_work_dir(study_uid(study))
+    record_study(workdir, study, config)
+    context = SearchContext.build(config, workdir)
     references = context.baseline  # this run's reference files, timed beside every trial
     if BASELINE_ATTR not in study.user_attrs:
         study.set_user_attr(BASELINE_ATTR, references)
@@ -187,8 +190,9 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
         objective = make_objective(context, workers, progress)
 
         def optimize(n_trials: int | None, timeout: float | None) -> None:
+            retention = [retention_callback(workdir)] if config.tracking.keep_artifacts == "front" else []
             study.optimize(objective, n_trials=n_trials, timeout=timeout, n_jobs=workers.size, gc_after_trial=True, catch=(Exception,),
-                           callbacks=[tracker.callback, progress.callback, stop_when_asked(workers)])
+                           callbacks=[tracker.callback, progress.callback, stop_when_asked(workers), *retention])
 
         try:
             with interruptible(workers):
@@ -230,14 +234,6 @@ def _baseline_metrics(baseline: dict[str, Any]) -> dict[str, float]:
     return teacher | int8
 
 
-def drop_dominated_weights(study: optuna.Study, front: set[int]) -> None:
-    """Delete the kept float weights of distilled trials off the front: a dominated trial never returns to it, so none is exported."""
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        kept = trial.user_attrs.get("trained_model")
-        if kept and trial.number not in front and Path(kept).is_dir():
-            shutil.rmtree(kept)
-
-
 def finish_search(study: optuna.Study, config: SearchConfig, tracker: Tracker | None = None, *, tokenizer_dir: Path | None = None) -> SearchResult:
     """Write pareto.json, the front's ONNX files, the chosen model and policy, and the reports; tag the front in MLflow.
 
@@ -251,7 +247,8 @@ def finish_search(study: optuna.Study, config: SearchConfig, tracker: Tracker | 
 
     output = Path(config.output)
     rows = front_rows(study) if any(t.state.is_finished() for t in study.trials) else []
-    drop_dominated_weights(study, {row["trial"] for row in rows})
+    if config.tracking.keep_artifacts == "front" and UID_ATTR in study.user_attrs:
+        release_dominated(study, study_work_dir(study_uid(study)))
     metric = config.task.metric
     chosen = select([r for r in rows if r["feasible"]], config.search.selection, config.search.constraints.max_accuracy_drop, metric)
     rows, chosen = write_front(output, rows, chosen, tokenizer_dir=tokenizer_dir)

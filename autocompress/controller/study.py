@@ -199,6 +199,11 @@ def study_uid(study: optuna.Study) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', study.study_name)}-{study.user_attrs[UID_ATTR]}"
 
 
+def trial_name(number: int) -> str:
+    """Trial ``number``'s name: its MLflow run's and its folder's under the study's work folder."""
+    return f"trial-{number}"
+
+
 def trial_seed(search_seed: int, number: int) -> int:
     """A trial's own seed from (search seed, trial number): re-running a trial rebuilds the same model."""
     digest = hashlib.sha256(f"{search_seed}:{number}".encode()).digest()

@@ -172,7 +172,8 @@ def test_kill_9_then_resume_keeps_everything_and_honours_the_budget(tiny):
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     children = {r.info.run_name: r for r in runs if r.info.run_name.startswith("trial-")}
     assert len(children) == 5 and children[f"trial-{killed[0]}"].info.status == "FAILED"
-    assert "trials 4/4 | 0 running" in cli("status", job)[1]
+    status = cli("status", job)[1]
+    assert "trials 4/4 | 0 running" in status and re.search(r"files: \d+ MB in .*crash-", status)
     code, out, _ = cli("logs", job)
     assert code == 0 and "trial 0 complete" in out and "Trial 0 finished with values" not in out  # optuna's dumps: the log file
     assert job in cli("jobs")[1]

@@ -57,6 +57,8 @@ def test_search_tracks_every_trial_and_resumes_the_same_study(tiny_config, tmp_p
     assert (out / "best_model" / "model.onnx").stat().st_size > 1e6 and (out / "best_model" / "tokenizer.json").is_file()
     assert Policy.load(out / "best_model" / "policy.json") == chosen
     assert (out / "pareto.png").stat().st_size > 0
+    (work,) = (tmp_path / "cache" / "work").iterdir()  # tracking.keep_artifacts: front
+    assert sorted(p.name for p in work.iterdir()) == sorted(["references", "study.json", *(f"trial-{row['trial']}" for row in front)])
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     parents, children, teachers = child_runs(uri)

@@ -1,0 +1,116 @@
+"""Disk kept bounded: a trial that has left the Pareto front gives its files back, and ``gc`` removes deleted studies' folders.
+
+Each trial writes its lowered ONNX file and, when distilled, its float weights
+under the study's work folder (``paths.study_work_dir``), some 25-170 MB each
+for MiniLM. A completed trial off the front never returns to it (a dominated
+point stays dominated as trials are added; a proxy student leaves for good
+once its final training is done), and what is exported or copied comes from
+the front, so with ``tracking.keep_artifacts: front`` those files go as soon as
+the trial is done. The references stay: every later trial is timed beside them.
+Each work folder also records its study (``study.json``), so ``gc`` can tell a
+folder whose study was deleted from its storage and free it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autocompress.config import SearchConfig
+from autocompress.controller.pareto import front_trials
+from autocompress.controller.study import UID_ATTR, absolute_storage, trial_name
+from autocompress.credentials import has_password, masked, resolve
+from autocompress.paths import cache_root
+
+log = logging.getLogger(__name__)
+RECORD = "study.json"
+"""In each study's work folder: the study's name, unique id and storage (a reference or a URL without its password)."""
+DONE = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+
+
+def record_study(workdir: Path, study: optuna.Study, config: SearchConfig) -> None:
+    """Write ``study.json`` so ``gc`` can later ask the storage whether the study still exists."""
+    storage = absolute_storage(config.search.storage)
+    workdir.mkdir(parents=True, exist_ok=True)
+    record = {"study_name": study.study_name, "uid": study.user_attrs[UID_ATTR], "storage": masked(storage),
+              "reachable": not has_password(storage)}  # a password given as it is was not kept: gc cannot open that storage
+    (workdir / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def release_dominated(study: optuna.Study, workdir: Path) -> int:
+    """Delete the files of every finished trial off the current front (its folder, and float weights kept elsewhere); the bytes freed."""
+    keep = {t.number for t in front_trials(study)}
+    freed = 0
+    for trial in study.get_trials(deepcopy=False, states=DONE):
+        if trial.number not in keep:
+            freed += _remove(workdir / trial_name(trial.number))
+            kept = trial.user_attrs.get("trained_model")
+            if kept:
+                freed += _remove(Path(kept))
+    return freed
+
+
+def retention_callback(workdir: Path):
+    """An ``optimize`` callback: after each trial, release what the front has left behind."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        freed = release_dominated(study, workdir)
+        if freed:
+            log.info("freed %.0f MB of trials off the front", freed / 1e6)
+
+    return callback
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (0 when it is missing)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) if folder.is_dir() else 0
+
+
+@dataclass(frozen=True)
+class WorkFolder:
+    """One study's work folder and what ``gc`` decided: ``remove`` when its study no longer exists."""
+
+    path: Path
+    bytes: int
+    remove: bool
+    reason: str
+
+
+def collect(root: Path | None = None) -> list[WorkFolder]:
+    """Every study work folder under the cache, with whether its study still exists in its storage."""
+    root = root or cache_root() / "work"
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return [WorkFolder(folder, folder_bytes(folder), *_verdict(folder)) for folder in folders]
+
+
+def _verdict(folder: Path) -> tuple[bool, str]:
+    path = folder / RECORD
+    if not path.is_file():
+        return False, "kept: no study.json (written by an older release), its storage is unknown"
+    record = json.loads(path.read_text())
+    name, where = record["study_name"], record["storage"]
+    if not record.get("reachable", True):
+        return False, f"kept: its storage {where} was given with a password, which was not recorded"
+    if where.startswith("sqlite:///") and not Path(where[len("sqlite:///"):]).is_file():
+        return True, f"its storage file {where} is gone"
+    try:
+        study = optuna.load_study(study_name=name, storage=resolve(where, f"{path}: storage"))
+    except KeyError:
+        return True, f"study {name!r} is gone from {where}"
+    except Exception as error:  # noqa: BLE001  an unreachable server or an unset variable is no evidence the study is gone
+        return False, f"kept: {where} could not be opened ({type(error).__name__})"
+    if study.user_attrs.get(UID_ATTR) != record["uid"]:
+        return True, f"study {name!r} in {where} is a newer study of that name"
+    return False, f"kept: study {name!r} exists"
+
+
+def _remove(path: Path) -> int:
+    size = folder_bytes(path)
+    shutil.rmtree(path, ignore_errors=True)
+    return size
