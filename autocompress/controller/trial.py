@@ -35,13 +35,12 @@ from autocompress.measurement import (
     LatencyProbe,
     OrtProbe,
     TorchProbe,
-    deploy,
     deploy_and_measure,
+    deploy_and_score,
     estimated_size_bytes,
     fingerprint_id,
     hardware_fingerprint,
     measure_paired,
-    model_scores,
     onnx_scores,
     shipped_bytes,
     sparsity,
@@ -213,20 +212,16 @@ def measure_references(
     file sizes and this first paired timing.
     """
     settings = config.latency
-    if settings.backend == "onnxruntime":
-        report, check = deploy(model, dev=dev, threads=settings.threads, workdir=workdir / "teacher", head=head)
-        fp32, teacher_dev = Path(report.path), check.onnx_scores
-        teacher_test = onnx_scores(fp32, test, threads=settings.threads, head=head)
-        teacher = {"size_bytes": shipped_bytes(fp32)}
-        teacher_probe: LatencyProbe = OrtProbe(fp32, threads=settings.threads)
-    else:
+    scored = deploy_and_score(model, backend=settings.backend, dev=dev, test=test, threads=settings.threads,
+                              scoring_threads=settings.threads, workdir=workdir / "teacher", head=head)
+    if scored.artifact is not None:
+        fp32, size = scored.artifact, {"size_bytes": shipped_bytes(scored.artifact)}
+    else:  # timed in torch: ORT's dynamic int8 still needs the teacher as ONNX
         example = {k: v[:2] for k, v in head.inputs(dev[0]).items()}
         fp32 = export_onnx(model, workdir / "teacher" / "model.onnx", example=example, head=head)
-        size = estimated_size_bytes(model, layer_plan(model, Policy()))
-        teacher_dev, teacher_test = model_scores(model, dev, head=head), model_scores(model, test, head=head)
-        teacher = {"size_bytes": size, "size_is_estimate": True}
-        teacher_probe = TorchProbe(model, threads=settings.threads)
-    teacher = {**baseline_scores(teacher_dev, teacher_test), **teacher}
+        size = {"size_bytes": estimated_size_bytes(model, layer_plan(model, Policy())), "size_is_estimate": True}
+    teacher = {**baseline_scores(scored.dev, scored.test), **size}
+    teacher_probe = scored.probe
     int8_path = dynamic_int8(fp32, workdir / "int8" / "model.onnx")
     int8 = {
         **baseline_scores(*(onnx_scores(int8_path, split, threads=settings.threads, head=head) for split in (dev, test))),

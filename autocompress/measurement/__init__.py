@@ -2,7 +2,7 @@
 
 from autocompress.config import MetricName
 from autocompress.measurement._accuracy import accuracy, model_scores
-from autocompress.measurement._deployed import Deployment, deploy, deploy_and_measure, onnx_scores
+from autocompress.measurement._deployed import Deployment, Scored, deploy, deploy_and_measure, deploy_and_score, onnx_scores
 from autocompress.measurement._latency import (
     LatencyProbe,
     LatencyResult,
@@ -20,6 +20,7 @@ from autocompress.tasks.metrics import METRICS, check_metric, classification_sco
 
 __all__ = [
     "Deployment",
+    "Scored",
     "LatencyProbe",
     "LatencyResult",
     "METRICS",
@@ -32,6 +33,7 @@ __all__ = [
     "classification_scores",
     "deploy",
     "deploy_and_measure",
+    "deploy_and_score",
     "fingerprint_id",
     "hardware_fingerprint",
     "latency_inputs",

@@ -105,30 +105,52 @@ def deploy_and_measure(
     task's output; its ``metric`` (``task.metric``) is among the scores.
     """
     head = head or Logits("accuracy")
-    backend, threads = latency.backend, latency.threads
+    threads = latency.threads
     budget = {"warmup": latency.warmup, "repeats": latency.repeats, "rounds": latency.rounds}
     timing = dict(references or {})
     if CANDIDATE in timing:
         raise ValueError(f"reference name {CANDIDATE!r} is reserved for the model being measured")
-    if backend == "torch":
-        timing[CANDIDATE] = TorchProbe(model, threads=threads)
-        paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, **budget)
-        dev_scores, test_scores = (model_scores(model, list(split), head=head) for split in (dev, test))
-        return Deployment(latency=paired, dev_accuracy=dev_scores.get("accuracy"), test_accuracy=test_scores.get("accuracy"),
-                          simulated_dev_score=dev_scores[head.metric], scores=split_scores("dev", dev_scores) | split_scores("test", test_scores))
-    scoring = scoring_threads or threads
-    report, check = deploy(model, dev=dev, threads=scoring, workdir=workdir, head=head)
-    timing[CANDIDATE] = OrtProbe(report.path, threads=threads)
+    scored = deploy_and_score(model, backend=latency.backend, dev=dev, test=test, threads=threads,
+                              scoring_threads=scoring_threads or threads, workdir=workdir, head=head)
+    timing[CANDIDATE] = scored.probe
     paired = measure_paired(timing, latency_inputs, candidate=CANDIDATE, **budget)
-    test_scores = onnx_scores(report.path, test, threads=scoring, head=head)
     return Deployment(
         latency=paired,
-        dev_accuracy=check.onnx_scores.get("accuracy"),
-        test_accuracy=test_scores.get("accuracy"),
-        simulated_dev_score=check.torch_scores[head.metric],
-        artifact=Path(report.path),
-        artifact_bytes=shipped_bytes(report.path),
-        check=check,
-        lowering=report,
-        scores=split_scores("dev", check.onnx_scores) | split_scores("test", test_scores),
+        dev_accuracy=scored.dev.get("accuracy"),
+        test_accuracy=scored.test.get("accuracy"),
+        simulated_dev_score=scored.simulated_dev_score,
+        artifact=scored.artifact,
+        artifact_bytes=shipped_bytes(scored.artifact) if scored.artifact is not None else None,
+        check=scored.check,
+        lowering=scored.lowering,
+        scores=split_scores("dev", scored.dev) | split_scores("test", scored.test),
     )
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model made ready on the latency backend and scored on dev and test: what a trial and the references both need."""
+
+    probe: LatencyProbe
+    """Times what ships: the lowered ONNX file on ONNX Runtime, or the torch model itself."""
+    dev: dict[str, float]
+    test: dict[str, float]
+    simulated_dev_score: float
+    """``head.metric`` of the torch simulation on dev (the lowered graph was verified against it)."""
+    artifact: Path | None = None
+    check: VerifyReport | None = None
+    lowering: LoweringReport | None = None
+
+
+def deploy_and_score(
+    model: PreTrainedModel, *, backend: str, dev: Batches, test: Batches, threads: int, scoring_threads: int, workdir: Path, head: Head
+) -> Scored:
+    """On ``onnxruntime``: lower, verify and score on dev (``deploy``), score the artifact on test; on ``torch``: score the
+    model itself. The probe times with ``threads``, scoring uses ``scoring_threads``."""
+    if backend == "torch":
+        dev_scores, test_scores = (model_scores(model, list(split), head=head) for split in (dev, test))
+        return Scored(TorchProbe(model, threads=threads), dev_scores, test_scores, dev_scores[head.metric])
+    report, check = deploy(model, dev=dev, threads=scoring_threads, workdir=workdir, head=head)
+    test_scores = onnx_scores(report.path, test, threads=scoring_threads, head=head)
+    return Scored(OrtProbe(report.path, threads=threads), check.onnx_scores, test_scores, check.torch_scores[head.metric],
+                  Path(report.path), check, report)

@@ -11,7 +11,7 @@ whichever runtime produced the embeddings, and nothing else needs to know.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,8 @@ def evaluation_scores(outputs: np.ndarray, batches: Sequence[Mapping[str, torch.
     return scores
 
 
-def _marked(texts: Sequence[str], kind: int, tokenizer: Any, batch_size: int, max_length: int, extra=None) -> list[dict[str, torch.Tensor]]:
+def _marked(texts: Sequence[str], kind: int, tokenizer: Any, batch_size: int, max_length: int,
+            extra: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None) -> list[dict[str, torch.Tensor]]:
     """``texts`` batched shortest first, each row marked ``kind`` with its index, plus ``extra(rows)``'s labels."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     tokenized = batches(Examples(tuple(texts[i] for i in order), None), tokenizer, batch_size=batch_size, max_length=max_length)
