@@ -76,3 +76,13 @@ def test_optuna_dashboard_opens_the_study_storage(tmp_path):
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"MLFLOW_HOST": "0.0.0.0"}, "MLFLOW_HOST=0.0.0.0 without authentication lets anyone who reaches port"),
+    ({"MLFLOW_AUTH": "ldap"}, "MLFLOW_AUTH=ldap; allowed: none, basic"),
+])
+def test_start_refuses_an_open_server_without_authentication(tmp_path, settings, message):
+    env = {**os.environ, "MLFLOW_SERVER_DIR": str(tmp_path), "MLFLOW_PORT": str(free_port()), "PYTHON": sys.executable, **settings}
+    started = subprocess.run([str(SERVER / "start")], env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1 and message in started.stderr and not list(tmp_path.glob("*.pid"))

@@ -98,3 +98,46 @@ def test_a_search_on_postgresql_behind_mlflow_server_registers_its_champion_and_
         page_text(f"{url}/#/models/autocompress-team", expect=["autocompress-team", "champion", f"Version {champion.version}"],
                   screenshot=shots / "registered_model.png")
     assert all((shots / f"{n}.png").stat().st_size > 10_000 for n in ("experiment", "search_run", "champion_run", "registered_model"))
+
+
+def test_a_team_server_with_basic_auth_refuses_strangers_and_keeps_users_apart(tiny, tmp_path, capsys, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    with postgres(["mlflow", "mlflow_auth", "optuna"]) as database, mlflow_server(
+        tmp_path / "server", MLFLOW_BACKEND_STORE_URI=f"{database}/mlflow", MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path / "store"),
+        MLFLOW_AUTH="basic", MLFLOW_AUTH_DATABASE_URI=f"{database}/mlflow_auth", MLFLOW_AUTH_ADMIN_PASSWORD="admin-password-1",
+    ) as url:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
+        assert refused.value.code == 401  # anonymous: nothing to read, nothing to delete
+        assert {"users", "experiment_permissions", "registered_model_permissions"} <= tables(f"{database}/mlflow_auth")
+
+        def as_user(name: str, password: str) -> None:
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", name)
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
+        as_user("admin", "admin-password-1")
+        users = get_app_client("basic-auth", tracking_uri=url)
+        users.create_user("alice", "alice-password-1")
+        users.create_user("bob", "bob-password-12")
+
+        as_user("alice", "alice-password-1")  # a search logs and registers as its user, as without authentication
+        config = tiny("authteam", n_trials=2, storage=f"{database}/optuna", tracking={"uri": url, "experiment": "authteam"}, tiny_bert=True)
+        assert main(["search", str(config)]) == 0
+        assert "registered models:/autocompress-authteam@champion" in capsys.readouterr().out
+        client = mlflow.MlflowClient(url)
+        experiment = client.get_experiment_by_name("authteam")
+        run = client.search_runs([experiment.experiment_id])[0]
+
+        as_user("bob", "bob-password-12")  # default permission READ: he sees alice's runs, he cannot delete them
+        assert client.get_run(run.info.run_id).info.run_id == run.info.run_id
+        with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
+            client.delete_run(run.info.run_id)
+        with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
+            client.delete_registered_model("autocompress-authteam")
+        as_user("alice", "alice-password-1")
+        assert client.get_run(run.info.run_id).info.lifecycle_stage == "active"
