@@ -100,13 +100,17 @@ def test_a_search_on_postgresql_behind_mlflow_server_registers_its_champion_and_
     assert all((shots / f"{n}.png").stat().st_size > 10_000 for n in ("experiment", "search_run", "champion_run", "registered_model"))
 
 
-def test_a_team_server_with_basic_auth_refuses_strangers_and_keeps_users_apart(tiny, tmp_path, capsys, monkeypatch):
+def test_a_team_server_with_basic_auth_keeps_users_apart_and_a_detached_search_leaves_no_password(tiny, tmp_path, monkeypatch):
+    import sys
+    import time
     import urllib.error
     import urllib.request
+    from pathlib import Path
 
     from mlflow.exceptions import MlflowException
     from mlflow.server import get_app_client
 
+    storage_password, alice_password = "s3cret-" + os.urandom(4).hex(), "alice-" + os.urandom(6).hex()
     with postgres(["mlflow", "mlflow_auth", "optuna"]) as database, mlflow_server(
         tmp_path / "server", MLFLOW_BACKEND_STORE_URI=f"{database}/mlflow", MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path / "store"),
         MLFLOW_AUTH="basic", MLFLOW_AUTH_DATABASE_URI=f"{database}/mlflow_auth", MLFLOW_AUTH_ADMIN_PASSWORD="admin-password-1",
@@ -116,28 +120,53 @@ def test_a_team_server_with_basic_auth_refuses_strangers_and_keeps_users_apart(t
         assert refused.value.code == 401  # anonymous: nothing to read, nothing to delete
         assert {"users", "experiment_permissions", "registered_model_permissions"} <= tables(f"{database}/mlflow_auth")
 
-        def as_user(name: str, password: str) -> None:
+        def as_user(name: str, password: str) -> dict[str, str]:
             monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", name)
             monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+            return dict(os.environ)
 
         as_user("admin", "admin-password-1")
         users = get_app_client("basic-auth", tracking_uri=url)
-        users.create_user("alice", "alice-password-1")
+        users.create_user("alice", alice_password)
         users.create_user("bob", "bob-password-12")
 
-        as_user("alice", "alice-password-1")  # a search logs and registers as its user, as without authentication
-        config = tiny("authteam", n_trials=2, storage=f"{database}/optuna", tracking={"uri": url, "experiment": "authteam"}, tiny_bert=True)
-        assert main(["search", str(config)]) == 0
-        assert "registered models:/autocompress-authteam@champion" in capsys.readouterr().out
-        client = mlflow.MlflowClient(url)
-        experiment = client.get_experiment_by_name("authteam")
-        run = client.search_runs([experiment.experiment_id])[0]
+        # alice's search, detached, its study on PostgreSQL given with its password (trust auth takes any: a marker)
+        env = as_user("alice", alice_password)
+        storage = f"{database}/optuna".replace("postgres@", f"postgres:{storage_password}@")
+        config = tiny("authteam", n_trials=2, tracking={"uri": url, "experiment": "authteam"}, tiny_bert=True)
 
+        def cli(*args: str, env: dict[str, str] = env) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "autocompress", *args], capture_output=True, text=True, timeout=120, env=env)
+
+        launched = cli("search", str(config), "--storage", storage, "--detach")
+        assert launched.returncode == 0, launched.stderr
+        job = launched.stdout.split()[0]
+        assert "reads its password from $AUTOCOMPRESS_STORAGE" in launched.stderr
+        record = json.loads((tmp_path / "cache" / "jobs" / f"{job}.json").read_text())
+        assert record["storage"] == "env:AUTOCOMPRESS_STORAGE" and storage_password not in str(record["argv"])
+        cmdline = Path(f"/proc/{record['pid']}/cmdline").read_bytes().decode()  # what `ps` shows every local user
+        assert "env:AUTOCOMPRESS_STORAGE" in cmdline and storage_password not in cmdline
+        refused = cli("status", job)  # another shell, without the variable
+        assert refused.returncode == 2 and "AUTOCOMPRESS_STORAGE, which is not set here" in refused.stderr
+        with_it = {**env, "AUTOCOMPRESS_STORAGE": storage}
+        deadline = time.time() + 300
+        while "exited" not in cli("status", job, env=with_it).stdout and time.time() < deadline:
+            time.sleep(2)
+        status = cli("status", job, env=with_it).stdout
+        assert "exited 0" in status and "in env:AUTOCOMPRESS_STORAGE: finished" in status, status
+        assert "registered models:/autocompress-authteam@champion" in cli("logs", job).stdout  # logged and registered as alice
+
+        client = mlflow.MlflowClient(url)
+        run = client.search_runs([client.get_experiment_by_name("authteam").experiment_id])[0]
         as_user("bob", "bob-password-12")  # default permission READ: he sees alice's runs, he cannot delete them
         assert client.get_run(run.info.run_id).info.run_id == run.info.run_id
         with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
             client.delete_run(run.info.run_id)
         with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
             client.delete_registered_model("autocompress-authteam")
-        as_user("alice", "alice-password-1")
+        as_user("alice", alice_password)
         assert client.get_run(run.info.run_id).info.lifecycle_stage == "active"
+
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert len(written) > 20  # the cache, the job's record and log, the output folder, the server's log and artifact store
+    assert [str(p) for p in written if storage_password.encode() in p.read_bytes() or alice_password.encode() in p.read_bytes()] == []
