@@ -9,6 +9,7 @@ truth the tracker and ``resume`` read.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from autocompress.controller.study import (
     OWNER_ATTR,
     PRUNE_REASON_ATTR,
     RETRY_OF_ATTR,
+    STOP_ATTR,
     trial_name,
     trial_owner,
     trial_seed,
@@ -104,9 +106,14 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
             if outcome.measurement is not None:
                 check_finite(outcome.measurement)
         except (Exception, KeyboardInterrupt) as error:  # fails this trial alone, with its reason; the search goes on
-            interrupted = isinstance(error, (Interrupted, KeyboardInterrupt))
+            full = disk_full(error)
+            interrupted = full or isinstance(error, (Interrupted, KeyboardInterrupt))  # not the policy's fault: retried on resume
             reason = f"interrupted: {failure_reason(error)}" if interrupted else failure_reason(error)
             log.warning("trial %d failed: %s", trial.number, reason)
+            if full:  # every next trial would fail the same way: stop cleanly, the study intact
+                trial.study.set_user_attr(STOP_ATTR, True)
+                log.error("the disk is full (%s): no new trials; free space (`autocompress gc`), then run the same command "
+                          "or `autocompress resume JOB` to go on", failure_reason(error))
             log.info("trial %d failed here:", trial.number, exc_info=error)
             trial.set_user_attr(FAIL_REASON_ATTR, reason)
             trial.set_user_attr(INTERRUPTED_ATTR, interrupted)
@@ -151,6 +158,16 @@ def check_finite(measurement: Measurement) -> None:
     bad = [k for k, value in values.items() if not math.isfinite(value)]
     if bad:
         raise FloatingPointError(f"{', '.join(bad)} not finite ({', '.join(str(values[k]) for k in bad)})")
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps: ONNX Runtime and torch re-raise as their own errors) is a full disk (ENOSPC)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if (isinstance(seen, OSError) and seen.errno == errno.ENOSPC) or "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def failure_reason(error: BaseException) -> str:

@@ -14,10 +14,13 @@ import optuna
 from transformers import AutoConfig, PretrainedConfig
 
 from autocompress.config import ConfigError, SearchConfig
+from autocompress.controller.pareto import BASELINE_ATTR
+from autocompress.controller.retention import check_free_space, space_needed
 from autocompress.controller.space_check import SpaceSummary, check_space
 from autocompress.controller.study import check_resumable, load_existing, signature
 from autocompress.credentials import masked
 from autocompress.models.loading import resolve_model_path
+from autocompress.paths import cache_root
 from autocompress.tasks.registry import task_for
 from autocompress.tasks.teacher import TeacherLocation
 
@@ -111,4 +114,8 @@ def preflight(config: SearchConfig) -> Preflight:
     study = load_existing(config)
     if study is not None:
         check_resumable(study, config, expected)
+    baseline = study.user_attrs.get(BASELINE_ATTR) if study is not None else None
+    references_ready = baseline is not None and Path(baseline.get("artifact", "")).is_file()
+    needed = space_needed(config, Path(resolve_model_path(config.model)), teacher_ready=teacher.ready, references_ready=references_ready)
+    check_free_space(needed, cache_root())
     return Preflight(config, space, teacher, expected, study, rows, task_line)

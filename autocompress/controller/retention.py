@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.config import SearchConfig
+from autocompress.config import ConfigError, SearchConfig
 from autocompress.controller.pareto import front_trials
 from autocompress.controller.study import UID_ATTR, absolute_storage, trial_name
 from autocompress.credentials import has_password, masked, resolve
@@ -54,6 +54,31 @@ def release_dominated(study: optuna.Study, workdir: Path) -> int:
             if kept:
                 freed += _remove(Path(kept))
     return freed
+
+
+def space_needed(config: SearchConfig, model: Path, *, teacher_ready: bool, references_ready: bool) -> dict[str, int]:
+    """Bytes a search will write to the cache before its first trials free anything, by what writes them.
+
+    From the model's weight files (float32): a fine-tuned teacher is as large; the
+    references (its ONNX file and ORT's int8 of it) about 1.25 times; each trial
+    running at once at most twice (its ONNX file and a student's float weights).
+    """
+    weights = sum(p.stat().st_size for p in model.iterdir() if p.suffix in (".safetensors", ".bin")) if model.is_dir() else 0
+    workers = config.execution.workers
+    return {"teacher": 0 if teacher_ready else weights, "references": 0 if references_ready else weights * 5 // 4,
+            f"{workers} trial(s) at once": 2 * weights * workers}
+
+
+def check_free_space(needed: dict[str, int], where: Path) -> None:
+    """A one-line ``ConfigError`` when the disk holding ``where`` has less free space than ``needed`` adds up to."""
+    folder = where
+    while not folder.exists():
+        folder = folder.parent
+    free, total = shutil.disk_usage(folder).free, sum(needed.values())
+    if free < total:
+        parts = ", ".join(f"{what} {size / 1e6:.0f} MB" for what, size in needed.items() if size)
+        raise ConfigError(f"{where}: {free / 1e6:.0f} MB free on its disk, this search needs about {total / 1e6:.0f} MB there ({parts}); "
+                          "free space (`autocompress gc`) or point $AUTOCOMPRESS_CACHE at a larger disk")
 
 
 def retention_callback(workdir: Path):

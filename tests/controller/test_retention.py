@@ -79,3 +79,105 @@ def test_a_storage_that_cannot_be_opened_keeps_its_folder(tmp_path, monkeypatch)
 @pytest.mark.parametrize("keep", ["front", "all"])
 def test_keep_artifacts_is_a_tracking_choice(keep):
     assert parse_config({"tracking": {"keep_artifacts": keep}}).tracking.keep_artifacts == keep
+
+
+def test_the_space_a_search_needs_is_checked_before_it_trains(tmp_path):
+    from autocompress.config import ConfigError
+    from autocompress.controller.retention import check_free_space, space_needed
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"w" * 4000)
+    (model / "tokenizer.json").write_text("{}")
+    config = parse_config({"execution": {"workers": 2}})
+    assert space_needed(config, model, teacher_ready=False, references_ready=False) == {
+        "teacher": 4000, "references": 5000, "2 trial(s) at once": 16000}
+    assert sum(space_needed(config, model, teacher_ready=True, references_ready=True).values()) == 16000
+    check_free_space({"teacher": 1}, tmp_path / "not" / "made" / "yet")  # the nearest existing folder's disk
+    with pytest.raises(ConfigError, match=r"MB free on its disk, this search needs about \d+ MB there \(teacher") as error:
+        check_free_space({"teacher": 1 << 60}, tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_full_disk_is_recognized_through_the_errors_that_wrap_it():
+    import errno
+
+    from autocompress.controller.objective import disk_full
+
+    def wrapped() -> RuntimeError:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as cause:
+            try:
+                raise RuntimeError("onnx export failed") from cause
+            except RuntimeError as error:
+                return error
+
+    assert disk_full(wrapped()) and disk_full(RuntimeError("[ONNXRuntimeError] : 1 : FAIL : write: No space left on device"))
+    assert not disk_full(ValueError("bad policy")) and not disk_full(OSError(errno.EACCES, "Permission denied"))
+
+
+def fill(disk) -> None:
+    """Write zeros to ``disk`` until it is full (a real ENOSPC for whatever writes next)."""
+    import errno
+
+    with open(disk / "ballast", "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * (1 << 20))
+                out.flush()
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 64 MB tmpfs (root mounts it; CI runs as root), unmounted after the test."""
+    import os
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)]).returncode == 0
+    if not mounted:  # CI runs as root (AUTOCOMPRESS_REQUIRE_SERVICES=1): there a missing mount fails, never skips
+        (pytest.fail if os.environ.get("AUTOCOMPRESS_REQUIRE_SERVICES") == "1" else pytest.skip)("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)])
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_refused_up_front_or_stops_the_search_cleanly_and_it_goes_on_once_freed(tiny, small_disk, monkeypatch, capsys):
+    from autocompress.controller import run
+
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(small_disk / "cache"))  # the study, MLflow and the output stay on the big disk
+    config = tiny("disk", n_trials=2, tiny_bert=True, tracking={"uri": "sqlite:///mlflow.db", "experiment": "disk", "registry": "none",
+                                                               "export_formats": []})
+    fill(small_disk)
+    assert main(["search", str(config)]) == 2  # before anything is trained
+    assert "MB free on its disk, this search needs about" in capsys.readouterr().err
+    (small_disk / "ballast").unlink()
+
+    original = run.retention_callback
+
+    def fill_after_first_trial(workdir):
+        release = original(workdir)
+
+        def callback(study, trial):
+            release(study, trial)
+            if trial.number == 0:
+                fill(small_disk)
+
+        return callback
+
+    monkeypatch.setattr(run, "retention_callback", fill_after_first_trial)
+    main(["search", str(config)])
+    study = optuna.load_study(study_name="disk", storage="sqlite:///study.db")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL]  # stopped after the trial that found the disk full, nothing left running
+    assert "No space left on device" in study.trials[1].user_attrs["fail_reason"] and study.trials[1].user_attrs["interrupted"]
+
+    (small_disk / "ballast").unlink()
+    monkeypatch.setattr(run, "retention_callback", original)
+    assert main(["search", str(config)]) == 0
+    study = optuna.load_study(study_name="disk", storage="sqlite:///study.db")
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 2  # the interrupted trial retried, the budget met
