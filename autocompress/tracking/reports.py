@@ -15,14 +15,13 @@ from __future__ import annotations
 import html
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 import plotly.graph_objects as go
-from optuna._hypervolume import compute_hypervolume
-from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from autocompress.controller.pareto import BASELINE_ATTR, MB, columns, format_table, plot_front, trial_row
@@ -68,9 +67,7 @@ def progress_series(study: optuna.Study) -> list[dict[str, Any]]:
     worse than it in any objective add nothing. Before any feasible trial the
     best values are ``None``.
     """
-    signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions])
-    reference = signs * np.array(list(_reference_point(study).values()))
-    losses: list[np.ndarray] = []
+    hypervolumes = _hypervolume_history(study)
     best_score = fastest = None
     best_key = f"best_dev_{study_metric(study)}"
     steps = []
@@ -79,12 +76,20 @@ def progress_series(study: optuna.Study) -> list[dict[str, Any]]:
             score, relative_latency, _ = trial.values
             best_score = score if best_score is None else max(best_score, score)
             fastest = 1 / relative_latency if fastest is None else max(fastest, 1 / relative_latency)
-            loss = signs * np.array(trial.values)
-            if np.all(loss <= reference):
-                losses.append(loss)
-        hypervolume = compute_hypervolume(np.array(losses).reshape(-1, len(reference)), reference) if losses else 0.0
-        steps.append({"trial": trial.number, "hypervolume": hypervolume, best_key: best_score, "fastest_speedup": fastest})
+        steps.append({"trial": trial.number, "hypervolume": hypervolumes.get(trial.number, 0.0), best_key: best_score, "fastest_speedup": fastest})
     return steps
+
+
+def _hypervolume_history(study: optuna.Study) -> dict[int, float]:
+    """Hypervolume of the feasible front after each completed trial, by number: Optuna's public computation, read from
+    the trace of ``plot_hypervolume_history`` (Optuna 5 exposes no hypervolume function of its own)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        figure = optuna.visualization.plot_hypervolume_history(study, reference_point=list(_reference_point(study).values()))
+    trace = figure.data[0]
+    return {int(number): float(value) for number, value in zip(trace.x, trace.y)}
 
 
 def _reference_point(study: optuna.Study) -> dict[str, float]:
