@@ -68,7 +68,8 @@ def register_run(run_id: str, *, name: str | None = None, alias: str | None = No
     if not artifact:
         raise ConfigError(f"run {run_id} ({run.info.run_name}) has no model: only completed trial runs of a search do")
     if not Path(artifact).is_file():
-        raise ConfigError(f"run {run_id}: its ONNX file {artifact} is not on this machine; register where the search ran")
+        raise ConfigError(f"run {run_id}: its ONNX file {artifact} is not here; register a front trial (trials off the front "
+                          "give their files back under tracking.keep_artifacts: front) on the machine the search ran on")
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     name = name or parent.data.tags.get(MODEL_NAME_TAG) or default_model_name(parent.data.tags.get("optuna.study_name", "search"))
     existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
