@@ -259,8 +259,8 @@ def distillation_setup(config: SearchConfig, model: PreTrainedModel, teacher: Te
     train_subset = stage.train_subset if final else settings.train_subset
     rows = task.load_split("train")
     train = task.batches(rows.sample(train_subset or len(rows), seed=config.search.seed), tokenizer, batch_size=settings.batch_size)
-    scoring = task.batches(by_length(task.load_split("dev").head(settings.eval_subset)), tokenizer, batch_size=64)
     head = task.head()
+    scoring = head.metric_batches(task.batches(by_length(task.load_split("dev").head(settings.eval_subset)), tokenizer, batch_size=64))
     outputs = cached_teacher_logits(model, train, teacher_key=teacher.key, head=head)
     return Distillation(teacher=model, train_batches=train, teacher_logits=outputs, eval_batches=scoring, settings=settings, head=head)
 

@@ -86,6 +86,10 @@ class Head(ABC):
         """``batch`` as the calibration batch techniques score importance on, with this head's loss."""
         return Calibration(batch, self)
 
+    def metric_batches(self, batches: Sequence[Batch]) -> list[Batch]:
+        """The batches ``self.metric`` alone needs (a distillation's early scoring reads nothing else): all of them by default."""
+        return list(batches)
+
     def for_policy(self, policy: Policy) -> Head:
         """This head as ``policy`` asks to read the output (an index's precision); the same head unless a policy field says otherwise."""
         return self
@@ -190,6 +194,10 @@ class SentenceEmbedding(Head):
         if self.metric not in scores | labelled:
             raise ValueError(f"the batches carry no {self.metric} set (task.{LABELLED_METRICS[self.metric]}) to score task.metric on")
         return scores | labelled
+
+    def metric_batches(self, batches: Sequence[Batch]) -> list[Batch]:
+        """A label-free metric reads only the split's own texts: the labelled sets' batches (a corpus, say) are left out."""
+        return list(batches) if self.metric in LABELLED_METRICS else [batch for batch in batches if EVAL_KIND not in batch]
 
     def index_bytes(self, dim: int) -> int:
         """Bytes an index stores per vector of ``dim`` dimensions at this head's precision."""

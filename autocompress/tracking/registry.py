@@ -72,10 +72,8 @@ def register_run(run_id: str, *, name: str | None = None, alias: str | None = No
                           "give their files back under tracking.keep_artifacts: front) on the machine the search ran on")
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     name = name or parent.data.tags.get(MODEL_NAME_TAG) or default_model_name(parent.data.tags.get("optuna.study_name", "search"))
-    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if existing:
-        version = existing[0].version
-    else:
+    version = _existing_version(client, name, run_id)
+    if version is None:
         with tempfile.TemporaryDirectory() as folder:
             policy = json.loads(Path(client.download_artifacts(run_id, "policy.json", folder)).read_text())
         version = _log_and_register(client, run, Path(artifact), policy, parent.data.tags.get(TOKENIZER_TAG), name)
@@ -98,21 +96,29 @@ def register_sentence_transformers(run_id: str, folder: Path, *, name: str, alia
     from sentence_transformers import SentenceTransformer
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    run = client.get_run(run_id)
-    model = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)  # as MLflow's flavor loads it
-    requirements = [f"sentence-transformers=={sentence_transformers.__version__}", f"transformers=={transformers.__version__}",
-                    f"torch=={torch.__version__.split('+')[0]}"]  # stated: MLflow would infer them in a subprocess loading the model
-    policy = Path(folder) / "policy.json"
+    run, name = client.get_run(run_id), f"{name}{SENTENCE_TRANSFORMERS_SUFFIX}"
+    version = _existing_version(client, name, run_id)
+    if version is None:
+        model = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)  # as MLflow's flavor loads it
+        requirements = [f"sentence-transformers=={sentence_transformers.__version__}", f"transformers=={transformers.__version__}",
+                        f"torch=={torch.__version__.split('+')[0]}"]  # stated: MLflow would infer them in a subprocess loading the model
+        policy = Path(folder) / "policy.json"
 
-    def log() -> Any:
-        return mlflow.sentence_transformers.log_model(
-            model, name="sentence_transformers", pip_requirements=requirements, extra_files=[str(policy)] if policy.is_file() else None,
-            metadata={"trial": run.data.tags.get("optuna.trial_number")})
+        def log() -> Any:
+            return mlflow.sentence_transformers.log_model(
+                model, name="sentence_transformers", pip_requirements=requirements, extra_files=[str(policy)] if policy.is_file() else None,
+                metadata={"trial": run.data.tags.get("optuna.trial_number")})
 
-    version = _register(client, run, f"{name}{SENTENCE_TRANSFORMERS_SUFFIX}", log)
+        version = _register(client, run, name, log)
     if alias:
-        client.set_registered_model_alias(f"{name}{SENTENCE_TRANSFORMERS_SUFFIX}", alias, version)
-    return Registered(f"{name}{SENTENCE_TRANSFORMERS_SUFFIX}", str(version), alias)
+        client.set_registered_model_alias(name, alias, version)
+    return Registered(name, str(version), alias)
+
+
+def _existing_version(client: MlflowClient, name: str, run_id: str) -> str | None:
+    """The version of ``name`` already registered from ``run_id``: registering a run again reuses it."""
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return existing[0].version if existing else None
 
 
 def _log_and_register(client: MlflowClient, run: Any, artifact: Path, policy: dict[str, Any], tokenizer: str | None, name: str) -> str:

@@ -83,3 +83,9 @@ def test_an_embedding_search_runs_end_to_end(tiny, tmp_path, capsys):
     assert "registered models:/autocompress-emb-sentence-transformers@champion" in printed
     loaded = mlflow.sentence_transformers.load_model("models:/autocompress-emb-sentence-transformers@champion")
     assert np.allclose(loaded.encode(texts), encoded, atol=1e-5)
+    from autocompress.tracking.registry import register_sentence_transformers
+
+    (chosen,) = [row["trial"] for row in front if row["chosen"]]
+    (run,) = [r for r in trial_runs if r.info.run_name == f"trial-{chosen}"]
+    again = register_sentence_transformers(run.info.run_id, out / "exports" / "hf", name="autocompress-emb", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert again.version == "1"  # registering the same run again reuses its version

@@ -93,6 +93,9 @@ def test_the_head_scores_texts_and_labelled_sets_apart():
     assert set(scores) == {"cosine", "recall_at_10", "spearman", "gold_spearman"}
     with pytest.raises(ValueError, match="the batches carry no ndcg_at_10 set"):
         SentenceEmbedding("ndcg_at_10", pooling).scores(outputs, batches)
+    # a distillation's early scoring reads only what its metric needs: a label-free one skips the labelled sets
+    assert SentenceEmbedding("cosine", pooling).metric_batches(batches) == [own]
+    assert SentenceEmbedding("gold_spearman", pooling).metric_batches(batches) == batches
 
 
 @pytest.mark.parametrize(("task", "message"), [
