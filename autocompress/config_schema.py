@@ -12,7 +12,7 @@ import textwrap
 from dataclasses import asdict, dataclass
 from enum import Enum
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -67,6 +67,8 @@ def _show(value: Any) -> str:
 
 def _type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
+    if origin is Annotated:
+        return _type_name(get_args(annotation)[0])
     if origin in (Union, UnionType):
         return " | ".join(_type_name(arg) for arg in get_args(annotation))
     if origin is list:
@@ -89,12 +91,21 @@ def _choices(annotation: Any) -> list[Any]:
 
 
 def _bounds(field: FieldInfo) -> dict[str, float]:
+    """The field's own constraints and those its values carry (``list[Annotated[int, Field(ge=1)] | None]``: >= 1)."""
     return {
         key: getattr(item, key)
-        for item in field.metadata
+        for item in (*field.metadata, *_value_metadata(field.annotation))
         for key in ("ge", "gt", "le", "lt", "min_length")
         if getattr(item, key, None) is not None
     }
+
+
+def _value_metadata(annotation: Any) -> list[Any]:
+    """Constraint objects inside ``annotation``, through lists and unions."""
+    if get_origin(annotation) is Annotated:
+        _, *metadata = get_args(annotation)
+        return [part for item in metadata for part in getattr(item, "metadata", [item])]
+    return [item for arg in get_args(annotation) for item in _value_metadata(arg)]
 
 
 REQUIRED = "(required)"

@@ -16,18 +16,20 @@ converted, with a one-line warning.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from autocompress.config import OUTPUT_PRECISIONS, ConfigError
+from autocompress.config import SCHEMAS, ConfigError
 from autocompress.deprecation import RenamedWarning
 
 if TYPE_CHECKING:
@@ -36,13 +38,9 @@ if TYPE_CHECKING:
 POLICY_VERSION = 2
 READS_VERSIONS = (1, 2)
 PATTERN_PREFIX = "re:"
-QUANT_SCHEMES = ("linear", "kmeans")
 LAYER_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
-EMBEDDING_BITS = (4, 8, 32)
-"""Word-embedding precision; quantized tables have one scale per row (per token)."""
 DEFAULT_TASK = "sequence-classification"
 
-SCHEMAS = Path(__file__).parent / "schemas"
 SCHEMA_PATH = SCHEMAS / f"policy-v{POLICY_VERSION}.schema.json"
 """The policy format as JSON Schema, shipped in the package (assembled from the techniques by ``assemble_schema``)."""
 
@@ -114,12 +112,19 @@ def schema(version: int = POLICY_VERSION) -> dict[str, Any]:
     return json.loads((SCHEMAS / f"policy-v{version}.schema.json").read_text())
 
 
+@lru_cache(maxsize=4)
+def _validator(techniques: tuple[type[Technique], ...]) -> jsonschema.Validator:
+    """The version-2 schema as the registered ``techniques`` assemble it (the shipped file is the same, for other tools)."""
+    return jsonschema.Draft202012Validator(assemble_schema())
+
+
 def validate(data: Any, *, source: str = "policy") -> None:
     """Raise ``PolicyError`` for the first schema violation, naming the field (``layers.re:...\\.0\\..*.bits``)."""
     version = data.get("version", 1) if isinstance(data, Mapping) else POLICY_VERSION
     if version not in READS_VERSIONS:
         raise PolicyError(f"{source}: policy version {version!r} is not supported; this release reads versions {list(READS_VERSIONS)}")
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema(version)).iter_errors(data))
+    validator = _validator(_techniques()) if version == POLICY_VERSION else jsonschema.Draft202012Validator(schema(version))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
         where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
         raise PolicyError(f"{source}: {where}: {error.message}")
@@ -139,49 +144,68 @@ class LayerSpec:
             raise ValueError(f"prune_ratio must lie in [0, 1); got {self.prune_ratio}")
 
 
-@dataclass(frozen=True)
 class Policy:
-    """A complete compression policy for one model; each field belongs to the technique whose section holds it."""
+    """A complete compression policy for one model: the task, the per-layer map and each technique's settings.
 
-    layers: Mapping[str, LayerSpec] = field(default_factory=dict)
-    scheme: str = "linear"
-    group_size: int | None = None
-    global_prune_ratio: float = 0.0
-    embedding_bits: int = 32
-    heads: Mapping[int, int] = field(default_factory=dict)
-    ffn: Mapping[int, int] = field(default_factory=dict)
-    kept_blocks: tuple[int, ...] | None = None
-    recovery_steps: int = 0
-    vocab_rows: int | None = None
-    """Word-embedding rows kept (the task's most used tokens; the others read their nearest kept row); None keeps all."""
-    output_precision: str = "float32"
-    """How an index stores an embedding model's outputs: float32, int8 or binary (``techniques._output``)."""
-    task: str = DEFAULT_TASK
-    """The task the policy was found for (``autocompress.tasks``)."""
-    version: int = POLICY_VERSION
+    A setting is a keyword named by the technique that owns it (``Policy(vocab_rows=6000)``)
+    and read back as an attribute (``policy.vocab_rows``); one left out takes
+    its technique's default. Each registered technique checks its own settings,
+    so the policy names none of them. Frozen: ``replace`` makes a changed copy.
+    """
 
-    def __post_init__(self) -> None:
-        if self.version != POLICY_VERSION:
-            raise ValueError(f"a Policy is version {POLICY_VERSION}, not {self.version}; Policy.from_dict converts version-1 dicts")
-        if self.scheme not in QUANT_SCHEMES:
-            raise ValueError(f"scheme must be one of {QUANT_SCHEMES}; got {self.scheme!r}")
-        if self.group_size is not None and self.group_size < 1:
-            raise ValueError(f"group_size must be a positive integer or null; got {self.group_size}")
-        if not 0.0 <= self.global_prune_ratio < 1.0:
-            raise ValueError(f"global_prune_ratio must lie in [0, 1); got {self.global_prune_ratio}")
-        if self.global_prune_ratio and any(spec.prune_ratio for spec in self.layers.values()):
-            raise ValueError("use either global_prune_ratio or per-layer prune_ratio, not both")
-        if self.recovery_steps < 0:
-            raise ValueError(f"recovery_steps must be >= 0; got {self.recovery_steps}")
-        if self.vocab_rows is not None and self.vocab_rows < 1:
-            raise ValueError(f"vocab_rows must be a positive integer or null; got {self.vocab_rows}")
-        if self.output_precision not in OUTPUT_PRECISIONS:
-            raise ValueError(f"output_precision must be one of {OUTPUT_PRECISIONS}; got {self.output_precision!r}")
-        if self.embedding_bits not in EMBEDDING_BITS:
-            raise ValueError(f"embedding_bits must be one of {EMBEDDING_BITS}; got {self.embedding_bits}")
-        for key in self.layers:
+    __slots__ = ("layers", "task", "settings")
+
+    def __init__(self, layers: Mapping[str, LayerSpec] | None = None, *, task: str = DEFAULT_TASK, version: int = POLICY_VERSION,
+                 **settings: Any) -> None:
+        if version != POLICY_VERSION:
+            raise ValueError(f"a Policy is version {POLICY_VERSION}, not {version}; Policy.from_dict converts version-1 dicts")
+        defaults = _defaults()
+        unknown = sorted(set(settings) - set(defaults))
+        if unknown:
+            raise TypeError(f"Policy got unknown setting(s) {unknown}; the registered techniques own {sorted(defaults)}")
+        layers = dict(layers or {})
+        for key in layers:
             if key.startswith(PATTERN_PREFIX):
                 re.compile(key[len(PATTERN_PREFIX) :])
+        object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "task", task)
+        object.__setattr__(self, "settings", MappingProxyType(defaults | settings))
+        for technique in _techniques():
+            technique.check(self)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return object.__getattribute__(self, "settings")[name]
+        except (KeyError, AttributeError):
+            raise AttributeError(f"{type(self).__name__!r} has no setting {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a Policy is frozen; use policy.replace({name}=...)")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Policy):
+            return NotImplemented
+        return (self.layers, self.task, dict(self.settings)) == (other.layers, other.task, dict(other.settings))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable mappings inside
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (self.layers, self.task, dict(self.settings))
+
+    def __repr__(self) -> str:
+        changed = {name: value for name, value in self.settings.items() if value != _shared_defaults()[name]}
+        fields = [f"layers={self.layers!r}"] * bool(self.layers) + [f"{name}={value!r}" for name, value in changed.items()]
+        return f"Policy({', '.join(fields + [f'task={self.task!r}'])})"
+
+    @property
+    def version(self) -> int:
+        return POLICY_VERSION
+
+    def replace(self, **changes: Any) -> Policy:
+        """A copy with ``changes`` (settings, ``layers`` or ``task``) applied, checked like a new policy."""
+        layers = changes.pop("layers", self.layers)
+        task = changes.pop("task", self.task)
+        return Policy(layers, task=task, **(dict(self.settings) | changes))
 
     def spec_for(self, name: str) -> LayerSpec:
         """The spec that applies to the module ``name`` under the precedence rules."""
@@ -210,12 +234,12 @@ class Policy:
         validate(data, source=source)
         if data.get("version", 1) == 1:
             data = upgrade_v1(data)
-        kwargs: dict[str, Any] = {"task": data.get("task", DEFAULT_TASK)}
-        kwargs["layers"] = {name: LayerSpec(**spec) for name, spec in data.get("layers", {}).items()}
+        layers = {name: LayerSpec(**spec) for name, spec in data.get("layers", {}).items()}
         sections = data.get("techniques", {})
+        settings: dict[str, Any] = {}
         for technique in _techniques():
-            kwargs |= technique.from_section(sections.get(technique.name, {}))
-        return cls(**kwargs)
+            settings |= technique.from_section(sections.get(technique.name, {}))
+        return cls(layers, task=data.get("task", DEFAULT_TASK), **settings)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)  # key order kept: among layer patterns the first listed wins
@@ -249,29 +273,34 @@ class Policy:
 
         ``blocks`` holds each encoder block's Linear names; ``heads`` and
         ``ffn`` are the uncompressed block's. Per block: the effective weight
-        bits ("mixed" when its Linears differ), unstructured pruning ratio
-        (likewise), kept heads, kept FFN width, and whether the block is kept,
-        so MLflow's compare view and parallel coordinates line trials up.
+        bits ("mixed" when its Linears differ) and unstructured pruning ratio
+        (likewise); then each technique's own (``Technique.params``: kept
+        heads, FFN width and blocks, ...), so MLflow's compare view and
+        parallel coordinates line trials up.
         """
-        params: dict[str, Any] = {
-            "scheme": self.scheme,
-            "group_size": self.group_size,
-            "global_prune_ratio": self.global_prune_ratio,
-            "embedding_bits": self.embedding_bits,
-            "recovery_steps": self.recovery_steps,
-            "vocab_rows": self.vocab_rows,
-            "output_precision": self.output_precision,
-            "num_blocks": len(blocks),
-            "kept_blocks": len(self.kept_blocks) if self.kept_blocks is not None else len(blocks),
-        }
+        params: dict[str, Any] = {"num_blocks": len(blocks)}
+        for technique in _techniques():
+            params |= technique.params(self, num_blocks=len(blocks), heads=heads, ffn=ffn)
         for index, names in enumerate(blocks):
             specs = [self.spec_for(name) for name in names]
             params[f"block{index}.bits"] = _one_or_mixed(spec.bits for spec in specs)
             params[f"block{index}.prune_ratio"] = _one_or_mixed(spec.prune_ratio for spec in specs)
-            params[f"block{index}.heads"] = self.heads.get(index, heads)
-            params[f"block{index}.ffn"] = self.ffn.get(index, ffn)
-            params[f"block{index}.kept"] = self.kept_blocks is None or index in self.kept_blocks
         return params
+
+
+def _rebuilt(layers: Mapping[str, LayerSpec], task: str, settings: Mapping[str, Any]) -> Policy:
+    """A pickled policy, built again (and so checked again) where it is unpickled."""
+    return Policy(layers, task=task, **settings)
+
+
+def _defaults() -> dict[str, Any]:
+    """Every registered technique's settings at their defaults: what an empty policy holds (a fresh copy)."""
+    return copy.deepcopy(_shared_defaults())
+
+
+@lru_cache(maxsize=1)
+def _shared_defaults() -> dict[str, Any]:
+    return {name: value for technique in _techniques() for name, value in technique.defaults().items()}
 
 
 def upgrade_v1(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,9 +15,9 @@ import re
 
 import optuna
 
+from autocompress import techniques
 from autocompress.config import PruneMode, SpaceConfig
 from autocompress.policy import DEFAULT_TASK, PATTERN_PREFIX, LayerSpec, Policy
-from autocompress.techniques import TECHNIQUES
 
 
 def block_pattern(prefix: str, index: int) -> str:
@@ -34,7 +34,7 @@ def sample_policy(trial: optuna.Trial, space: SpaceConfig, *, prefix: str, num_b
         ratio = trial.suggest_categorical(f"block{index}.prune_ratio", space.prune_ratios) if local else 0.0
         layers[block_pattern(prefix, index)] = LayerSpec(bits=bits, prune_ratio=ratio)
     decisions = {}
-    for technique in TECHNIQUES:
+    for technique in techniques.TECHNIQUES:  # read when called: the registry is the one list
         decisions |= technique.sample(trial, space, num_blocks=num_blocks)
     return Policy(layers=layers, task=task, **decisions)
 

@@ -41,11 +41,33 @@ def test_exact_name_wins_over_pattern_and_first_pattern_wins():
         ({"global_prune_ratio": 1.0}, "global_prune_ratio"),
         ({"embedding_bits": 6}, "embedding_bits"),
         ({"layers": {"x": LayerSpec(prune_ratio=0.5)}, "global_prune_ratio": 0.5}, "not both"),
+        ({"vocab_rows": 0}, "vocabulary_pruning: vocab_rows: 0 is less than the minimum of 1"),
+        ({"heads": {0: -1}}, "structured_pruning: heads.0: -1 is less than the minimum of 0"),
     ],
 )
 def test_invalid_policies_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Policy(**kwargs)
+
+
+def test_a_setting_no_technique_owns_is_refused_and_a_policy_is_frozen():
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['vocab_row'\]; the registered techniques own \[.*'vocab_rows'"):
+        Policy(vocab_row=6000)
+    policy = Policy(vocab_rows=6000)
+    with pytest.raises(AttributeError, match="frozen"):
+        policy.vocab_rows = 7000
+    with pytest.raises(AttributeError, match="no setting 'vocab_row'"):
+        policy.vocab_row  # noqa: B018
+    assert policy.replace(vocab_rows=7000) == Policy(vocab_rows=7000) and policy.vocab_rows == 6000
+
+
+def test_a_policy_survives_pickling_and_copying_as_ray_and_optuna_move_it():
+    import copy
+    import pickle
+
+    policy = Policy(layers={"re:.*": LayerSpec(bits=4)}, heads={0: 2}, kept_blocks=(0, 2), vocab_rows=6000, task="embedding")
+    assert pickle.loads(pickle.dumps(policy)) == policy == copy.deepcopy(policy)
+    assert "vocab_rows=6000" in repr(policy) and "scheme" not in repr(policy)  # a repr shows what differs from the defaults
 
 
 def test_layer_spec_rejects_unknown_bits():
@@ -83,7 +105,7 @@ def test_the_shipped_schema_is_assembled_from_the_techniques_and_names_the_field
     assert schema == assemble_schema(), 'regenerate it: python -c "from autocompress.policy import write_schema; write_schema()"'
     assert list(schema["properties"]["techniques"]["properties"]) == [technique.name for technique in TECHNIQUES]
     owned = [name for technique in TECHNIQUES for name in technique.fields]
-    assert sorted(owned) == sorted(set(Policy.__dataclass_fields__) - {"layers", "task", "version"})  # each field in one section
+    assert sorted(owned) == sorted(Policy().settings) and len(owned) == len(set(owned))  # each setting in one section
     full = Policy(layers={"re:.*\\.0\\..*": LayerSpec(bits=4, prune_ratio=0.25)}, scheme="linear", group_size=32, embedding_bits=8,
                   heads={0: 6}, ffn={1: 768}, kept_blocks=(0, 2), recovery_steps=100, vocab_rows=8000)
     import jsonschema

@@ -62,3 +62,20 @@ def test_evenly_spaced_keeps_the_last_block(count, kept):
 def test_evenly_spaced_rejects_impossible_depths():
     with pytest.raises(ValueError, match="1..6"):
         evenly_spaced(7, 6)
+
+
+def test_every_scalar_technique_setting_is_a_space_key_read_from_the_shipped_schema():
+    """A technique's settings are searchable with no edit to config: the space offers them from the policy schema it ships."""
+    from autocompress.config import POLICY_SCHEMA
+    from autocompress.config._space import OWN_KEYS, setting_keys
+    from autocompress.policy import SCHEMA_PATH, assemble_schema
+    from autocompress.techniques import TECHNIQUES
+
+    assert POLICY_SCHEMA == SCHEMA_PATH
+    generated = set(setting_keys(assemble_schema()))
+    scalar = {name for technique in TECHNIQUES for name, schema in technique.fields.items() if schema.get("type") not in ("object", ["array", "null"])}
+    assert generated == scalar - set(OWN_KEYS) and generated <= set(SpaceConfig.model_fields)
+    assert {"vocab_rows", "output_precision", "recovery_steps"} <= generated and "global_prune_ratio" not in SpaceConfig.model_fields
+    assert SpaceConfig(vocab_rows=[6000, None]).vocab_rows == [6000, None] and SpaceConfig().vocab_rows == [None]
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        SpaceConfig(vocab_rows=[0])

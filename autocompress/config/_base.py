@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
@@ -16,6 +17,10 @@ RENAMED_FIELDS = {
     "task.hf_validation_split": "hf_test_split",
 }
 """Old dotted field path -> its name now (same section): the test split was called validation before dev was split off."""
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+"""The JSON Schemas shipped in the package."""
+POLICY_SCHEMA = SCHEMAS / "policy-v2.schema.json"
+"""The current policy format, assembled from the techniques; the ``space`` section offers their settings from it."""
 DEPLOYABLE_BITS = (2, 4, 8, 16, 32)
 OutputPrecision = Literal["float32", "int8", "binary"]
 """How a search index stores an embedding model's outputs (sentence-transformers' ``quantize_embeddings`` precisions)."""

@@ -1,13 +1,27 @@
-"""The ``space`` section: every decision a search may take, per block and per model."""
+"""The ``space`` section: every decision a search may take, per block and per model.
+
+A few decisions have keys of their own, declared here: the per-block bits
+(``weight_bits``), the quantization scheme, magnitude pruning's mode and
+ratios, and the structured shapes (``heads``, ``ffn_widths``,
+``num_blocks``). Every other key is named after a technique's scalar policy
+setting and lists that setting's values, one per trial (``vocab_rows: [6000,
+12000]``). Those keys come from the shipped policy schema, which the
+techniques assemble (``autocompress.policy.write_schema``), so a new
+technique's settings are searchable with no edit here, and this layer, which
+every other one reads, imports none of them.
+"""
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
-from typing import Literal
+from functools import reduce
+from operator import or_
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
-from autocompress.config._base import DEPLOYABLE_BITS, OutputPrecision, Strict
+from autocompress.config._base import DEPLOYABLE_BITS, POLICY_SCHEMA, Strict
 
 
 class PruneMode(StrEnum):
@@ -16,8 +30,8 @@ class PruneMode(StrEnum):
     GLOBAL = "global"
 
 
-class SpaceConfig(Strict):
-    """Choices the sampler may make, per encoder block unless noted."""
+class _DeclaredSpace(Strict):
+    """The decisions with keys of their own; ``SpaceConfig`` adds one key per technique setting."""
 
     weight_bits: list[Literal[2, 3, 4, 5, 6, 7, 8, 16, 32]] = Field(
         default_factory=lambda: [4, 8, 32],
@@ -31,12 +45,6 @@ class SpaceConfig(Strict):
         description="quantization schemes offered, one per trial: linear (symmetric uniform grid, deployable) "
         "or kmeans (per-layer codebook, simulation_only)",
     )
-    group_size: list[int | None] = Field(
-        default_factory=lambda: [None],
-        min_length=1,
-        description="quantization group sizes offered, one per trial, in weight columns per scale (positive); "
-        "null: one scale per output channel; smaller groups: more accurate at low bits, a larger file",
-    )
     prune_mode: PruneMode = Field(
         PruneMode.LOCAL,
         description="magnitude pruning: none; local (a ratio from prune_ratios per block); global (one ratio, "
@@ -47,11 +55,6 @@ class SpaceConfig(Strict):
         min_length=1,
         description="fractions of weights zeroed by magnitude, each in [0, 1) (0.5 = half); the shipped file stores "
         "zeros densely, so this buys sparsity, not size",
-    )
-    embedding_bits: list[Literal[4, 8, 32]] = Field(
-        default_factory=lambda: [32],
-        min_length=1,
-        description="word-embedding precisions offered, one per trial: 32 float; 4 or 8: integer codes with one scale per token row",
     )
     heads: list[int] | None = Field(
         None,
@@ -68,25 +71,6 @@ class SpaceConfig(Strict):
         min_length=1,
         description="encoder-block counts offered, one per trial, kept evenly spaced (the last always kept); null: all blocks",
     )
-    recovery_steps: list[int] = Field(
-        default_factory=lambda: [0],
-        min_length=1,
-        description="KD fine-tune steps offered, one per trial, after pruning (see recovery); 0: no recovery; "
-        "any value > 0 turns on distillation and the multi-fidelity pruner",
-    )
-    vocab_rows: list[int | None] = Field(
-        default_factory=lambda: [None],
-        min_length=1,
-        description="word-embedding rows kept, one choice per trial: the special tokens and the tokens the task's "
-        "training text uses most; every other token id reads its nearest kept row; null: keep the whole vocabulary",
-    )
-    output_precision: list[OutputPrecision] = Field(
-        default_factory=lambda: ["float32"],
-        min_length=1,
-        description="how a search index stores each output embedding, one choice per trial (task.type embedding only): "
-        "float32 (4 bytes a dimension), int8 (1 byte: 256 buckets between calibrated ranges) or binary (1 bit: the sign); "
-        "neighbour recall@10 is scored on the stored vectors and the bytes per vector are reported",
-    )
     simulation_only: bool = Field(
         False,
         description="allow choices no CPU runtime executes (3/5/6/7 bits, kmeans); needs latency.backend: torch, "
@@ -94,13 +78,10 @@ class SpaceConfig(Strict):
     )
 
     @model_validator(mode="after")
-    def _ratios_in_range(self) -> "SpaceConfig":
+    def _ratios_in_range(self) -> "_DeclaredSpace":
         bad = [r for r in self.prune_ratios if not 0.0 <= r < 1.0]
         if bad:
             raise ValueError(f"prune_ratios must lie in [0, 1), got {bad}")
-        bad_groups = [g for g in self.group_size if g is not None and g < 1]
-        if bad_groups:
-            raise ValueError(f"group_size must hold positive column counts or null (per output channel), got {bad_groups}")
         if not self.simulation_only:
             blocked = [b for b in self.weight_bits if b not in DEPLOYABLE_BITS] + [s for s in self.quant_scheme if s != "linear"]
             if blocked:
@@ -108,10 +89,42 @@ class SpaceConfig(Strict):
                     f"{blocked} cannot run on ONNX Runtime's CPU kernels; deployable weight_bits: "
                     f"{list(DEPLOYABLE_BITS)} with quant_scheme [linear], or set space.simulation_only: true"
                 )
-        if any(steps < 0 for steps in self.recovery_steps):
-            raise ValueError(f"recovery_steps must be >= 0, got {self.recovery_steps}")
         for name in ("heads", "ffn_widths", "num_blocks"):
             negative = [v for v in getattr(self, name) or [] if v < (1 if name == "num_blocks" else 0)]
             if negative:
                 raise ValueError(f"{name} must hold non-negative counts (num_blocks >= 1), got {negative}")
         return self
+
+
+OWN_KEYS = {"scheme": "quant_scheme", "global_prune_ratio": "prune_mode"}
+"""Scalar settings a declared decision fills (so they take no key of their own) -> that decision's key."""
+_JSON_TYPES: dict[str, Any] = {"integer": int, "number": float, "string": str, "boolean": bool, "null": None}
+
+
+def _choice_type(schema: dict[str, Any]) -> Any:
+    """The Python type of one value of a setting, from its JSON Schema (enum, type, minimum)."""
+    if "enum" in schema:
+        return Literal[tuple(schema["enum"])]
+    kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    bounds = {key: schema[json_key] for key, json_key in (("ge", "minimum"), ("lt", "exclusiveMaximum")) if json_key in schema}
+    types = [Annotated[_JSON_TYPES[kind], Field(**bounds)] if bounds and kind != "null" else _JSON_TYPES[kind] for kind in kinds]
+    return reduce(or_, types)
+
+
+def setting_keys(schema: dict[str, Any]) -> dict[str, Any]:
+    """One ``space`` field per scalar technique setting of a policy ``schema``: a list of its values, default its default."""
+    keys = {}
+    for section in schema["properties"]["techniques"]["properties"].values():
+        for name, setting in section["properties"].items():
+            if name in OWN_KEYS or setting.get("type") in ("object", "array") or "array" in setting.get("type", []):
+                continue
+            description = f"values of the policy's {name} offered, one per trial: {setting['description']}"
+            keys[name] = (list[_choice_type(setting)], Field(default_factory=lambda value=setting["default"]: [value], min_length=1,
+                                                             description=description))
+    return keys
+
+
+SpaceConfig = create_model(
+    "SpaceConfig", __base__=_DeclaredSpace, __doc__="Choices the sampler may make, per encoder block unless noted.",
+    **setting_keys(json.loads(POLICY_SCHEMA.read_text())),
+)

@@ -13,7 +13,7 @@ import errno
 import logging
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import optuna
@@ -87,7 +87,7 @@ def make_objective(context: SearchContext, workers: Workers, progress: LiveLine 
         policy = sample_policy(trial, context.config.space, prefix=prefix, num_blocks=num_blocks, task=context.config.task.type)
         final = FINAL_OF_ATTR in trial.user_attrs  # the same student, trained again on the final budget
         if final:
-            policy = replace(policy, recovery_steps=context.config.search.final_training.recovery_steps)
+            policy = policy.replace(recovery_steps=context.config.search.final_training.recovery_steps)
         seed = trial_seed(context.config.search.seed, trial.user_attrs.get(RETRY_OF_ATTR, trial.number))  # a retry rebuilds the same model
         trial.set_user_attr("policy", policy.to_dict())
         trial.set_user_attr("seed", seed)

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
+from autocompress import techniques
 from autocompress.config import ConfigError, SearchConfig
 from autocompress.models.families import adapter_for, ffn_width, len_blocks, supported_types
 from autocompress.runtime import kernel_refusal, nbits_block
 from autocompress.space import sample_policy
-from autocompress.techniques import TECHNIQUES
 
 _STRUCTURED_FIELDS = ("heads", "ffn_widths", "num_blocks")
 
@@ -115,7 +115,7 @@ def check_space(config: SearchConfig, model_config: PretrainedConfig) -> SpaceSu
                 zero = f" ({adapter.family}: {adapter.notes})"
             raise fail(name, f"{bad[0]} is not allowed; {has}, allowed {low}..{top}{zero}")
 
-    for technique in TECHNIQUES:
+    for technique in techniques.TECHNIQUES:  # read when called: the registry is the one list
         refusal = technique.refuse_space(space, model_config)
         if refusal:
             raise fail(*refusal)

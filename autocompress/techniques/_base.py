@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import jsonschema
 
 if TYPE_CHECKING:
     import optuna
@@ -38,7 +41,7 @@ class Technique(ABC):
     needs_data: ClassVar[bool] = False
     """Whether an instance needs the task's data (``for_task``); those without are built with no argument."""
     fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-    """The ``Policy`` fields this technique owns -> each one's JSON Schema; they make its policy section."""
+    """The ``Policy`` settings this technique owns -> each one's JSON Schema (with its ``default``); they make its policy section."""
 
     @classmethod
     def section(cls, policy: Policy) -> dict[str, Any]:
@@ -49,6 +52,24 @@ class Technique(ABC):
     def from_section(cls, section: Mapping[str, Any]) -> dict[str, Any]:
         """``Policy`` keyword arguments from a (schema-valid) section; a field it omits keeps its default."""
         return dict(section)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """This technique's settings in a policy that asks nothing of it (its schema's defaults, as Python values)."""
+        return cls.from_section({name: schema["default"] for name, schema in cls.fields.items()})
+
+    @classmethod
+    def check(cls, policy: Policy) -> None:
+        """Raise ``ValueError`` naming the setting when ``policy``'s section breaks this technique's schema."""
+        error = jsonschema.exceptions.best_match(_validator(cls).iter_errors(cls.section(policy)))
+        if error is not None:
+            where = ".".join(str(part) for part in error.absolute_path) or cls.name
+            raise ValueError(f"{cls.name}: {where}: {error.message}")
+
+    @classmethod
+    def params(cls, policy: Policy, *, num_blocks: int, heads: int, ffn: int) -> dict[str, Any]:
+        """MLflow params for ``policy``'s settings, one scalar each, the same keys for every policy of a model."""
+        return cls.section(policy)
 
     @classmethod
     def active(cls, policy: Policy) -> bool:
@@ -83,3 +104,10 @@ class Technique(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+@cache
+def _validator(technique: type[Technique]) -> jsonschema.Validator:
+    """One compiled validator per technique's section (a policy is checked each time one is built)."""
+    schema = {"type": "object", "properties": dict(technique.fields), "additionalProperties": False}
+    return jsonschema.Draft202012Validator(schema)

@@ -58,7 +58,8 @@ class Recovery(Technique):
     needs_data = True
     fields = {
         "recovery_steps": {"type": "integer", "minimum": 0, "default": 0,
-                           "description": "distillation steps from the teacher after pruning, before quantization"},
+                           "description": "distillation steps from the teacher after pruning, before quantization (see recovery); 0: none; "
+                           "in a search, any value above 0 turns on the multi-fidelity pruner"},
     }
 
     @classmethod

@@ -52,6 +52,12 @@ class MagnitudePruning(Technique):
     }
 
     @classmethod
+    def check(cls, policy: Policy) -> None:
+        super().check(policy)
+        if policy.global_prune_ratio and any(spec.prune_ratio for spec in policy.layers.values()):
+            raise ValueError("magnitude_pruning: use either global_prune_ratio or per-layer prune_ratio, not both")
+
+    @classmethod
     def active(cls, policy: Policy) -> bool:
         return policy.global_prune_ratio > 0 or any(spec.prune_ratio for spec in policy.layers.values())
 

@@ -27,8 +27,10 @@ class Quantization(Technique):
         "scheme": {"enum": ["linear", "kmeans"], "default": "linear",
                    "description": "linear: symmetric integer grid with per-channel or per-group scales; kmeans: a codebook per layer"},
         "group_size": {"type": ["integer", "null"], "minimum": 1, "default": None,
-                       "description": "input columns sharing one scale; null: one scale per output channel"},
-        "embedding_bits": {"enum": [4, 8, 32], "default": 32, "description": "word-embedding table precision, one scale per row"},
+                       "description": "weight columns sharing one scale (positive); null: one scale per output channel; "
+                       "smaller groups: more accurate at low bits, a larger file"},
+        "embedding_bits": {"enum": [4, 8, 32], "default": 32,
+                           "description": "word-embedding table precision: 32 float; 4 or 8: integer codes with one scale per token row"},
     }
 
     @classmethod

@@ -50,9 +50,9 @@ class StructuredPruning(Technique):
     stage = 10
     fields = {
         "heads": {"type": "object", "propertyNames": {"pattern": "^[0-9]+$"}, "additionalProperties": {"type": "integer", "minimum": 0},
-                  "description": "block index -> attention heads kept (the most important ones)"},
+                  "default": {}, "description": "block index -> attention heads kept (the most important ones)"},
         "ffn": {"type": "object", "propertyNames": {"pattern": "^[0-9]+$"}, "additionalProperties": {"type": "integer", "minimum": 0},
-                "description": "block index -> FFN neurons kept"},
+                "default": {}, "description": "block index -> FFN neurons kept"},
         "kept_blocks": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}, "uniqueItems": True, "default": None,
                         "description": "indices of the encoder blocks kept, in order; null keeps all"},
     }
@@ -69,6 +69,16 @@ class StructuredPruning(Technique):
         return {"heads": {int(k): int(v) for k, v in section.get("heads", {}).items()},
                 "ffn": {int(k): int(v) for k, v in section.get("ffn", {}).items()},
                 "kept_blocks": tuple(int(i) for i in kept) if kept is not None else None}
+
+    @classmethod
+    def params(cls, policy: Policy, *, num_blocks: int, heads: int, ffn: int) -> dict[str, Any]:
+        """How many blocks are kept; per block of the uncompressed model its heads, FFN width and whether it is kept."""
+        kept = policy.kept_blocks
+        params: dict[str, Any] = {"kept_blocks": len(kept) if kept is not None else num_blocks}
+        for index in range(num_blocks):
+            params |= {f"block{index}.heads": policy.heads.get(index, heads), f"block{index}.ffn": policy.ffn.get(index, ffn),
+                       f"block{index}.kept": kept is None or index in kept}
+        return params
 
     @classmethod
     def sample(cls, trial: optuna.Trial, space: SpaceConfig, *, num_blocks: int) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -55,7 +54,7 @@ def test_the_chosen_student_is_trained_again_once_and_exported_from_its_kept_wei
     final = trials[2]
     origin = trials[final.user_attrs[FINAL_OF_ATTR]]
     assert final.params == origin.params  # the same student ...
-    assert Policy.from_dict(final.user_attrs["policy"]) == replace(Policy.from_dict(origin.user_attrs["policy"]), recovery_steps=6)  # ... final budget
+    assert Policy.from_dict(final.user_attrs["policy"]) == Policy.from_dict(origin.user_attrs["policy"]).replace(recovery_steps=6)  # ... final budget
     assert len(final.user_attrs[CURVES_ATTR]["recovery_loss"]) == 6 and len(origin.user_attrs[CURVES_ATTR]["recovery_loss"]) == 2
     assert (tmp_path / "out" / "exports" / "hf" / "config.json").is_file()
     assert summarize(study).line().startswith("trials 2/2 + 1 final")

@@ -19,6 +19,7 @@ import pytest
 import torch
 from families import tiny_model
 
+from autocompress import techniques
 from autocompress.config import PruneMode, RecoveryConfig, SpaceConfig
 from autocompress.models.pooling import Pooling
 from autocompress.policy import LayerSpec, Policy, assemble_schema
@@ -57,7 +58,7 @@ class TechniqueContract:
         return self.technique()
 
     def test_it_is_registered(self):
-        assert self.technique in TECHNIQUES
+        assert self.technique in techniques.TECHNIQUES  # read when asked: a registration made by a test counts
 
     def test_the_active_policy_asks_for_it_and_a_default_one_does_not(self):
         assert self.technique.active(self.active()) and not self.technique.active(Policy())
@@ -71,8 +72,9 @@ class TechniqueContract:
             assert [type(technique) for technique in pipeline] == [self.technique]
 
     def test_its_fields_are_policy_fields_no_other_technique_owns(self):
-        assert self.technique.fields and set(self.technique.fields) <= set(Policy.__dataclass_fields__)
-        others = {name for technique in TECHNIQUES if technique is not self.technique for name in technique.fields}
+        assert self.technique.fields and set(self.technique.fields) <= set(Policy().settings)
+        assert all("default" in schema for schema in self.technique.fields.values())  # an empty policy holds each default
+        others = {name for technique in techniques.TECHNIQUES if technique is not self.technique for name in technique.fields}
         assert not set(self.technique.fields) & others
 
     def test_its_section_round_trips_through_json_and_the_schema(self):
@@ -203,3 +205,63 @@ def test_compress_applies_what_the_policy_asks_and_refuses_a_vocabulary_without_
     compressed = compress(model, policy, prepare=lambda technique: vocabulary, calibration=sentence_batches[0])
     assert compressed.get_input_embeddings().weight.shape[0] == 2000 and compressed.config.num_attention_heads == 4
     assert compressed.bert.encoder.layer[0].attention.self.query.out_features == 2 * 8  # 2 heads of 8 kept
+
+
+class WeightRounding(Technique):
+    """A technique written only here, to show what adding one takes: this class and its registration, nothing else."""
+
+    name = "weight_rounding"
+    stage = 35
+    fields = {"round_decimals": {"type": ["integer", "null"], "minimum": 0, "default": None,
+                                 "description": "decimals each planned Linear's weights keep; null: as they are"}}
+
+    @classmethod
+    def sample(cls, trial, space, *, num_blocks):
+        return {"round_decimals": trial.suggest_categorical("round_decimals", [None, 1])}
+
+    def apply(self, model, policy, plan, *, calibration=None):
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name in plan if policy.round_decimals is not None else ():
+                modules[name].weight.copy_(modules[name].weight.round(decimals=policy.round_decimals))
+
+
+@pytest.fixture
+def weight_rounding_registered(monkeypatch):
+    from autocompress import policy as policy_module
+    from autocompress.techniques import _compress
+
+    monkeypatch.setattr(_compress, "TECHNIQUES", (*TECHNIQUES, WeightRounding))  # the one registration line
+    policy_module._shared_defaults.cache_clear()
+    yield
+    policy_module._shared_defaults.cache_clear()
+
+
+class TestWeightRounding(TechniqueContract):
+    """The contract suite passes for a technique that exists only in this file, once registered."""
+
+    technique = WeightRounding
+
+    @pytest.fixture(autouse=True)
+    def _registered(self, weight_rounding_registered):
+        pass
+
+    def active(self):
+        return Policy(round_decimals=1)
+
+    def test_the_policy_format_sampler_and_compress_carry_it_with_no_other_edit(self, tmp_path):
+        from autocompress.space import sample_policy
+        from autocompress.techniques import compress
+
+        policy = Policy(round_decimals=1, vocab_rows=2000)
+        assert policy.to_dict()["techniques"]["weight_rounding"] == {"round_decimals": 1}
+        assert Policy.load(policy.save(tmp_path / "p.json")) == policy
+        assert policy.params([["a"]], heads=4, ffn=64)["round_decimals"] == 1
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+        sampled = sample_policy(trial, OPEN_SPACE, prefix="bert.encoder.layer", num_blocks=2)
+        assert sampled.round_decimals == trial.params["round_decimals"]
+        model = tiny_model("bert")
+        rounded = compress(model, Policy(round_decimals=1)).bert.encoder.layer[0].attention.self.query.weight
+        assert torch.equal(rounded, rounded.round(decimals=1)) and not torch.equal(rounded, model.bert.encoder.layer[0].attention.self.query.weight)
+        with pytest.raises(ValueError, match="weight_rounding: round_decimals: -1 is less than the minimum of 0"):
+            Policy(round_decimals=-1)
