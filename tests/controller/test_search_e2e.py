@@ -2,7 +2,6 @@
 
 import json
 import os
-from dataclasses import replace
 
 import mlflow
 import optuna
@@ -157,7 +156,7 @@ def assert_exports_and_picks(uri, storage, out, children, capsys):
     applied = json.loads((out / "applied" / "measurement.json").read_text())
     trial = next(t for t in study.trials if t.user_attrs.get("policy") == chosen)
     assert applied["dev_accuracy"] == trial.user_attrs["dev_accuracy"] and applied["size_bytes"] == trial.user_attrs["size_bytes"]
-    (out / "wide.json").write_text(json.dumps(replace(Policy.from_dict(chosen), heads={0: 16}).to_dict()))
+    (out / "wide.json").write_text(json.dumps(Policy.from_dict(chosen).replace(heads={0: 16}).to_dict()))
     assert main(["apply", str(out / "wide.json"), "--model", str(teacher), "--config", config, "-o", str(out / "wide")]) == 2
     assert "16" in capsys.readouterr().err and not (out / "wide").exists()
 

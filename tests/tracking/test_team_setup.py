@@ -149,9 +149,9 @@ def test_a_team_server_with_basic_auth_keeps_users_apart_and_a_detached_search_l
         refused = cli("status", job)  # another shell, without the variable
         assert refused.returncode == 2 and "AUTOCOMPRESS_STORAGE, which is not set here" in refused.stderr
         with_it = {**env, "AUTOCOMPRESS_STORAGE": storage}
-        deadline = time.time() + 300
-        while "exited" not in cli("status", job, env=with_it).stdout and time.time() < deadline:
-            time.sleep(2)
+        deadline = time.time() + 300  # wait on the process itself: a `status` every few seconds would take the search's cores
+        while _running(record["pid"]) and time.time() < deadline:
+            time.sleep(1)
         status = cli("status", job, env=with_it).stdout
         assert "exited 0" in status and "in env:AUTOCOMPRESS_STORAGE: finished" in status, status
         assert "registered models:/autocompress-authteam@champion" in cli("logs", job).stdout  # logged and registered as alice
@@ -170,3 +170,11 @@ def test_a_team_server_with_basic_auth_keeps_users_apart_and_a_detached_search_l
     written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
     assert len(written) > 20  # the cache, the job's record and log, the output folder, the server's log and artifact store
     assert [str(p) for p in written if storage_password.encode() in p.read_bytes() or alice_password.encode() in p.read_bytes()] == []
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` is alive (a zombie has exited; its parent has not reaped it yet)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
