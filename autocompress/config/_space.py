@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from functools import reduce
-from operator import or_
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, create_model, model_validator
 
@@ -108,7 +106,7 @@ def _choice_type(schema: dict[str, Any]) -> Any:
     kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
     bounds = {key: schema[json_key] for key, json_key in (("ge", "minimum"), ("lt", "exclusiveMaximum")) if json_key in schema}
     types = [Annotated[_JSON_TYPES[kind], Field(**bounds)] if bounds and kind != "null" else _JSON_TYPES[kind] for kind in kinds]
-    return reduce(or_, types)
+    return Union[tuple(types)]  # built at run time, in the order the schema lists them (null first too)
 
 
 def setting_keys(schema: dict[str, Any]) -> dict[str, Any]:
