@@ -188,3 +188,15 @@ def test_each_verb_is_a_package_attribute_that_no_submodule_shadows(verb):
 
     assert callable(getattr(autocompress, verb)) and verb in autocompress.__all__
     assert not (PACKAGE / f"{verb}.py").exists() and not (PACKAGE / verb).is_dir(), f"autocompress.{verb} is also a submodule"
+
+
+def test_the_job_commands_load_neither_torch_nor_the_runtimes():
+    """``status``, ``logs``, ``jobs``, ``stop`` and ``gc`` are typed while a search runs: torch would cost each seconds of its cores."""
+    import subprocess
+
+    modules = ["autocompress.cli", "autocompress.controller.jobs", "autocompress.controller.progress",
+               "autocompress.controller.retention", "autocompress.controller.study"]  # fmt: skip
+    heavy = ("torch", "transformers", "onnxruntime", "ray")
+    code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\nprint([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

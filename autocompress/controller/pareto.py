@@ -21,7 +21,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.config import ConfigError, Selection
 from autocompress.controller.study import FINAL_OF_ATTR, is_feasible, study_metric
-from autocompress.models.loading import copy_tokenizer
 from autocompress.paths import write_json
 from autocompress.policy import Policy, field_of
 
@@ -277,5 +276,7 @@ def write_front(
     if chosen.get("artifact"):
         shutil.copy2(output / chosen["artifact"], best_model / "model.onnx")
     if tokenizer_dir is not None:
+        from autocompress.models.loading import copy_tokenizer  # transformers: seconds that `status` need not pay
+
         copy_tokenizer(tokenizer_dir, best_model)
     return rows, chosen

@@ -44,6 +44,8 @@ def test_the_default_server_keeps_its_stores_in_its_folder_listens_on_loopback_a
         clash = subprocess.run([str(SERVER / "start")], env=elsewhere, capture_output=True, text=True, timeout=60)
         assert clash.returncode == 1 and "something else already answers" in clash.stderr and "MLFLOW_PORT" in clash.stderr
         pid = int((folder / f"server-{port}.pid").read_text())
+        spawned = [" ".join(child.cmdline()) for child in psutil.Process(pid).children(recursive=True)]
+        assert spawned and not [c for c in spawned if "mlflow.server.jobs" in c]  # MLflow's GenAI job runner: off unless asked for
     finally:
         stopped = subprocess.run([str(SERVER / "stop")], env=env, capture_output=True, text=True, timeout=60)
     assert stopped.returncode == 0 and "stopped" in stopped.stderr

@@ -164,6 +164,9 @@ def test_a_team_server_with_basic_auth_keeps_users_apart_and_a_detached_search_l
             client.delete_run(run.info.run_id)
         with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
             client.delete_registered_model("autocompress-authteam")
+        as_user("alice", alice_password[::-1])  # the server remembers verified passwords for a minute, not wrong ones
+        with pytest.raises(MlflowException, match="401|Unauthorized|UNAUTHENTICATED"):
+            client.get_run(run.info.run_id)
         as_user("alice", alice_password)
         assert client.get_run(run.info.run_id).info.lifecycle_stage == "active"
 
