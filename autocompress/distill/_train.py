@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from autocompress.config import RecoveryConfig
+from autocompress.cores import cores, rebalance
 from autocompress.distill._losses import attention_loss, hidden_state_loss, uniform_layer_map
 from autocompress.models.families import layout_for
 from autocompress.models.loading import eager_attention, encoder_blocks
@@ -115,6 +116,7 @@ def recover(
         optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
         schedule = get_linear_schedule_with_warmup(optimizer, steps // 10, steps)
         teacher.eval()
+        stack.enter_context(cores(torch.get_num_threads()))
         bar = stack.enter_context(tqdm(total=steps, desc="recovery (KD)", unit="step", leave=False, file=sys.stderr))
         for step, index in enumerate(_cycle(len(train_batches), steps), start=1):
             student.train()
@@ -147,6 +149,7 @@ def recover(
                 for weight, keep in masks:
                     weight.mul_(keep)
             losses.append(loss.item())
+            rebalance()
             bar.update(1)
             if eval_batches and (step % eval_every == 0 or step == steps):
                 score = head.evaluate(student, list(eval_batches))[head.metric]

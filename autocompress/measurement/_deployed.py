@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel
 
 from autocompress.config import LatencyConfig
+from autocompress.cores import cores
 from autocompress.measurement._accuracy import model_scores
 from autocompress.measurement._latency import LatencyProbe, OrtProbe, PairedLatency, TorchProbe, measure_paired
 from autocompress.measurement._size import shipped_bytes
@@ -148,9 +149,11 @@ def deploy_and_score(
     """On ``onnxruntime``: lower, verify and score on dev (``deploy``), score the artifact on test; on ``torch``: score the
     model itself. The probe times with ``threads``, scoring uses ``scoring_threads``."""
     if backend == "torch":
-        dev_scores, test_scores = (model_scores(model, list(split), head=head) for split in (dev, test))
+        with cores(torch.get_num_threads()):
+            dev_scores, test_scores = (model_scores(model, list(split), head=head) for split in (dev, test))
         return Scored(TorchProbe(model, threads=threads), dev_scores, test_scores, dev_scores[head.metric])
-    report, check = deploy(model, dev=dev, threads=scoring_threads, workdir=workdir, head=head)
-    test_scores = onnx_scores(report.path, test, threads=scoring_threads, head=head)
+    with cores(scoring_threads) as held:
+        report, check = deploy(model, dev=dev, threads=held, workdir=workdir, head=head)
+        test_scores = onnx_scores(report.path, test, threads=held, head=head)
     return Scored(OrtProbe(report.path, threads=threads), check.onnx_scores, test_scores, check.torch_scores[head.metric],
                   Path(report.path), check, report)

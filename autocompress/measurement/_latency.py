@@ -2,7 +2,8 @@
 
 Timings are serialized across processes by an exclusive ``fcntl.flock`` on a
 lock file, so parallel trials of one search never time at the same moment on
-the same cores. Each call is timed on its own; the result keeps the median,
+the same cores, and they hold every core of the machine's budget
+(``autocompress.cores``), so no other job's work runs beside them. Each call is timed on its own; the result keeps the median,
 the 90th percentile and a distribution-free 95 % confidence interval of the
 median (binomial order statistics).
 
@@ -16,7 +17,6 @@ once and dividing every later trial by it did.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -34,24 +34,12 @@ import onnxruntime as ort
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from autocompress.cores import every_core, exclusive_lock
 from autocompress.models.families import TOKENIZER_INPUTS
 from autocompress.paths import latency_lock_path
 from autocompress.runtime import ort_feed, ort_session
 
 Z_95 = 1.959964
-
-
-@contextmanager
-def exclusive_lock(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -282,7 +270,7 @@ def _time_rounds(
     samples: dict[str, list[list[float]]] = {name: [] for name in names}
     started: dict[str, float] = {}
     finished: dict[str, float] = {}
-    with exclusive_lock(lock_path):
+    with every_core(), exclusive_lock(lock_path):  # no other job's work on the cores, no other timing at all
         for name in names:
             batches = prepared[name]
             with probes[name]._timing_context():

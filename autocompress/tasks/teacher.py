@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, get_linear_schedule_with_warmup
 
 from autocompress.config import SearchConfig
+from autocompress.cores import cores, rebalance
 from autocompress.models.loading import load_classifier, load_tokenizer, resolve_model_path
 from autocompress.paths import teachers_dir
 from autocompress.tasks.data import Examples, TaskLabels, batches, load_split, task_labels
@@ -79,7 +80,7 @@ def fine_tune(model: PreTrainedModel, train: Examples, tokenizer, config: Search
     schedule = get_linear_schedule_with_warmup(optimizer, int(recipe.warmup_ratio * recipe.steps), recipe.steps)
     model.train()
     losses = []
-    with tqdm(total=recipe.steps, desc="teacher fine-tuning", unit="step", file=sys.stderr) as bar:
+    with cores(torch.get_num_threads()), tqdm(total=recipe.steps, desc="teacher fine-tuning", unit="step", file=sys.stderr) as bar:
         while len(losses) < recipe.steps:
             for start in range(0, len(order) - recipe.batch_size + 1, recipe.batch_size):
                 picked = [order[i] for i in range(start, start + recipe.batch_size)]
@@ -92,6 +93,7 @@ def fine_tune(model: PreTrainedModel, train: Examples, tokenizer, config: Search
                 schedule.step()
                 optimizer.zero_grad()
                 losses.append(loss.item())
+                rebalance()
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
                 if len(losses) == recipe.steps:

@@ -14,13 +14,13 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from autocompress.cores import budget, exclusive_lock
 from autocompress.measurement._latency import (
     LatencyProbe,
     LatencyResult,
     OrtProbe,
     PairedLatency,
     TorchProbe,
-    exclusive_lock,
     fingerprint_id,
     hardware_fingerprint,
     latency_inputs,
@@ -120,7 +120,7 @@ def test_lock_excludes_another_process(onnx_path, inputs, tmp_path):
     lock = tmp_path / "lock"
     holder = (
         "import sys, time\n"
-        "from autocompress.measurement._latency import exclusive_lock\n"
+        "from autocompress.cores import exclusive_lock\n"
         f"with exclusive_lock({str(lock)!r}):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(1.0)\n"
@@ -218,6 +218,17 @@ def test_paired_models_interleave_in_rotating_order_on_the_same_batches(inputs, 
         assert [length for n, length, _ in log if n == name] == [lengths[0]] + lengths[:6]
     assert sorted(paired.results) == ["a", "b", "c"] and sorted(paired.ratios) == sorted(paired.ratio_ci) == ["b", "c"]
     assert paired.rounds == 3 and all(r.n == 6 and r.backend == "fake" for r in paired.results.values())  # 3 x (7 // 3)
+
+
+def test_paired_timing_holds_every_core_of_the_machines_budget(inputs, tmp_path, monkeypatch):
+    """No other job's training or scoring runs on the machine while a latency is timed (``autocompress.cores``)."""
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("AUTOCOMPRESS_CORES", "2")
+    probes, _ = recording_probes("ab", tmp_path / "lock")
+    held: list[int] = []
+    probes["a"]._run = lambda prepared: held.append(budget().held)
+    measure_paired(probes, inputs, candidate="a", warmup=1, repeats=4, rounds=2)
+    assert held and set(held) == {2} and budget().held == 0
 
 
 def test_paired_holds_the_candidates_lock_once_for_the_whole_measurement(inputs, tmp_path):
