@@ -19,7 +19,6 @@ Usage: python bench/shared_cores.py [--config bench/shared_cores.yaml] [--out be
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+
+from autocompress.paths import write_json
 
 
 def launch(config: Path, name: str, scratch: Path, cores: str) -> subprocess.Popen:
@@ -77,6 +78,8 @@ def main() -> int:
         }
     sequential = runs["back_to_back"]["wall_s"]
     result = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
         "config": os.path.relpath(config),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0))},
         "warmup_wall_s": warm["wall_s"],
@@ -84,9 +87,7 @@ def main() -> int:
         "together_on_over_back_to_back": round(runs["together_budget_on"]["wall_s"] / sequential, 3),
         "together_off_over_back_to_back": round(runs["together_budget_off"]["wall_s"] / sequential, 3),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(write_json(Path(args.out), result).read_text())
     return 0
 
 

@@ -28,7 +28,7 @@ from autocompress.tracking.runs import CURVES_ATTR, TRIAL_TAG
 pytestmark = pytest.mark.slow
 
 
-def test_the_chosen_student_is_trained_again_once_and_exported_from_its_kept_weights(tmp_path, data_root, monkeypatch):
+def test_the_chosen_student_is_trained_again_once_and_exported_from_its_kept_weights(tmp_path, data_root, monkeypatch, mlflow_store):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
     config = {
@@ -46,6 +46,7 @@ def test_the_chosen_student_is_trained_again_once_and_exported_from_its_kept_wei
     }
     path = tmp_path / "final.yaml"
     path.write_text(yaml.safe_dump(config))
+    shutil.copy(mlflow_store, tmp_path / "mlflow.db")  # an empty store, as MLflow would create it
     assert main(["search", str(path)]) == 0
 
     study = optuna.load_study(study_name="final", storage="sqlite:///final.db")

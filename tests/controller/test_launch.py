@@ -94,6 +94,25 @@ def test_two_ray_workers_run_trials_at_once_but_never_time_at_once(tiny):
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
 
 
+def test_three_searches_at_once_share_one_cache_one_study_file_and_one_mlflow_store(tiny):
+    """Three users' searches on one machine: the same cache (teacher, references, core budget, latency lock), SQLite
+    study file and MLflow store, written by three processes at once."""
+    names = [f"load{i}" for i in range(3)]
+    configs = [lifecycle(tiny, name, n_trials=3) for name in names]
+    command = [sys.executable, "-m", "autocompress", "search"]
+    searches = [subprocess.Popen([*command, str(c)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in configs]
+    printed = [search.communicate(timeout=400) for search in searches]
+    assert [search.returncode for search in searches] == [0, 0, 0], [err[-3000:] for _, err in printed]
+    assert not [name for name, (out, err) in zip(names, printed) if "database is locked" in out + err]
+    trials = [t for name in names for t in study(name).trials]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 9
+    windows = sorted((t.user_attrs["timed_from"], t.user_attrs["timed_until"]) for t in trials)
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(windows))  # no two timings overlapped
+    runs = [r for name in names for r in mlflow_runs(name)]
+    assert sorted(r.info.run_name for r in runs if r.info.run_name.startswith("trial-")) == sorted([f"trial-{i}" for i in range(3)] * 3)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
 class Fragile:
     """A stand-in worker: dies, sleeps or answers, so the pool's fault handling is seen on a real Ray."""
 
@@ -255,11 +274,12 @@ def test_the_same_config_runs_unchanged_on_a_two_node_ray_cluster_as_a_ray_job(t
         code, out, err = cli("search", str(config), "--workers", "2", "--ray-address", f"http://127.0.0.1:{dashboard}", "--detach")
         assert code == 0, err
         job = out.split()[0]
-        # polled by the CLI: this process holds Ray's token of an earlier test
-        wait_for(lambda: not cli("status", job)[1].startswith((f"job {job}: pending", f"job {job}: running")), timeout=400, every=3)
-        assert cli("status", job)[1].startswith(f"job {job}: succeeded"), cli("logs", job)[1][-3000:]
+        # followed by the CLI, which returns when the job ends (this process holds Ray's token of an earlier test)
+        code, followed, err = cli("logs", job, "--follow", timeout=400)
+        assert code == 0, err
+        assert cli("status", job)[1].startswith(f"job {job}: succeeded"), followed[-3000:]
         assert [t.state for t in study("cluster").trials] == [TrialState.COMPLETE] * 2
-        nodes = re.findall(r"\(node ([0-9a-f]+)\)", cli("logs", job)[1])
+        nodes = re.findall(r"\(node ([0-9a-f]+)\)", followed)
         assert len(set(nodes)) == 2  # one worker on each node
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)

@@ -7,6 +7,7 @@ search reads them; the end-to-end searches on them are at the bottom (slow).
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -236,7 +237,7 @@ def test_preflight_refuses_a_checkpoint_with_other_label_names_or_head_size(tmp_
     [({**TOPIC_TASK, "metric": "macro_f1"}, list(TOPICS), 0.4, None), (PAIR_TASK, ["entailment", "not_entailment"], 0.65, 600)],
     ids=["topics-headerless-tsv", "pairs-jsonl-600-token-rows"],
 )
-def test_a_short_search_on_a_users_task_exports_named_labels(task, names, floor, vocab_rows, tmp_path, monkeypatch):
+def test_a_short_search_on_a_users_task_exports_named_labels(task, names, floor, vocab_rows, tmp_path, monkeypatch, mlflow_store):
     """The whole CLI search on a task of the user's own (4 word classes; sentence pairs): its exports say what each class is.
 
     The pair search keeps 600 word-embedding rows: its files carry the id table and rebuild from the policy.
@@ -259,6 +260,7 @@ def test_a_short_search_on_a_users_task_exports_named_labels(task, names, floor,
         "output": str(tmp_path / "out"),
     }
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(config))
+    shutil.copy(mlflow_store, tmp_path / "mlflow.db")  # an empty store, as MLflow would create it
     assert main(["search", str(tmp_path / "task.yaml")]) == 0
 
     id2label = {str(i): name for i, name in enumerate(names)}

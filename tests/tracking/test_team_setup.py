@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import mlflow
 import optuna
@@ -45,8 +46,15 @@ def test_a_search_on_postgresql_behind_mlflow_server_registers_its_champion_and_
     ) as url:
         storage = f"{database}/optuna".replace("postgres@", "postgres:s3cret@")  # trust auth ignores it; MLflow must not show it
         config = tiny("team", n_trials=3, storage=storage, tracking={"uri": url, "experiment": "team"}, tiny_bert=True)
+        # a teammate's search at once, on the same PostgreSQL databases and server, from another process
+        other = tiny("teammate", n_trials=2, storage=storage, tracking={"uri": url, "experiment": "teammate"}, tiny_bert=True)
+        teammate = subprocess.Popen([sys.executable, "-m", "autocompress", "search", str(other)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)  # fmt: skip
         assert main(["search", str(config)]) == 0
         printed = capsys.readouterr().out
+        teammate_printed = teammate.communicate(timeout=300)[0]
+        assert teammate.returncode == 0 and "registered models:/autocompress-teammate@champion" in teammate_printed, teammate_printed[-3000:]
+        assert [t.state.name for t in optuna.load_study(study_name="teammate", storage=f"{database}/optuna").trials] == ["COMPLETE"] * 2
         assert "registered models:/autocompress-team@champion" in printed and f"MLflow: {url}/#/experiments/" in printed
 
         study = optuna.load_study(study_name="team", storage=f"{database}/optuna")
@@ -101,7 +109,6 @@ def test_a_search_on_postgresql_behind_mlflow_server_registers_its_champion_and_
 
 
 def test_a_team_server_with_basic_auth_keeps_users_apart_and_a_detached_search_leaves_no_password(tiny, tmp_path, monkeypatch):
-    import sys
     import time
     import urllib.error
     import urllib.request
