@@ -105,10 +105,11 @@ class CoreBudget:
             (folder / part).mkdir(parents=True, exist_ok=True)
         self._slots: dict[int, IO] = {}
         self._want = 0
+        self._timing = False
         self._threads_before: int | None = None
         self._mutex = threading.RLock()
         self._claim = (folder / "claims" / str(os.getpid())).open("a")
-        self._timing = (folder / "timing" / str(os.getpid())).open("a")
+        self._timing_file = (folder / "timing" / str(os.getpid())).open("a")
 
     @property
     def held(self) -> int:
@@ -139,13 +140,15 @@ class CoreBudget:
         with self._mutex:
             outer = self._want if self._slots else 0
             self._release()  # never wait while holding cores: the enclosing share waits again afterwards
-            fcntl.flock(self._timing, fcntl.LOCK_EX)
+            fcntl.flock(self._timing_file, fcntl.LOCK_EX)
+            self._timing = True
             try:
                 self._take(exclusive=True)
                 yield
             finally:
+                self._timing = False
                 self._release()
-                fcntl.flock(self._timing, fcntl.LOCK_UN)
+                fcntl.flock(self._timing_file, fcntl.LOCK_UN)
                 if outer:
                     self._take(exclusive=False)
 
@@ -153,7 +156,7 @@ class CoreBudget:
         """Between two steps of a block: give cores back to jobs that want them (all of them to a timing), or take free
         ones when they are gone. Returns the cores now held."""
         with self._mutex:
-            if not self._slots or not self._want:
+            if not self._slots or not self._want or self._timing:
                 return len(self._slots)
             if _others_holding(self.folder / "timing"):
                 self._release()

@@ -101,7 +101,7 @@ def test_a_block_inside_a_share_times_on_every_core_and_gets_its_share_back(two_
     with cores(1):
         assert budget().held == 1
         with every_core():
-            assert budget().held == 2
+            assert budget().held == 2 and rebalance() == 2  # a timing keeps every core to the end
         assert budget().held == 1 and torch.get_num_threads() == 1
 
 
