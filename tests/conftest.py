@@ -93,8 +93,9 @@ def tiny(tmp_path, data_root, monkeypatch, mlflow_store):
             config["task"].update(TINY_TASK)
             config["teacher"] = TINY_TEACHER
         store = config["tracking"].get("uri", "")
-        if store.startswith("sqlite:///") and not (tmp_path / store.removeprefix("sqlite:///")).exists():
-            shutil.copy(mlflow_store, tmp_path / store.removeprefix("sqlite:///"))  # the same empty store MLflow would create
+        target = tmp_path / store.removeprefix("sqlite:///")  # an absolute path stays itself
+        if store.startswith("sqlite:///") and not target.exists():
+            shutil.copy(mlflow_store, target)  # the same empty store MLflow would create
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         return path

@@ -7,25 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from core_holder import held_lines as lines
+from core_holder import holder, wait_for
 
 from autocompress.cores import budget, cores, every_core, machine_cores, rebalance
-
-# A second job: holds its share of `want` cores for `seconds`, rebalancing every 20 ms, and logs "time held" lines.
-HOLDER = """
-import sys, time
-from autocompress.cores import budget
-want, seconds, log = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-shared = budget()
-with shared.share(want), open(log, "a", buffering=1) as out:
-    end = time.time() + seconds
-    while time.time() < end:
-        out.write(f"{time.time()} {shared.rebalance()}\\n")
-        time.sleep(0.02)
-"""
 
 
 @pytest.fixture
@@ -34,25 +22,6 @@ def two_cores(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("AUTOCOMPRESS_CORES", "2")
     return tmp_path
-
-
-def holder(folder: Path, want: int, seconds: float) -> tuple[subprocess.Popen, Path]:
-    log = folder / f"holder-{time.time_ns()}.log"
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(want), str(seconds), str(log)])
-    return process, log
-
-
-def lines(log: Path) -> list[tuple[float, int]]:
-    if not log.exists():
-        return []
-    return [(float(t), int(h)) for t, h in (line.split() for line in log.read_text().splitlines() if line.count(" ") == 1)]
-
-
-def wait_for(condition, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_alone_a_block_gets_what_it_asks_and_torch_runs_that_many_threads(two_cores):

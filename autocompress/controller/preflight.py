@@ -18,6 +18,7 @@ from autocompress.controller.pareto import BASELINE_ATTR
 from autocompress.controller.retention import check_free_space, space_needed
 from autocompress.controller.space_check import SpaceSummary, check_space
 from autocompress.controller.study import check_resumable, load_existing, signature
+from autocompress.cores import machine_cores
 from autocompress.credentials import masked
 from autocompress.models.loading import resolve_model_path
 from autocompress.paths import cache_root
@@ -100,6 +101,10 @@ def model_config(config: SearchConfig) -> PretrainedConfig:
 
 def preflight(config: SearchConfig) -> Preflight:
     """Run every check that needs no training; raise a one-line ``ConfigError`` on the first failure."""
+    try:
+        machine_cores()  # read by the first training; a bad value must fail before it
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     task = task_for(config)
     shape = model_config(config)
     task_line = task.check(shape)

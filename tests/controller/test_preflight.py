@@ -35,3 +35,13 @@ def test_a_teacher_keeps_its_own_head_size_and_a_mismatched_checkpoint_fails_ear
                            "search": {"storage": f"sqlite:///{tmp_path}/s.db"}})
     with pytest.raises(ConfigError, match="has a 4-label head, the task has task.num_labels=2"):
         preflight(config)
+
+
+def test_a_bad_core_budget_fails_in_one_line_before_anything_trains(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path))
+    monkeypatch.setenv("AUTOCOMPRESS_CORES", "two")
+    config = parse_config({"task": {"data_root": str(data_root)}, "search": {"storage": f"sqlite:///{tmp_path}/s.db"}}, source="x.yaml")
+    with pytest.raises(ConfigError) as error:
+        preflight(config)
+    assert str(error.value) == "$AUTOCOMPRESS_CORES='two': allowed values: a whole number of cores (1 or more), or off"
+    assert not (tmp_path / "teachers").exists()

@@ -351,3 +351,35 @@ def test_embedding_distillation_trains_without_dropout_and_restores_it(sentence_
     result = recover(student, teacher, batches, steps=2, teacher_logits=targets, head=head)
     assert result.losses[0] < 1e-9 and not head.dropout and Logits.dropout  # classifiers keep training with dropout
     assert {name: module.p for name, module in student.named_modules() if isinstance(module, nn.Dropout)} == before
+
+
+def test_a_distillation_gives_a_core_to_a_job_that_starts_beside_it(teacher, train_batches, eval_batches, tmp_path, monkeypatch):
+    """Between two steps the training rebalances (``autocompress.cores``): once another job wants cores, the training
+    runs on its share, and that job runs beside it instead of waiting for the whole training."""
+    from core_holder import held_lines, holder, wait_for
+
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("AUTOCOMPRESS_CORES", "2")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    threads, started = [], []
+
+    def report(step: int, score: float) -> bool:
+        threads.append(torch.get_num_threads())
+        if step == 1:  # another job asks for both cores while this one trains on them
+            started.append(holder(tmp_path, want=2, seconds=60))
+            wait_for(lambda: (tmp_path / "cache" / "cores").exists() and any(
+                p.name == str(started[0][0].pid) for p in (tmp_path / "cache" / "cores").rglob("claims/*")))
+        return False
+
+    try:
+        recover(student_of(teacher, layers=[1, 3, 5]), teacher, train_batches, steps=8, eval_batches=eval_batches[:1],
+                settings=RecoveryConfig(eval_every=1), report=report)
+        process, log = started[0]
+        assert threads[0] == 2 and threads[-1] == 1  # alone on both cores, then on its share
+        assert 1 in [held for _, held in held_lines(log)]  # the other job ran beside the training, on the other core
+    finally:
+        for process, _ in started:
+            process.kill()
+            process.wait(timeout=30)
+        torch.set_num_threads(before)
