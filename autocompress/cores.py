@@ -3,8 +3,9 @@
 Each job used to give torch every core: two searches (or a search beside an
 ``apply``) on one machine oversubscribed them, and a distillation beside a
 search ran 12.7x slower than alone. Here each core is a slot file under the
-cache (``cores/HOST/slots/N``: a cluster's nodes may share the cache), held with ``fcntl.flock`` while a process computes,
-so a process that dies gives its cores back with its file descriptors.
+cache (``cores/HOST/slots/N``: a cluster's nodes may share the cache), held
+with ``fcntl.flock`` while a process computes, so a process that dies gives
+its cores back with its file descriptors.
 
 A block of work (a training, a scoring) asks for ``want`` cores and gets its
 fair share, ``total // claimants`` (at least one), where the claimants are the

@@ -3,9 +3,10 @@
 Timings are serialized across processes by an exclusive ``fcntl.flock`` on a
 lock file, so parallel trials of one search never time at the same moment on
 the same cores, and they hold every core of the machine's budget
-(``autocompress.cores``), so no other job's work runs beside them. Each call is timed on its own; the result keeps the median,
-the 90th percentile and a distribution-free 95 % confidence interval of the
-median (binomial order statistics).
+(``autocompress.cores``), so no other job's work runs beside them. Each call
+is timed on its own; the result keeps the median, the 90th percentile and a
+distribution-free 95 % confidence interval of the median (binomial order
+statistics).
 
 A speed-up is measured *paired* (``measure_paired``): the candidate and its
 reference models run interleaved, in rounds with a rotating order, under one
