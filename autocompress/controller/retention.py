@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 RECORD = "study.json"
 """In each study's work folder: the study's name, unique id and storage (a reference or a URL without its password)."""
 DONE = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+_releasing = threading.Lock()  # parallel trials end at once: their callbacks would both size and free the same folders
 
 
 def record_study(workdir: Path, study: optuna.Study, config: SearchConfig) -> None:
@@ -45,15 +49,16 @@ def record_study(workdir: Path, study: optuna.Study, config: SearchConfig) -> No
 
 def release_dominated(study: optuna.Study, workdir: Path) -> int:
     """Delete the files of every finished trial off the current front (its folder, and float weights kept elsewhere); the bytes freed."""
-    keep = {t.number for t in front_trials(study)}
-    freed = 0
-    for trial in study.get_trials(deepcopy=False, states=DONE):
-        if trial.number not in keep:
-            freed += _remove(workdir / trial_name(trial.number))
-            kept = trial.user_attrs.get("trained_model")
-            if kept:
-                freed += _remove(Path(kept))
-    return freed
+    with _releasing:
+        keep = {t.number for t in front_trials(study)}
+        freed = 0
+        for trial in study.get_trials(deepcopy=False, states=DONE):
+            if trial.number not in keep:
+                freed += _remove(workdir / trial_name(trial.number))
+                kept = trial.user_attrs.get("trained_model")
+                if kept:
+                    freed += _remove(Path(kept))
+        return freed
 
 
 def space_needed(config: SearchConfig, model: Path, *, teacher_ready: bool, references_ready: bool) -> dict[str, int]:
@@ -93,8 +98,20 @@ def retention_callback(workdir: Path):
 
 
 def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under ``folder`` (0 when it is missing)."""
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) if folder.is_dir() else 0
+    """Bytes of the regular files under ``folder`` (0 when it is missing).
+
+    Another process (a resumed search, ``gc``) may be removing the same folder:
+    what vanishes while it is being walked is not counted and is no error.
+    """
+    total = 0
+    for root, _, files in os.walk(folder):  # os.walk skips a folder that vanished
+        for name in files:
+            try:
+                info = os.lstat(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import threading
 
 import optuna
 import pytest
@@ -10,7 +13,8 @@ from optuna.trial import TrialState, create_trial
 
 from autocompress.cli import main
 from autocompress.config import parse_config
-from autocompress.controller.retention import RECORD, collect, record_study, release_dominated
+from autocompress.controller import retention
+from autocompress.controller.retention import RECORD, collect, folder_bytes, record_study, release_dominated
 from autocompress.controller.study import UID_ATTR, study_uid
 
 
@@ -39,6 +43,44 @@ def test_only_the_front_and_unfinished_trials_keep_their_files(tmp_path):
     assert freed == 2 * (10_000 + 1000)  # the dominated trial's and the failed one's folder and weights
     assert sorted(p.name for p in (tmp_path / "weights" / "s").iterdir()) == ["0", "2", "4"]
     assert release_dominated(study, workdir) == 0  # nothing left to free
+
+
+def test_two_trials_ending_at_once_free_each_folder_once(tmp_path):
+    """Parallel trials run their callbacks at the same moment; both release, neither fails, nothing is counted twice."""
+    study, workdir = study_with_folders(tmp_path)
+    start, freed, errors = threading.Barrier(2), [], []
+
+    def release():
+        start.wait()
+        try:
+            freed.append(release_dominated(study, workdir))
+        except Exception as error:  # noqa: BLE001  reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=release) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and sorted(freed) == [0, 2 * (10_000 + 1000)]
+
+
+def test_a_folder_removed_by_another_process_while_it_is_sized_counts_what_was_left(tmp_path, monkeypatch):
+    folder = tmp_path / "trial-1"
+    (folder / "onnx").mkdir(parents=True)
+    (folder / "onnx" / "model.onnx").write_bytes(b"x" * 10_000)
+    (folder / "policy.json").write_bytes(b"p" * 100)
+    os.symlink(folder / "policy.json", folder / "link.json")  # a link is not the trial's bytes
+    real_lstat = os.lstat
+
+    def another_process_removes_the_onnx_folder(path, *args, **kwargs):
+        if str(path).endswith("model.onnx"):
+            shutil.rmtree(folder / "onnx")
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(retention.os, "lstat", another_process_removes_the_onnx_folder)
+    assert folder_bytes(folder) == 100
+    assert folder_bytes(tmp_path / "missing") == 0
 
 
 def test_gc_deletes_only_folders_whose_study_is_gone(tmp_path, monkeypatch, capsys):
