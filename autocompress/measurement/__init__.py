@@ -1,4 +1,7 @@
-"""Measurements of a compressed model: the task's metrics, storage size and real latency."""
+"""Measurements of a compressed model: the task's metrics, storage size and real latency.
+
+``generation`` times a decoder's GenAI folders (prefill ms, decode tokens/s), paired.
+"""
 
 from autocompress.config import MetricName
 from autocompress.measurement._accuracy import accuracy, model_scores

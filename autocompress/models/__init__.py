@@ -4,7 +4,10 @@
 and its tokenizer; ``families`` finds each encoder family's ``Adapter`` (one
 module per family: ``_bert``, ``_distilbert``, ``_albert``, ``_mpnet``,
 ``_deberta_v2``); ``shrunk`` holds the classes a model with cut heads, FFN
-widths or vocabulary needs to be saved and loaded again.
+widths or vocabulary needs to be saved and loaded again. ``decoders`` names
+each decoder family's blocks and projections (Llama, Mistral, Qwen2/3,
+Phi-3), ``gguf`` converts a GGUF file (or ``model: smollm2``) once into a
+cached Hugging Face folder.
 """
 
 from autocompress._lazy import lazy_exports

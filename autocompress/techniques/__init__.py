@@ -13,7 +13,9 @@ JSON Schema), samples its decisions and refuses a space a model cannot take;
 and the space check ask every registered technique, so nothing else names one.
 
 Names load on first use: the runtime imports ``quantizer`` without pulling
-in distillation and the rest.
+in distillation and the rest. ``weight_only`` holds the decoder quantizers
+(asymmetric groups, round-to-nearest and GPTQ) that ``runtime.genai`` lowers,
+and ``decoder_bits`` applies them to a decoder under a per-block plan.
 """
 
 from autocompress._lazy import lazy_exports
