@@ -55,6 +55,18 @@ def test_a_mixed_policy_runs_in_genai_as_the_torch_simulation_does(family, tmp_p
     assert speed.prefill_ms > 0 and speed.decode_tokens_per_s > 0
 
 
+def test_an_untied_head_is_lowered_alone_and_the_embedding_table_stays_float(tmp_path):
+    model = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**SHAPE | {"tie_word_embeddings": False})).eval()
+    student = copy.deepcopy(model)
+    codes = simulate(student, POLICY)
+    build = build_genai(student, save_tokenizer(tmp_path / "tokenizer"), codes, tmp_path / "genai")
+    assert build.nodes["/lm_head/MatMul"] == "int2 g32" and "/model/embed_tokens/Gather" not in build.nodes
+    windows = [Window(token_ids(32, seed), 31) for seed in range(2)]
+    reference = reference_log_probs(torch_logits(model), windows)
+    assert language_scores(genai_logits(build.folder), reference, windows)["perplexity"] == pytest.approx(
+        language_scores(torch_logits(student), reference, windows)["perplexity"], rel=0.01)
+
+
 def test_codes_of_another_weight_three_bits_and_half_a_fused_matmul_are_refused(tmp_path):
     model = tiny_decoder("llama")
     codes = simulate(copy.deepcopy(model), POLICY)
