@@ -1,11 +1,11 @@
-"""What a GenAI folder gives a user: its logits (for perplexity) and its prefill and decode speed, timed paired.
+"""What a GenAI folder gives a user: its prefill and decode speed, timed beside other folders.
 
-Logits come from the folder's ``model.onnx`` run by ONNX Runtime with an empty
-KV cache (``runtime.genai.genai_logits``), so perplexity is scored on the file that ships. Speed comes from
-``onnxruntime_genai``'s ``Generator``, as users run it, at its default
-settings: prefill is the milliseconds until the first token of a prompt of
-``prompt_tokens``, decode is tokens per second over the next ``new_tokens``
-greedy tokens, batch 1. Folders are timed in interleaved rounds (each round
+Logits come from the folder's ``model.onnx`` run by ONNX Runtime with an
+empty KV cache (``runtime.genai.genai_logits``), so perplexity is scored on
+the file that ships. Speed comes from ``onnxruntime_genai``'s ``Generator``,
+as users run it, at its default settings: prefill is the milliseconds until
+the first token after ``prompt``, decode is tokens per second over the next
+``new_tokens`` greedy tokens, batch 1. Folders are timed in interleaved rounds (each round
 runs every folder once, in a rotated order) and each reports its median, so a
 load that comes and goes falls on all of them alike; the timing holds the
 machine's latency lock and every core, as encoder timings do.
