@@ -84,7 +84,7 @@ def score_drops(scores: Mapping[str, float], baseline: Mapping[str, Any]) -> dic
     return {f"{key.removeprefix('dev_')}_drop": baseline[key] - value for key, value in scores.items() if key in baseline}
 
 
-def front_trials(study: optuna.Study) -> list[FrozenTrial]:
+def front_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
     """Non-dominated trials among feasible ones (Optuna's rule); with none feasible, among all (all infeasible).
 
     Once a final training has completed, the students judged on the search's
@@ -92,8 +92,10 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     training they never got (short-trained students read higher on dev than
     on unseen rows), so only finished models (the finals and the trials
     without distillation) are left to choose from and to export.
+    ``trials``: a snapshot of the study's trials to judge (default: read now).
     """
-    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    snapshot = study.get_trials(deepcopy=False) if trials is None else trials
+    completed = [t for t in snapshot if t.state == TrialState.COMPLETE]
     proxies = proxy_trials(completed)
     standing = [t for t in completed if t.number not in proxies]
     front = pareto_front(standing, study.directions, constrained=True) or pareto_front(standing, study.directions, constrained=False)

@@ -50,10 +50,11 @@ def record_study(workdir: Path, study: optuna.Study, config: SearchConfig) -> No
 def release_dominated(study: optuna.Study, workdir: Path) -> int:
     """Delete the files of every finished trial off the current front (its folder, and float weights kept elsewhere); the bytes freed."""
     with _releasing:
-        keep = {t.number for t in front_trials(study)}
+        snapshot = study.get_trials(deepcopy=False)  # one read: a trial finishing meanwhile is judged next time, not freed unjudged
+        keep = {t.number for t in front_trials(study, snapshot)}
         freed = 0
-        for trial in study.get_trials(deepcopy=False, states=DONE):
-            if trial.number not in keep:
+        for trial in snapshot:
+            if trial.state in DONE and trial.number not in keep:
                 freed += _remove(workdir / trial_name(trial.number))
                 kept = trial.user_attrs.get("trained_model")
                 if kept:

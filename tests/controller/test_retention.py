@@ -65,6 +65,29 @@ def test_two_trials_ending_at_once_free_each_folder_once(tmp_path):
     assert not errors and sorted(freed) == [0, 2 * (10_000 + 1000)]
 
 
+def test_a_trial_that_finishes_while_the_front_is_read_is_judged_next_time_not_freed(tmp_path):
+    """Parallel trials: one may finish between reading the front and listing the finished trials; it must not be freed unjudged."""
+    study, workdir = study_with_folders(tmp_path)
+    study.add_trial(create_trial(values=[9.0, 0.99], state=TrialState.COMPLETE))  # trial 5: dominates everything once it is seen
+    (workdir / "trial-5").mkdir()
+    (workdir / "trial-5" / "model.onnx").write_bytes(b"x" * 100)
+
+    class Finishing:
+        """The study as the search's threads see it: trial 5 is still running at the first read, finished at the next ones."""
+
+        directions, reads = study.directions, 0
+
+        def get_trials(self, deepcopy=True, states=None):
+            self.reads += 1
+            trials = [t if t.number != 5 or self.reads > 1 else create_trial(state=TrialState.RUNNING) for t in study.get_trials(deepcopy=False)]
+            return [t for t in trials if states is None or t.state in states]
+
+    release_dominated(Finishing(), workdir)
+    assert (workdir / "trial-5" / "model.onnx").is_file()
+    release_dominated(study, workdir)  # seen finished: it stays, as the front now
+    assert sorted(p.name for p in workdir.iterdir()) == ["references", "trial-4", "trial-5"]
+
+
 def test_a_folder_removed_by_another_process_while_it_is_sized_counts_what_was_left(tmp_path, monkeypatch):
     folder = tmp_path / "trial-1"
     (folder / "onnx").mkdir(parents=True)
