@@ -133,16 +133,24 @@ def _is_codebook(weight: torch.Tensor) -> bool:
     return 1 < flat.unique().numel() <= CODEBOOK_VALUES
 
 
+def pack_codes(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack unsigned ``bits``-bit values along the last axis, lowest bits first, padded to whole bytes: the layout of
+    ``MatMulNBits`` and ``GatherBlockQuantized`` weights and zero points."""
+    per_byte = 8 // bits
+    values = np.pad(values.astype(np.uint8), [(0, 0)] * (values.ndim - 1) + [(0, (-values.shape[-1]) % per_byte)])
+    values = values.reshape(*values.shape[:-1], -1, per_byte)
+    packed = np.zeros(values.shape[:-1], dtype=np.uint8)
+    for slot in range(per_byte):
+        packed |= values[..., slot] << np.uint8(bits * slot)
+    return packed
+
+
 def _pack_nbits(quantized: QuantizedWeight, block: int) -> tuple[np.ndarray, np.ndarray]:
     """MatMulNBits ``B`` [N, n_blocks, block*bits/8] uint8 and ``scales`` [N, n_blocks] float32."""
     bits = quantized.bits
     codes = quantized.codes.numpy().astype(np.int16) + 2 ** (bits - 1)
     out_features, in_features = codes.shape
-    per_byte = 8 // bits
-    values = codes.astype(np.uint8).reshape(out_features, in_features // block, block // per_byte, per_byte)
-    packed = np.zeros(values.shape[:-1], dtype=np.uint8)
-    for slot in range(per_byte):
-        packed |= values[..., slot] << np.uint8(bits * slot)
+    packed = pack_codes(codes.reshape(out_features, in_features // block, block), bits)
     scales = np.repeat(quantized.scales.numpy().astype(np.float32), quantized.group_size // block, axis=1)
     return packed, scales
 

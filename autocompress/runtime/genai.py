@@ -32,11 +32,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import helper, numpy_helper
+from onnx import helper
 from transformers import PreTrainedModel
 
 from autocompress.models.decoders import decoder_family, tied_embedding
 from autocompress.models.loading import copy_tokenizer
+from autocompress.runtime._lower import _Graph, pack_codes
 from autocompress.techniques.weight_only import AffineWeight
 
 GENAI_BITS = (2, 4, 8)
@@ -144,17 +145,6 @@ def refuse_widths(quantized: Mapping[str, AffineWeight]) -> None:
             raise GenaiRefusal(f"{name}: {weight.bits}-bit weights have no ONNX Runtime CPU kernel; allowed bits: {', '.join(map(str, GENAI_BITS))}")
 
 
-def _pack(values: np.ndarray, bits: int) -> np.ndarray:
-    """Pack uint8 values of ``bits`` along the last axis, lowest bits first (padded to whole bytes)."""
-    per = 8 // bits
-    values = np.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, (-values.shape[-1]) % per)])
-    values = values.reshape(*values.shape[:-1], -1, per)
-    packed = np.zeros(values.shape[:-1], dtype=np.uint8)
-    for slot in range(per):
-        packed |= values[..., slot] << np.uint8(bits * slot)
-    return packed
-
-
 def _slice(weight: AffineWeight, part: str) -> AffineWeight:
     """Rows ``i/n`` (the i-th of n equal slices of the outputs) of ``weight``; all of it for ``""``."""
     if not part:
@@ -171,25 +161,6 @@ def _concat(weights: list[AffineWeight]) -> AffineWeight:
     return AffineWeight(*(torch.cat([getattr(w, part) for w in weights]) for part in ("codes", "scales", "zeros")), first.bits, first.group_size)
 
 
-class _Graph:
-    def __init__(self, graph: onnx.ModelProto) -> None:
-        self.model = graph
-        self.initializers = {i.name: i for i in graph.graph.initializer}
-
-    def add(self, array: np.ndarray, name: str) -> str:
-        self.model.graph.initializer.append(numpy_helper.from_array(array, name))
-        return name
-
-    def float_weight(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.initializers[name])
-
-    def drop_unused(self) -> None:
-        used = {name for node in self.model.graph.node for name in node.input}
-        keep = [i for i in self.model.graph.initializer if i.name in used]
-        del self.model.graph.initializer[:]
-        self.model.graph.initializer.extend(keep)
-
-
 def _check(weight: AffineWeight, expected: np.ndarray, node: str) -> None:
     """``expected`` is the builder's [K, N] float weight of the simulated model."""
     values = weight.dequantize().numpy().T
@@ -201,9 +172,9 @@ def _matmul_nbits(graph: _Graph, node: onnx.NodeProto, weight: AffineWeight, pre
     codes = weight.codes.numpy()
     out_features, in_features = codes.shape
     blocks = in_features // weight.group_size
-    packed = graph.add(_pack(codes, weight.bits).reshape(out_features, blocks, -1), f"{prefix}.weight_q{weight.bits}")
-    scales = graph.add(weight.scales.numpy().astype(np.float32), f"{prefix}.weight_scales")
-    zeros = graph.add(_pack(weight.zeros.numpy().astype(np.uint8), weight.bits).reshape(-1), f"{prefix}.weight_zeros")
+    packed = graph.add_initializer(pack_codes(codes, weight.bits).reshape(out_features, blocks, -1), f"{prefix}.weight_q{weight.bits}")
+    scales = graph.add_initializer(weight.scales.numpy().astype(np.float32), f"{prefix}.weight_scales")
+    zeros = graph.add_initializer(pack_codes(weight.zeros.numpy().astype(np.uint8), weight.bits).reshape(-1), f"{prefix}.weight_zeros")
     lowered = helper.make_node("MatMulNBits", [node.input[0], packed, scales, zeros], list(node.output), f"{node.name}_Q{weight.bits}",
                                domain=MS_DOMAIN, K=in_features, N=out_features, bits=weight.bits, block_size=weight.group_size,
                                accuracy_level=ACCURACY_LEVEL)
@@ -228,7 +199,7 @@ def lower_genai(graph: onnx.ModelProto, model: PreTrainedModel, quantized: Mappi
             lowered_nodes.append(node)
             continue
         weight = _concat([_slice(quantized[name], part) for name, (_, _, part) in zip(modules, parts)])
-        _check(weight, wrapped.float_weight(node.input[1]), node.name)
+        _check(weight, wrapped.array(node.input[1]), node.name)
         new, packed, scales = _matmul_nbits(wrapped, node, weight, node.name.strip("/").replace("/", "."))
         if node.name == "/lm_head/MatMul":
             head_codes = (packed, scales, weight)
@@ -241,15 +212,15 @@ def lower_genai(graph: onnx.ModelProto, model: PreTrainedModel, quantized: Mappi
     graph.graph.node.extend(lowered_nodes)
     if not any(o.domain == MS_DOMAIN for o in graph.opset_import):
         graph.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    wrapped.drop_unused()
+    wrapped.drop_unused_initializers()
     return nodes
 
 
 def _gather_from_head(nodes: list[onnx.NodeProto], graph: _Graph, packed: str, scales: str, weight: AffineWeight) -> list[onnx.NodeProto]:
     """Replace the embedding's ``Gather`` (of the transposed float head) by a ``GatherBlockQuantized`` of ``lm_head``'s codes."""
     vocab, hidden = weight.codes.shape
-    shape = graph.add(np.array([vocab, hidden * weight.bits // 8], dtype=np.int64), "embed_tokens.rows_shape")
-    zeros = graph.add(_pack(weight.zeros.numpy().astype(np.uint8), weight.bits), "embed_tokens.weight_zeros")
+    shape = graph.add_initializer(np.array([vocab, hidden * weight.bits // 8], dtype=np.int64), "embed_tokens.rows_shape")
+    zeros = graph.add_initializer(pack_codes(weight.zeros.numpy().astype(np.uint8), weight.bits), "embed_tokens.weight_zeros")
     gather = next(node for node in nodes if node.name == "/model/embed_tokens/Gather")
     table = next((node for node in nodes if gather.input[0] in node.output and node.op_type == "Transpose"), None)
     rows = "/model/embed_tokens/Reshape/output_0"
