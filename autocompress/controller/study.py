@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.config import ConfigError, LatencyConfig, SamplerName, SearchConfig, SpaceConfig, TaskConfig
 from autocompress.credentials import absolute_reference, masked, resolve
+from autocompress.stores import schema_lock
 
 OBJECTIVES = ("dev_accuracy", "relative_latency", "size_mb")
 """Accuracy on the dev split; latency over the teacher's, timed in the same probe; shipped file size in MB.
@@ -130,7 +131,7 @@ def make_storage(config: SearchConfig) -> str | optuna.storages.BaseStorage:
         return url
     beat = config.execution.heartbeat_seconds
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), schema_lock(url):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: experimental since Optuna 2.9
         return optuna.storages.RDBStorage(
             url, engine_kwargs=engine, heartbeat_interval=beat, grace_period=3 * beat, heartbeat_stale_trial_callback=retry_interrupted

@@ -39,6 +39,7 @@ from autocompress.controller.study import (
     STATE_ATTR,
 )
 from autocompress.credentials import masked, resolve
+from autocompress.stores import schema_lock
 from autocompress.tracking.registry import ARTIFACT_TAG, CHAMPION, Registered, register_run, register_sentence_transformers
 
 if TYPE_CHECKING:
@@ -65,6 +66,16 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TI
 MLflow's two lines per finished run and its download bars are dropped: the search prints its run's page once, at the end."""
 
 
+def _create_experiment(client: MlflowClient, name: str) -> str:
+    """Create experiment ``name``, or take the one another search on the same server created a moment before."""
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
 class Tracker:
     """Writes one study's runs; every public method is guarded: MLflow failing is a warning, never a lost search."""
 
@@ -84,9 +95,10 @@ class Tracker:
     def _connect(self) -> None:
         if self.client is not None:
             return
-        client = MlflowClient(tracking_uri=self.uri)
-        found = client.get_experiment_by_name(self.experiment)
-        self.experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+        with schema_lock(self.uri):  # a new SQLite store gets its tables, and a new experiment is made once, not by each search
+            client = MlflowClient(tracking_uri=self.uri)
+            found = client.get_experiment_by_name(self.experiment)
+            self.experiment_id = found.experiment_id if found else _create_experiment(client, self.experiment)
         client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.parent_run_id = self._parent_run_id(client)
         self._log_search(client)

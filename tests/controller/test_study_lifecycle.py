@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
 import socket
 import subprocess
 import sys
@@ -211,6 +212,53 @@ def test_two_optimize_threads_never_pop_the_same_enqueued_trial(tmp_path):
     finally:
         for process in busy:
             process.kill()
+
+
+def _open_study_file(folder):
+    make_storage(config_for(folder))
+
+
+def _open_mlflow_store(folder):
+    study = optuna.create_study(directions=["maximize"])
+    assert Tracker(study=study, experiment="life", tracking_uri=f"sqlite:///{folder}/mlflow.db").sync() == 0  # None: it failed
+
+
+def _open_after(barrier, open_store, folder, failures):
+    barrier.wait()
+    try:
+        open_store(folder)
+    except BaseException as error:  # noqa: BLE001 - the test reports whatever the race raised
+        failures.put(repr(error))
+
+
+@pytest.mark.parametrize("open_store", [_open_study_file, _open_mlflow_store], ids=["optuna", "mlflow"])
+def test_processes_opening_a_new_sqlite_store_at_once_never_race_on_its_schema(tmp_path, open_store):
+    """Three searches started together on one new study file or MLflow store. Without the lock, of 8 rounds of three
+    processes, 4 failed on the study file (``UNIQUE constraint failed: alembic_version.version_num``) and 4 of 4 on the MLflow
+    store (``table latest_metrics already exists``) (measured)."""
+    open_store(tmp_path / "warm")  # the libraries' lazy imports happen once, before the forks
+    context = multiprocessing.get_context("fork")
+    failures = context.Queue()
+    for round_ in range(ROUNDS[open_store]):
+        barrier = context.Barrier(3)
+        workers = [context.Process(target=_open_after, args=(barrier, open_store, tmp_path / str(round_), failures)) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    assert failures.empty(), failures.get()
+
+
+ROUNDS = {_open_study_file: 8, _open_mlflow_store: 1}
+
+
+def test_an_experiment_another_search_created_a_moment_before_is_taken_not_an_error(tmp_path):
+    from autocompress.tracking.runs import _create_experiment
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    first = client.create_experiment("life")
+    assert _create_experiment(client, "life") == first
 
 
 class Terminal(io.StringIO):
