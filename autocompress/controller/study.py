@@ -15,11 +15,13 @@ next start (its owner process on this host is gone) or by Optuna's heartbeat
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
 import re
 import socket
+import time
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -242,15 +244,36 @@ def is_interrupted(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and (bool(trial.user_attrs.get(INTERRUPTED_ATTR)) or FAIL_REASON_ATTR not in trial.user_attrs)
 
 
-def fail_orphans(study: optuna.Study) -> list[int]:
-    """Fail, as interrupted, every RUNNING trial whose process on this host is gone; returns their numbers."""
+UNCLAIMED_SECONDS = 5.0
+"""A process records itself on a trial milliseconds after creating it (the objective's first line). A trial still RUNNING
+without an owner this long after its start was created by a process that died first: ``kill -9`` in that window left it
+RUNNING forever, since Optuna's heartbeat only judges trials that beat once."""
+
+
+def fail_orphans(study: optuna.Study, unclaimed_seconds: float = UNCLAIMED_SECONDS) -> list[int]:
+    """Fail, as interrupted, every RUNNING trial whose process on this host is gone, or that no process claimed within
+    ``unclaimed_seconds`` of its start (waiting out that long for one just created); returns their numbers."""
+    def age(trial: FrozenTrial) -> float:
+        return (datetime.datetime.now() - trial.datetime_start).total_seconds() if trial.datetime_start else unclaimed_seconds
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    unclaimed = [age(t) for t in running if OWNER_ATTR not in t.user_attrs]
+    if unclaimed:
+        time.sleep(max(0.0, unclaimed_seconds - min(unclaimed)))
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     failed = []
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for frozen in running:
         owner = frozen.user_attrs.get(OWNER_ATTR)
-        if not _owner_is_gone(owner):
+        if owner is None and age(frozen) < unclaimed_seconds:
+            continue  # created during the wait, by a process alive now
+        if owner is None:
+            reason = f"interrupted: the process that created it is gone before it recorded itself ({unclaimed_seconds:g} s)"
+        elif _owner_is_gone(owner):
+            reason = f"interrupted: its process {owner['pid']} on {owner['host']} is gone"
+        else:
             continue
         trial = optuna.trial.Trial(study, frozen._trial_id)
-        trial.set_user_attr(FAIL_REASON_ATTR, f"interrupted: its process {owner['pid']} on {owner['host']} is gone")
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)
         trial.set_user_attr(INTERRUPTED_ATTR, True)
         study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
         failed.append(frozen.number)

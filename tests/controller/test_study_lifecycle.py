@@ -7,6 +7,7 @@ import multiprocessing
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import mlflow
@@ -78,6 +79,23 @@ def test_a_trial_whose_process_died_is_failed_as_interrupted_and_retried_once(tm
     assert len(waiting) == 1 and waiting[0].user_attrs[RETRY_OF_ATTR] == orphan.number
     assert study.trials[-1].system_attrs["fixed_params"] == failed.params
     assert trials_done(study.trials) == 1  # the interrupted trial does not use up the budget: its retry will
+
+
+def test_a_trial_killed_before_it_recorded_its_process_is_failed_once_no_process_claims_it(tmp_path):
+    """``kill -9`` between Optuna creating a trial and the objective's first line left it RUNNING after every resume."""
+    study = new_study(config_for(tmp_path))
+    x = {"x": optuna.distributions.IntDistribution(0, 9)}
+    orphan = study.ask(x)  # its process died here, before recording itself
+    claimed = study.ask(x)  # its live process records itself during the wait
+    threading.Timer(0.2, claimed.set_user_attr, args=(OWNER_ATTR, trial_owner())).start()
+    young = []  # a live process creates one during the wait: too young to judge
+    threading.Timer(0.4, lambda: young.append(study.ask(x))).start()
+
+    assert fail_orphans(study, unclaimed_seconds=1.0) == [orphan.number]
+    failed = study.trials[orphan.number]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["interrupted"] and "is gone" in failed.user_attrs["fail_reason"]
+    assert [study.trials[t.number].state for t in (claimed, *young)] == [TrialState.RUNNING] * 2
+    assert retry_all_interrupted(study) == [orphan.number]
 
 
 def test_optunas_heartbeat_fails_a_silent_trial_and_retries_it(tmp_path):
