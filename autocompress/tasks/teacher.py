@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, get_linear_schedule_with_warmup
 
 from autocompress.config import SearchConfig
-from autocompress.cores import cores, rebalance
+from autocompress.cores import cores, exclusive_lock, rebalance
 from autocompress.models.loading import load_classifier, load_tokenizer, resolve_model_path
 from autocompress.paths import teachers_dir
 from autocompress.tasks.data import Examples, TaskLabels, batches, load_split, task_labels
@@ -125,10 +125,23 @@ def locate_teacher(config: SearchConfig) -> TeacherLocation:
 
 
 def get_teacher(config: SearchConfig) -> Teacher:
-    """Return the cached teacher for this config, fine-tuning it first if needed."""
+    """Return the cached teacher for this config, fine-tuning it first if needed.
+
+    Searches started together on one cache train it once: the first holds the teacher's lock while it trains, the
+    others wait and then find it ready (measured before the lock: three searches each trained it into one staging
+    folder and each replaced the folder the others were loading).
+    """
     where = locate_teacher(config)
     if where.ready:
         return Teacher(path=where.path, key=where.key, trained_now=False)
+    with exclusive_lock(where.path.with_name(f"{where.key}.lock")):
+        where = locate_teacher(config)
+        if where.ready:
+            return Teacher(path=where.path, key=where.key, trained_now=False)
+        return _fine_tune_and_cache(config, where)
+
+
+def _fine_tune_and_cache(config: SearchConfig, where: TeacherLocation) -> Teacher:
     key, folder, train = where.key, where.path, where.train
     tokenizer = load_tokenizer(config.model)
     labels = task_labels(config)
@@ -137,6 +150,7 @@ def get_teacher(config: SearchConfig) -> Teacher:
         model.config.id2label, model.config.label2id = labels.id2label, labels.label2id
     losses = fine_tune(model, train, tokenizer, config)
     staging = folder.with_name(f"{key}.partial")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a process killed while saving
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / "teacher.json").write_text(json.dumps({"key": key, "model": config.model, "recipe": config.teacher.model_dump(), "labels": labels.names}))

@@ -204,6 +204,35 @@ def test_a_new_teacher_names_its_classes(tmp_path, monkeypatch):
     assert saved["label2id"]["World"] == 3 and get_teacher(config).load().classifier.out_features == 4
 
 
+def test_searches_starting_together_train_the_teacher_once_and_all_load_it(tmp_path, monkeypatch):
+    """Without the lock, three searches on one cache each trained it into one staging folder and replaced the folder the
+    others were loading (``no file named model.safetensors``)."""
+    import threading
+
+    from autocompress.tasks.teacher import get_teacher
+
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path))
+    config = config_of({**TOPIC_TASK, "train_subset": 8, "max_length": 16}, teacher={"steps": 1, "batch_size": 4})
+    barrier, got, failed = threading.Barrier(3), [], []
+
+    def search():
+        barrier.wait()
+        try:
+            teacher = get_teacher(config)
+            got.append((teacher.path, teacher.trained_now, teacher.load().classifier.out_features))
+        except Exception as error:  # noqa: BLE001 - reported below
+            failed.append(repr(error))
+
+    threads = [threading.Thread(target=search) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failed, failed
+    assert len({path for path, _, _ in got}) == 1 and sorted(trained for _, trained, _ in got) == [False, False, True]
+    assert {width for _, _, width in got} == {4}
+
+
 def test_preflight_refuses_a_checkpoint_with_other_label_names_or_head_size(tmp_path):
     from autocompress.controller.preflight import preflight
     from autocompress.models.loading import load_classifier
