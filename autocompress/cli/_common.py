@@ -15,7 +15,7 @@ NO_FEASIBLE_TRIAL = 3
 """Exit status of a search in which no trial met the constraints."""
 INTERRUPTED = 130
 """Exit status of a search stopped by Ctrl-C or SIGTERM."""
-QUIET_LOGGERS = ("optuna", "transformers", "ray", "mlflow", "alembic", "httpx", "urllib3", "root")
+QUIET_LOGGERS = ("optuna", "transformers", "ray", "mlflow", "alembic", "httpx", "urllib3", "root", "onnxruntime")
 """Libraries whose info and warnings (per-trial parameter dumps, load reports) go to the log file, not the screen."""
 
 

@@ -16,6 +16,7 @@ from autocompress.config._base import (
     DATA_ROOT_ENV,
     DEPLOYABLE_BITS,
     LABELLED_METRICS,
+    MINIMIZED_METRICS,
     OUTPUT_PRECISIONS,
     POLICY_SCHEMA,
     RENAMED_FIELDS,
@@ -28,6 +29,7 @@ from autocompress.config._base import (
     Strict,
     TaskType,
 )
+from autocompress.config._decoder import DecoderConfig
 from autocompress.config._load import TOP_LEVEL, SearchConfig, load_config, parse_config
 from autocompress.config._search import (
     ConstraintsConfig,
@@ -53,9 +55,11 @@ __all__ = [
     "TOP_LEVEL",
     "ConfigError",
     "ConstraintsConfig",
+    "DecoderConfig",
     "ExecutionConfig",
     "FinalTrainingConfig",
     "LABELLED_METRICS",
+    "MINIMIZED_METRICS",
     "LatencyConfig",
     "MetricName",
     "OUTPUT_PRECISIONS",

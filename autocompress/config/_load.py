@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from autocompress.config._base import DATA_ROOT_ENV, RENAMED_FIELDS, STORAGE_ENV, ConfigError, Strict
+from autocompress.config._decoder import DecoderConfig
 from autocompress.config._search import ExecutionConfig, LatencyConfig, RecoveryConfig, SearchSettings, TrackingConfig
 from autocompress.config._space import SpaceConfig
 from autocompress.config._task import TaskConfig, TeacherConfig
@@ -27,6 +28,7 @@ class SearchConfig(Strict):
         TeacherConfig(), description="the uncompressed reference: a fine-tuned checkpoint, or fine-tuning (every field is in its cache key)"
     )
     space: SpaceConfig = Field(SpaceConfig(), description="the choices the sampler may make, per encoder block unless noted")
+    decoder: DecoderConfig = Field(DecoderConfig(), description="a causal-lm search's choices: weight-only bits per decoder block")
     recovery: RecoveryConfig = Field(
         RecoveryConfig(), description="distillation from the teacher after pruning, for trials with recovery_steps > 0"
     )
@@ -56,6 +58,13 @@ class SearchConfig(Strict):
     def _final_training_needs_students(self) -> "SearchConfig":
         if self.search.final_training.top_k and max(self.space.recovery_steps) == 0:
             raise ValueError("search.final_training.top_k > 0 needs space.recovery_steps above 0 (it trains the front's distilled students again)")
+        return self
+
+    @model_validator(mode="after")
+    def _decoders_run_here(self) -> "SearchConfig":
+        if self.task.type == "causal-lm" and (self.execution.workers > 1 or self.latency.backend != "onnxruntime"):
+            raise ValueError("a causal-lm search runs its trials in its own process on ONNX Runtime GenAI: "
+                             "execution.workers must be 1 and latency.backend onnxruntime")
         return self
 
     def data_path(self, relative: str) -> Path:

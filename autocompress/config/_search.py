@@ -86,6 +86,13 @@ class ConstraintsConfig(Strict):
         "compatibility) on the dev split versus the teacher, as a fraction (0.01 = 1 point, e.g. 0.91 -> 0.90); "
         "also the budget of the *_within_budget selections; null: no limit",
     )
+    max_perplexity_increase: float | None = Field(
+        0.05,
+        ge=0,
+        description="a causal-lm search's limit: largest accepted rise of dev perplexity over the teacher's, relative "
+        "(0.05 = +5 %, e.g. 20.0 -> 21.0), whichever task.metric it minimizes; also the budget of the *_within_budget "
+        "selections; null: no limit",
+    )
     max_latency_ms: float | None = Field(
         None,
         gt=0,

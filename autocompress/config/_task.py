@@ -8,6 +8,11 @@ from pydantic import Field, model_validator
 
 from autocompress.config._base import LABELLED_METRICS, TASK_METRICS, MetricName, Strict, TaskType
 
+CAUSAL_LM_DEFAULTS = {"metric": "perplexity", "train": None, "dev": "wikitext-2/valid.txt", "test": "wikitext-2/test.txt",
+                      "max_length": 256, "dev_subset": 16, "test_subset": 32}
+"""A causal-lm task's own defaults: WikiText-2 (dev and GPTQ calibration from validation, the report from test) cut into
+windows of ``max_length`` tokens; ``dev_subset``/``test_subset`` count windows, not rows."""
+
 
 class _SplitFiles(Strict):
     """Labelled files an embedding task scores beside its texts, one per split (``dev``, ``test``), at least one of them."""
@@ -69,7 +74,8 @@ class TaskConfig(Strict):
         "sequence-classification",
         description="the kind of task (autocompress.tasks): sequence-classification is a label per text or per pair of texts; "
         "embedding is a sentence-embedding model (sentence-transformers), compressed to agree with its own embeddings, "
-        "on unlabelled texts",
+        "on unlabelled texts; causal-lm is a decoder language model scored by perplexity on plain-text dev and test files "
+        "(windows of max_length tokens; defaults: WikiText-2 valid/test, 16 dev and 32 test windows of 256 tokens)",
     )
     data_root: str | None = Field(
         None,
@@ -195,12 +201,18 @@ class TaskConfig(Strict):
         carves ``test_size`` texts (SST-2's 872 validation rows are too few a corpus for neighbour recall)."""
         if isinstance(data, dict) and data.get("type") == "embedding":
             return {"metric": "cosine", "test": None, **data}
+        if isinstance(data, dict) and data.get("type") == "causal-lm":
+            return {**CAUSAL_LM_DEFAULTS, **data}
         return data
 
     @model_validator(mode="after")
     def _labels_agree(self) -> "TaskConfig":
         if self.metric not in TASK_METRICS[self.type]:
             raise ValueError(f"task.metric {self.metric!r} is not a metric of task.type {self.type!r}; allowed: {', '.join(TASK_METRICS[self.type])}")
+        if self.type == "causal-lm":
+            missing = [f"task.{split}" for split in ("dev", "test") if not getattr(self, split)]
+            if missing or self.hf_dataset:
+                raise ValueError("a causal-lm task reads plain-text files: set task.dev and task.test (hf_dataset is not read)")
         for section in ("pairs", "retrieval"):
             if getattr(self, section) is not None and self.type != "embedding":
                 raise ValueError(f"task.{section} is scored by an embedding task; task.type {self.type!r} has labels of its own")

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-from transformers import AutoConfig, PretrainedConfig
 
 from autocompress.config import ConfigError, SearchConfig
 from autocompress.controller.pareto import BASELINE_ATTR
@@ -20,10 +19,13 @@ from autocompress.controller.space_check import SpaceSummary, check_space
 from autocompress.controller.study import check_resumable, load_existing, signature
 from autocompress.cores import machine_cores
 from autocompress.credentials import masked
-from autocompress.models.loading import resolve_model_path
+from autocompress.models.loading import model_config, resolve_model_path
 from autocompress.paths import cache_root
 from autocompress.tasks.registry import task_for
 from autocompress.tasks.teacher import TeacherLocation
+
+if TYPE_CHECKING:
+    from autocompress.controller.decoder_search import DecoderPreflight
 
 
 @dataclass(frozen=True)
@@ -86,25 +88,16 @@ class Preflight:
         return line
 
 
-def model_config(config: SearchConfig) -> PretrainedConfig:
-    """The config of the model the teacher is (or will be) built from, without loading weights."""
-    name = config.teacher.checkpoint or config.model
-    field = "teacher.checkpoint" if config.teacher.checkpoint else "model"
-    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
-        raise ConfigError(f"{config.source}: field '{field}': folder {name!r} does not exist")
-    try:
-        return AutoConfig.from_pretrained(resolve_model_path(name))
-    except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{config.source}: field '{field}': cannot load {name!r} (a local folder or a Hugging Face id in the cache): {reason}") from None
-
-
-def preflight(config: SearchConfig) -> Preflight:
+def preflight(config: SearchConfig) -> Preflight | DecoderPreflight:
     """Run every check that needs no training; raise a one-line ``ConfigError`` on the first failure."""
     try:
         machine_cores()  # read by the first training; a bad value must fail before it
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if config.task.type == "causal-lm":
+        from autocompress.controller.decoder_search import decoder_preflight
+
+        return decoder_preflight(config)
     task = task_for(config)
     shape = model_config(config)
     task_line = task.check(shape)

@@ -146,6 +146,11 @@ def run_search(config: SearchConfig, *, added: int | None = None, total: int | N
     check that can fail without training runs before the teacher is fine-tuned.
     """
     config = resolved(config)
+    if config.task.type == "causal-lm":
+        from autocompress.controller.decoder_search import run_decoder_search
+
+        rows, chosen = run_decoder_search(config, added=added, total=total)
+        return SearchResult(config.search.study_name, rows, chosen, Path(config.output))
     checked = preflight(config)
     study = open_study(config, checked.signature)
     orphans, retried = fail_orphans(study), retry_all_interrupted(study)

@@ -33,7 +33,7 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.config import ConfigError, LatencyConfig, SamplerName, SearchConfig, SpaceConfig, TaskConfig
+from autocompress.config import MINIMIZED_METRICS, ConfigError, LatencyConfig, SamplerName, SearchConfig, SpaceConfig, TaskConfig
 from autocompress.credentials import absolute_reference, masked, resolve
 from autocompress.stores import schema_lock
 
@@ -75,6 +75,11 @@ def make_sampler(config: SearchConfig, *, drawn: int = 0) -> optuna.samplers.Bas
 def objectives(metric: str = "accuracy") -> tuple[str, str, str]:
     """The study's objective names for ``task.metric`` (``dev_macro_f1``, ...), stored with the study as its metric names."""
     return (f"dev_{metric}", *OBJECTIVES[1:])
+
+
+def directions(metric: str = "accuracy") -> tuple[str, str, str]:
+    """The study's directions: ``task.metric`` maximized, or minimized when lower is better (perplexity), then latency and size."""
+    return ("minimize" if metric in MINIMIZED_METRICS else "maximize", *DIRECTIONS[1:])
 
 
 def study_metric(study: optuna.Study) -> str:
@@ -184,7 +189,7 @@ def open_study(config: SearchConfig, expected: Mapping[str, Any]) -> optuna.Stud
     study = optuna.create_study(
         study_name=config.search.study_name,
         storage=make_storage(config),
-        directions=list(DIRECTIONS),
+        directions=list(directions(config.task.metric)),
         sampler=make_sampler(config),
         load_if_exists=True,
     )

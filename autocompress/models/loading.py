@@ -12,13 +12,25 @@ import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
+from autocompress.config import ConfigError
 from autocompress.models import families as architectures
+
+if TYPE_CHECKING:
+    from autocompress.config import SearchConfig
 
 DEFAULT_MODEL = "default"
 
@@ -126,3 +138,17 @@ def copy_tokenizer(source: str | Path, target: Path) -> list[str]:
     for path in copied:
         shutil.copy2(path, target / path.name)
     return [path.name for path in copied]
+
+
+def model_config(config: SearchConfig) -> PretrainedConfig:
+    """The config of the model the teacher is (or will be) built from, without loading weights; a one-line ``ConfigError``
+    naming the field when there is none."""
+    name = config.teacher.checkpoint or config.model
+    field = "teacher.checkpoint" if config.teacher.checkpoint else "model"
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():
+        raise ConfigError(f"{config.source}: field '{field}': folder {name!r} does not exist")
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{config.source}: field '{field}': cannot load {name!r} (a local folder or a Hugging Face id in the cache): {reason}") from None

@@ -20,11 +20,13 @@ simulation by perplexity.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
 import tempfile
 from collections.abc import Mapping
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +87,8 @@ def run_builder(hf_folder: Path, out: Path, precision: str) -> Path:
     """
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
-    with tempfile.TemporaryDirectory(prefix="genai-cache-") as cache:
+    printed = io.StringIO()  # the builder prints every layer and a progress bar per tensor: a search's log is not the place
+    with tempfile.TemporaryDirectory(prefix="genai-cache-") as cache, redirect_stdout(printed), redirect_stderr(printed):
         settings = parse_extra_options("", str(hf_folder), str(out), precision, "cpu", cache, ["hf_token=false"])  # a local folder only
         create_model("", str(hf_folder), str(out), precision, "cpu", cache, **settings)
     return out
@@ -121,7 +124,8 @@ def build_genai(model: PreTrainedModel, tokenizer_folder: str | Path, quantized:
     refuse_widths(quantized)
     with tempfile.TemporaryDirectory(prefix="genai-build-") as work:
         hf = Path(work) / "hf"
-        model.save_pretrained(hf)
+        with redirect_stderr(io.StringIO()):  # transformers' "Writing model shards" bar
+            model.save_pretrained(hf)
         copy_tokenizer(tokenizer_folder, hf)
         if (Path(tokenizer_folder) / "chat_template.jinja").is_file():
             shutil.copy2(Path(tokenizer_folder) / "chat_template.jinja", hf)

@@ -10,6 +10,7 @@ compress, ``metrics`` scores classifiers (accuracy, F1, macro F1) and
 ``embedding_metrics`` embeddings against their teacher's (cosine, neighbour
 recall, Spearman; output quantization) and against labels (gold Spearman of
 pairs, nDCG@10 and recall@100 of retrieval), whose files ``evaluation_sets`` reads.
+``causal_lm`` (a decoder's perplexity on plain text) is the third task;
 ``language_modeling`` scores decoders: perplexity over fixed windows, KL to the
 teacher, greedy agreement.
 """
@@ -24,6 +25,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "Task": "base",
     "SequenceClassification": "classification",
     **dict.fromkeys(["EmbeddingTeacher", "SentenceEmbeddingTask"], "embedding"),
+    **dict.fromkeys(["CausalLanguageModeling", "CausalLMTeacher", "NextToken", "Windows"], "causal_lm"),
     **dict.fromkeys(["EMBEDDING_METRICS", "bytes_per_vector", "embedding_scores", "mean_cosine", "neighbour_recall", "quantize_embeddings",
                      "similarity_spearman", "gold_spearman", "retrieval_scores"], "embedding_metrics"),
     **dict.fromkeys(["EvaluationSets", "PairSet", "RetrievalSet", "evaluation_scores", "load_evaluation_sets"], "evaluation_sets"),

@@ -14,7 +14,6 @@ normalizes inside and returns ``sentence_embedding``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,7 +29,7 @@ from autocompress.models.pooling import Pooling, read_pooling
 from autocompress.tasks import data
 from autocompress.tasks.base import Task
 from autocompress.tasks.heads import EMBEDDING_TARGET, Head, SentenceEmbedding
-from autocompress.tasks.teacher import Teacher, TeacherLocation, hash_files
+from autocompress.tasks.teacher import Teacher, TeacherLocation, model_digest
 from autocompress.tasks.texts import Texts, load_split_texts
 
 if TYPE_CHECKING:
@@ -112,12 +111,7 @@ class SentenceEmbeddingTask(Task):
 def teacher_key(model: str, pooling: Pooling) -> str:
     """The teacher's identity, hashed once per process (the search, its exports and vocabulary each build the task anew):
     its files (or hub id) and the pooling; the key its cached embeddings are stored under."""
-    digest = hashlib.sha256(b"embedding:")
-    path = Path(resolve_model_path(model))
-    if path.is_dir():
-        hash_files(path, digest)
-    else:
-        digest.update(model.encode())
+    digest = model_digest(model, "embedding")
     digest.update(json.dumps({"mode": pooling.mode, "normalize": pooling.normalize}).encode())
     return f"embedding-{digest.hexdigest()[:16]}"
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from autocompress.tasks.base import Task
+from autocompress.tasks.causal_lm import CausalLanguageModeling
 from autocompress.tasks.classification import SequenceClassification
 from autocompress.tasks.embedding import SentenceEmbeddingTask
 
 if TYPE_CHECKING:
     from autocompress.config import SearchConfig
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (SequenceClassification, SentenceEmbeddingTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (SequenceClassification, SentenceEmbeddingTask, CausalLanguageModeling)}
 
 
 def task_for(config: SearchConfig) -> Task:

@@ -43,6 +43,17 @@ class Teacher:
         return AutoConfig.from_pretrained(self.path)
 
 
+def model_digest(model: str, kind: str) -> "hashlib._Hash":
+    """A running SHA-256 of a model the task uses as it is: ``kind``, then its folder's files (or its hub id)."""
+    digest = hashlib.sha256(f"{kind}:".encode())
+    path = Path(resolve_model_path(model))
+    if path.is_dir():
+        hash_files(path, digest)
+    else:
+        digest.update(model.encode())
+    return digest
+
+
 def hash_files(folder: Path, digest: "hashlib._Hash") -> None:
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(folder)).encode())

@@ -3,7 +3,8 @@
 import pytest
 
 from autocompress.config import ConfigError, parse_config
-from autocompress.controller.preflight import model_config, preflight
+from autocompress.controller.preflight import preflight
+from autocompress.models.loading import model_config
 
 
 def test_a_missing_model_folder_or_offline_id_is_one_line(tmp_path):

@@ -8,7 +8,8 @@ inputs and the head's targets, that latency inputs are single unpadded rows,
 that a teacher (a tiny random BERT, fine-tuned a few steps where the task
 fine-tunes) scores with the task's metrics, the search's among them, that a
 perfect output scores 1, and that the head's output survives ONNX export and
-verification.
+verification. A causal-lm task runs it on a tiny random Llama and two text
+files, its output deployed the way its searches deploy it (ONNX Runtime GenAI).
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from families import TINY_TEACHER, tiny_model
 from autocompress.config import TASK_METRICS, TaskType, parse_config
 from autocompress.models.loading import load_tokenizer
 from autocompress.runtime import export_onnx, verify
-from autocompress.tasks import EMBEDDING_TARGET, TASKS, SentenceEmbeddingTask, SequenceClassification, Task, task_for
+from autocompress.tasks import (
+    EMBEDDING_TARGET,
+    TASKS,
+    CausalLanguageModeling,
+    SentenceEmbeddingTask,
+    SequenceClassification,
+    Task,
+    task_for,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -42,12 +51,24 @@ class TaskContract:
 
     @pytest.fixture(scope="class")
     def task(self, tmp_path_factory):
-        model = tmp_path_factory.mktemp("model")  # an encoder without a head, as users start from: the task adds its own
-        tiny_model("bert").base_model.save_pretrained(model)
-        load_tokenizer("default").save_pretrained(model)
-        config = parse_config({"model": str(model), "task": {"type": self.task_class.name, **self.task_section},
-                               "teacher": TINY_TEACHER}, source="contract.yaml")
+        model = tmp_path_factory.mktemp("model")
+        self.write_model(model)
+        section = self.write_data(tmp_path_factory)
+        config = parse_config({"model": str(model), "task": {"type": self.task_class.name, **section},
+                               "teacher": TINY_TEACHER, **self.sections}, source="contract.yaml")
         return task_for(config)
+
+    sections: dict = {}
+    """Other config sections the task reads."""
+
+    def write_data(self, tmp_path_factory) -> dict:
+        """The ``task`` section, after writing any data it names that is not committed."""
+        return self.task_section
+
+    def write_model(self, folder):
+        """An encoder without a head, as users start from: the task adds its own."""
+        tiny_model("bert").base_model.save_pretrained(folder)
+        load_tokenizer("default").save_pretrained(folder)
 
     @pytest.fixture(scope="class", autouse=True)
     def cache(self, tmp_path_factory):
@@ -90,7 +111,8 @@ class TaskContract:
         batches = task.batches(task.load_split("dev"), tokenizer, batch_size=16)
         scores = head.evaluate(model, batches)
         assert head.metric == task.metric and task.metric in scores
-        assert set(scores) <= set(TASK_METRICS[task.name]) and all(-1.0 <= value <= 1.0 for value in scores.values())
+        assert set(scores) <= set(TASK_METRICS[task.name])
+        assert all(value >= 1.0 if name == "perplexity" else -1.0 <= value <= 1.0 for name, value in scores.items())
         assert head.scores(self.perfect_outputs(batches), batches)[task.metric] == pytest.approx(1.0)
 
     def test_the_head_output_is_exported_and_verified(self, task, teacher, tmp_path):
@@ -163,3 +185,45 @@ class TestSentenceEmbeddingsWithLabelledSets(TestSentenceEmbeddings):
         scores = head.evaluate(teacher.load(), task.batches(task.load_split(split), tokenizer, batch_size=16))
         assert set(scores) == set(TASK_METRICS["embedding"]) and 0 < scores["recall_at_100"] <= 1
         assert "labelled pairs on dev, test; retrieval on dev, test" in task.check(teacher.load_config())
+
+
+def _words(path, count, seed):
+    rng = np.random.default_rng(seed)
+    path.write_text(" ".join(f"t{i}" for i in rng.integers(3, 512, count)))
+
+
+class TestCausalLanguageModeling(TaskContract):
+    """Windows of 16 tokens of two random texts of the tiny decoder's vocabulary; the tiny Llama is its own teacher."""
+
+    task_class = CausalLanguageModeling
+    sections = {"decoder": {"calibration_windows": 4}}
+    sizes = (4, 8, 10)  # calibration (train), dev, test windows
+
+    def write_data(self, tmp_path_factory) -> dict:
+        data = tmp_path_factory.mktemp("texts")
+        _words(data / "valid.txt", 400, seed=0)
+        _words(data / "test.txt", 160, seed=1)
+        return {"data_root": str(data), "dev": "valid.txt", "test": "test.txt", "max_length": 16, "dev_subset": 8, "test_subset": 10}
+
+    def write_model(self, folder):
+        from decoder_families import save_tokenizer, tiny_decoder
+
+        tiny_decoder("llama").save_pretrained(folder)
+        save_tokenizer(folder)
+
+    def perfect_outputs(self, batches):
+        """Every scored token predicted with certainty: log-likelihood 0."""
+        return np.zeros(sum(int(b["scored"].sum()) for b in batches))
+
+    def test_the_head_output_is_exported_and_verified(self, task, teacher, tmp_path):
+        """Deployed as its searches deploy it: an ONNX Runtime GenAI folder, whose perplexity is the torch model's."""
+        from autocompress.runtime.genai import build_genai, genai_logits
+        from autocompress.tasks.language_modeling import perplexity
+
+        model, dev = teacher.load(), task.load_split("dev")
+        build = build_genai(model, teacher.path, {}, tmp_path / "genai")
+        head_scores = task.head().evaluate(model, task.batches(dev, None, batch_size=4))
+        assert perplexity(genai_logits(build.folder), list(dev)) == pytest.approx(head_scores["perplexity"], rel=1e-4)
+
+    def test_the_teacher_is_the_model_as_it_is(self, task, teacher):
+        assert teacher.path == Path(task.config.model) and not teacher.trained_now and task.locate_teacher().as_is

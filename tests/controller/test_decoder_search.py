@@ -1,0 +1,141 @@
+"""A causal-lm search from YAML end to end on a tiny random Llama: every trial quantized, deployed as an ONNX Runtime
+GenAI folder, scored and timed there; the study, MLflow, the front and the chosen folder; resume; bad configs refused
+before any weight is loaded."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import mlflow
+import numpy as np
+import onnx
+import optuna
+import pytest
+import yaml
+from decoder_families import save_tokenizer, tiny_decoder
+from optuna.trial import TrialState
+
+from autocompress.cli import main
+from autocompress.controller.pareto import BASELINE_ATTR
+from autocompress.controller.study import directions
+from autocompress.runtime.genai import genai_logits
+from autocompress.tasks.causal_lm import CausalLanguageModeling
+from autocompress.tasks.language_modeling import perplexity
+from autocompress.techniques.decoder_policy import DecoderPolicy
+
+
+def write_text(path, words: int, seed: int) -> None:
+    """Words of the tiny tokenizer's vocabulary from a noisy recurrence: text a model can be more or less surprised by."""
+    rng, state, out = random.Random(seed), 3, []
+    for _ in range(words):
+        state = (state * 7 + rng.randint(0, 5)) % 509 + 3
+        out.append(f"t{state}")
+    path.write_text(" ".join(out))
+
+
+@pytest.fixture(scope="module")
+def decoder_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("decoder")
+    tiny_decoder("llama").save_pretrained(folder / "model")
+    save_tokenizer(folder / "model")
+    write_text(folder / "valid.txt", 3000, seed=0)
+    write_text(folder / "test.txt", 1500, seed=1)
+    return folder
+
+
+@pytest.fixture
+def search_file(decoder_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
+    def write(**sections):
+        config = {"model": str(decoder_folder / "model"),
+                  "task": {"type": "causal-lm", "data_root": str(decoder_folder), "dev": "valid.txt", "test": "test.txt",
+                           "max_length": 64, "dev_subset": 4, "test_subset": 4},
+                  "decoder": {"calibration_windows": 4, "prompt_tokens": 16, "new_tokens": 8},
+                  "latency": {"rounds": 2},
+                  "search": {"n_trials": 3, "study_name": "lm", "storage": "sqlite:///study.db", "sampler": "tpe"},
+                  "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "lm"}}
+        for name, values in sections.items():
+            config[name] = {**config.get(name, {}), **values}
+        path = tmp_path / "search.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_front(search_file, tmp_path):
+    import onnxruntime_genai as og
+
+    config = search_file()
+    assert main(["search", str(config)]) == 0
+    study = optuna.load_study(study_name="lm", storage="sqlite:///study.db")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert [d.name for d in study.directions] == [d.upper() for d in directions("perplexity")] == ["MINIMIZE", "MINIMIZE", "MINIMIZE"]
+    teacher = study.user_attrs[BASELINE_ATTR]
+    for trial in study.trials:
+        metrics = trial.user_attrs["metrics"]
+        assert trial.values[0] == metrics["dev_perplexity"] and trial.values[2] == pytest.approx(metrics["size_mb"])
+        assert metrics["size_mb"] * 1e6 < teacher["size_bytes"] and 2 <= metrics["average_bits"] <= 8  # every layer quantized
+        assert abs(metrics["dev_perplexity"] / metrics["simulated_dev_perplexity"] - 1) <= 0.02  # the lowering's check held
+        assert metrics["decode_tokens_per_s"] > 0 and metrics["decode_speedup"] > 0
+        assert "perplexity_increase" in trial.constraints
+
+    rows = json.loads((tmp_path / "out" / "pareto.json").read_text())
+    chosen = next(row for row in rows if row["chosen"])
+    assert chosen["feasible"] and chosen["dev_perplexity"] <= (1 + 0.05) * teacher["dev_perplexity"]
+    policy = DecoderPolicy.from_dict(json.loads((tmp_path / "out" / "best_policy.json").read_text()))
+    assert policy.to_dict() == study.trials[chosen["trial"]].user_attrs["policy"]
+
+    best = tmp_path / "out" / "best_model"
+    graph = onnx.load(str(best / "model.onnx"), load_external_data=False)
+    widths = {node.name.rpartition("_Q")[0]: next(a.i for a in node.attribute if a.name == "bits")
+              for node in graph.graph.node if node.op_type == "MatMulNBits"}
+    assert widths["/model/layers.0/attn/qkv_proj/MatMul"] == policy.attention_bits[0]  # the policy's widths, on the kernels
+    assert widths["/model/layers.1/mlp/down_proj/MatMul"] == policy.mlp_bits[1]
+    task = CausalLanguageModeling(_config(config))
+    dev = list(task.load_split("dev"))
+    assert perplexity(genai_logits(best), dev) == pytest.approx(chosen["dev_perplexity"], rel=1e-6)  # the folder that was scored
+    model = og.Model(str(best))
+    generator = og.Generator(model, og.GeneratorParams(model))
+    generator.append_tokens(np.asarray(dev[0].input_ids[0, :8], dtype=np.int32))
+    for _ in range(4):
+        generator.generate_next_token()
+    assert len(generator.get_sequence(0)) == 12
+
+    client = mlflow.MlflowClient("sqlite:///mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("lm").experiment_id])
+    children = {r.info.run_name: r for r in runs if r.info.run_name.startswith("trial-")}
+    assert len(children) == 3 and all({"dev_perplexity", "decode_tokens_per_s", "size_mb"} <= set(r.data.metrics) for r in children.values())
+    assert children[f"trial-{chosen['trial']}"].data.tags["pareto"] == "true"
+
+    references = sorted((tmp_path / "cache" / "work").glob("lm-*/references/*/model.onnx"))
+    built = [path.stat().st_mtime for path in references]
+    assert len(built) == 2
+    assert main(["search", str(config), "--n-trials", "1"]) == 0  # resume: one more trial, the references reused
+    assert sum(t.state == TrialState.COMPLETE for t in optuna.load_study(study_name="lm", storage="sqlite:///study.db").trials) == 4
+    assert [path.stat().st_mtime for path in references] == built
+
+
+def _config(path):
+    from autocompress.config import load_config
+
+    return load_config(path)
+
+
+@pytest.mark.parametrize(("sections", "message"), [
+    ({"decoder": {"group_sizes": [128]}}, "field 'decoder.group_sizes': [128] do not divide the layers' input widths [64, 128]; allowed: [32, 64]"),
+    ({"task": {"dev_subset": 200}}, "field 'task.dev': valid.txt holds"),
+    ({"task": {"test": "missing.txt"}}, "field 'task.test': text file"),
+    ({"model": "default"}, "field 'model': model_type 'bert' is not a supported decoder"),
+    ({"execution": {"workers": 2}}, "execution.workers must be 1"),
+])
+def test_a_bad_decoder_config_fails_in_one_line_before_any_weight_is_loaded(search_file, capsys, sections, message):
+    config = search_file(**{k: v for k, v in sections.items() if k != "model"})
+    if "model" in sections:
+        config.write_text(config.read_text().replace(f"model: {yaml.safe_load(config.read_text())['model']}", "model: default"))
+    assert main(["search", str(config), "--dry-run"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
