@@ -11,8 +11,31 @@ from autocompress.cli._common import load_study
 from autocompress.config import ConfigError, Selection, load_config
 
 
+def front_of(study):
+    """The front's rows of an encoder or a decoder study, and the function that prints them as a table."""
+    from autocompress.controller.pareto import BASELINE_ATTR
+    from autocompress.controller.study import study_metric, study_task
+
+    baseline = study.user_attrs.get(BASELINE_ATTR)
+    if study_task(study) == "causal-lm":
+        from autocompress.controller.decoder_search import format_table, front_rows
+
+        return front_rows(study), lambda rows: format_table(rows, baseline)
+    from autocompress.controller.pareto import format_table, front_rows
+
+    return front_rows(study), lambda rows: format_table(rows, baseline, study_metric(study))
+
+
+def refuse_decoders(study, command: str) -> None:
+    """``pick``, ``export`` and ``register`` rebuild encoder trials only, for now: a decoder study is refused in one line."""
+    from autocompress.controller.study import study_task
+
+    if study_task(study) == "causal-lm":
+        raise ConfigError(f"{command}: study {study.study_name!r} is a causal-lm study, which {command} does not handle yet; its chosen "
+                          "trial's ONNX Runtime GenAI folder is the search's best_model/ (pareto lists the front)")
+
+
 def sync(args: argparse.Namespace) -> int:
-    from autocompress.controller.pareto import front_rows
     from autocompress.tracking.runs import TRACKING_ATTR, Tracker
 
     study = load_study(args.storage, args.study_name)
@@ -23,7 +46,7 @@ def sync(args: argparse.Namespace) -> int:
     if written is None:
         print(f"autocompress: error: MLflow at {tracker.uri} is unreachable; nothing synced", file=sys.stderr)
         return 1
-    rows = front_rows(study) if any(t.state.name == "COMPLETE" for t in study.trials) else []
+    rows = front_of(study)[0] if any(t.state.name == "COMPLETE" for t in study.trials) else []
     tracker.log_front({r["trial"] for r in rows}, rows, [])
     tracker.finish()
     print(f"synced {written} trial run(s) of study {study.study_name!r} to {tracker.uri} (experiment {tracker.experiment!r})")
@@ -72,6 +95,7 @@ def export(args: argparse.Namespace) -> int:
         if not args.storage:
             raise ConfigError("export: --study-name needs --storage")
         study = load_study(args.storage, args.study_name)
+        refuse_decoders(study, "export")
         origin = rebuild.from_trial(study, chosen_trial(study) if args.trial is None else args.trial)
     return write_exports(origin, args.format, Path(args.output))
 
@@ -95,6 +119,7 @@ def pick(args: argparse.Namespace) -> int:
     if bool(args.format) != bool(args.output):
         raise ConfigError("pick: --format and --output go together")
     study = load_study(args.storage, args.study_name)
+    refuse_decoders(study, "pick")
     row, within = pick(study, max_accuracy_drop=args.max_accuracy_drop, max_latency_ms=args.max_latency_ms,
                        max_size_mb=args.max_size_mb, rule=Selection(args.rule))
     if row is None:
@@ -111,12 +136,9 @@ def pick(args: argparse.Namespace) -> int:
 
 
 def pareto(args: argparse.Namespace) -> int:
-    from autocompress.controller.pareto import BASELINE_ATTR, format_table, front_rows
-    from autocompress.controller.study import study_metric
-
     study = load_study(args.storage, args.study_name)
-    rows = front_rows(study)
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows, study.user_attrs.get(BASELINE_ATTR), study_metric(study)))
+    rows, table = front_of(study)
+    print(json.dumps(rows, indent=2) if args.json else table(rows))
     return 0
 
 

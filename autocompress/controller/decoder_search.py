@@ -319,8 +319,14 @@ def finish(study: optuna.Study, config: SearchConfig, tracker: Tracker, tokenize
     tracker.log_front({row["trial"] for row in rows}, rows, [])
     if chosen is not None:
         print(f"chosen: trial {chosen['trial']}, written to {best_model} (an ONNX Runtime GenAI folder) and {best_policy}")
-        if config.tracking.registry is not Registration.NONE:
-            print("registry: causal-lm models are not registered yet (the chosen GenAI folder is in best_model/)")
+        register = config.tracking.registry
+        numbers = [] if register is Registration.NONE else [chosen["trial"]]
+        if register is Registration.FRONT:
+            numbers = [row["trial"] for row in rows if row["feasible"]]
+        folders = {row["trial"]: best_model if row["chosen"] else Path(row["folder"]) for row in rows}
+        name = config.tracking.registered_model or default_model_name(study.study_name)
+        for registered in tracker.register_genai(numbers, folders, champion=chosen["trial"], name=name):
+            print(f"registered {registered.uri} (version {registered.version})")
     else:
         print(f"\nno trial met the constraints {config.search.constraints.model_dump(exclude_none=True)}: nothing chosen")
     print(tracker.where())

@@ -82,6 +82,11 @@ def directions(metric: str = "accuracy") -> tuple[str, str, str]:
     return ("minimize" if metric in MINIMIZED_METRICS else "maximize", *DIRECTIONS[1:])
 
 
+def study_task(study: optuna.Study) -> str:
+    """The ``task.type`` a study was created for (from its signature); sequence-classification for older studies."""
+    return study.user_attrs.get(SIGNATURE_ATTR, {}).get("task", {}).get("type", "sequence-classification")
+
+
 def study_metric(study: optuna.Study) -> str:
     """The task metric a study's first objective is (from its stored objective names); accuracy for studies made before ``task.metric``."""
     names = study.metric_names

@@ -8,7 +8,8 @@ ONNX Runtime's CPU provider; the version's MLmodel metadata carries the
 teacher's ``id2label``/``label2id``. Registering the same run twice reuses its
 version; an alias (``champion`` for the chosen trial) moves to it. An embedding
 model's sentence-transformers export registers beside it with MLflow's
-``sentence_transformers`` flavor (``register_sentence_transformers``).
+``sentence_transformers`` flavor (``register_sentence_transformers``). A decoder's ONNX Runtime GenAI folder
+registers as a pyfunc model that generates with it (``register_genai``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ SENTENCE_TRANSFORMERS_SUFFIX = "-sentence-transformers"
 MODEL_NAME_TAG = "autocompress.registered_model"
 """On a search's parent run: the registered model its trials go to."""
 VERSION_METRICS = (*(f"{split}_{metric}" for metrics in TASK_METRICS.values() for metric in metrics for split in ("dev", "test")),
-                   "speedup", "speedup_vs_int8", "latency_ms", "size_mb", "compression")
+                   "speedup", "speedup_vs_int8", "latency_ms", "size_mb", "compression", "decode_speedup", "decode_tokens_per_s",
+                   "average_bits")
 """A trial run's metrics copied onto its registered model version (those its task has)."""
 
 
@@ -108,6 +110,33 @@ def register_sentence_transformers(run_id: str, folder: Path, *, name: str, alia
             return mlflow.sentence_transformers.log_model(
                 model, name="sentence_transformers", pip_requirements=requirements, extra_files=[str(policy)] if policy.is_file() else None,
                 metadata={"trial": run.data.tags.get("optuna.trial_number")})
+
+        version = _register(client, run, name, log)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return Registered(name, str(version), alias)
+
+
+def register_genai(run_id: str, folder: Path, *, name: str, alias: str | None = None, tracking_uri: str | None = None) -> Registered:
+    """A decoder trial's ONNX Runtime GenAI folder (``best_model/``, with its ``policy.json``) logged on its run as a pyfunc
+    model (``tracking.genai_model``) and registered as a version of ``name``; registering the run again reuses it."""
+    import onnxruntime_genai
+    from mlflow.models import infer_signature
+
+    from autocompress.tracking.genai_model import GENAI_ARTIFACT, MAX_NEW_TOKENS, GenaiModel
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.get_run(run_id)
+    version = _existing_version(client, name, run_id)
+    if version is None:
+        signature = infer_signature(["a prompt"], ["its continuation"], params={"max_new_tokens": MAX_NEW_TOKENS})
+
+        def log() -> Any:
+            return mlflow.pyfunc.log_model(
+                name="model", python_model=GenaiModel(), artifacts={GENAI_ARTIFACT: str(folder)}, signature=signature,
+                pip_requirements=[f"onnxruntime-genai=={onnxruntime_genai.__version__}", f"mlflow=={mlflow.__version__}"],
+                metadata={"trial": run.data.tags.get("optuna.trial_number"), "runtime": "onnxruntime-genai"},
+            )
 
         version = _register(client, run, name, log)
     if alias:

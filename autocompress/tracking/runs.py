@@ -40,7 +40,14 @@ from autocompress.controller.study import (
 )
 from autocompress.credentials import masked, resolve
 from autocompress.stores import schema_lock
-from autocompress.tracking.registry import ARTIFACT_TAG, CHAMPION, Registered, register_run, register_sentence_transformers
+from autocompress.tracking.registry import (
+    ARTIFACT_TAG,
+    CHAMPION,
+    Registered,
+    register_genai,
+    register_run,
+    register_sentence_transformers,
+)
 
 if TYPE_CHECKING:
     from autocompress.tasks.teacher import Teacher
@@ -262,6 +269,16 @@ class Tracker:
             return register_sentence_transformers(run, folder, name=name, alias=CHAMPION, tracking_uri=self.uri)
 
         return self._guarded("register the sentence-transformers model", write)
+
+    def register_genai(self, numbers: list[int], folders: dict[int, Path], *, champion: int | None, name: str) -> list[Registered]:
+        """Register these decoder trials' GenAI folders under ``name``; the ``champion`` alias goes to the chosen trial."""
+
+        def write() -> list[Registered]:
+            runs = self._trial_runs(self.client)
+            return [register_genai(runs[n], folders[n], name=name, alias=CHAMPION if n == champion else None, tracking_uri=self.uri)
+                    for n in numbers]
+
+        return self._guarded("register the chosen model", write) or []
 
     def log_teacher(self, teacher: Teacher) -> None:
         """A nested run for a freshly fine-tuned teacher: its loss curve and its model folder."""

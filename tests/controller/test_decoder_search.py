@@ -12,9 +12,12 @@ import numpy as np
 import onnx
 import optuna
 import pytest
+import torch
+import transformers
 import yaml
-from decoder_families import save_tokenizer, tiny_decoder
+from decoder_families import SHAPE, write_tiny_gguf
 from optuna.trial import TrialState
+from transformers import AutoTokenizer
 
 from autocompress.cli import main
 from autocompress.controller.pareto import BASELINE_ATTR
@@ -25,22 +28,28 @@ from autocompress.tasks.language_modeling import perplexity
 from autocompress.techniques.decoder_policy import DecoderPolicy
 
 
-def write_text(path, words: int, seed: int) -> None:
-    """Words of the tiny tokenizer's vocabulary from a noisy recurrence: text a model can be more or less surprised by."""
-    rng, state, out = random.Random(seed), 3, []
-    for _ in range(words):
-        state = (state * 7 + rng.randint(0, 5)) % 509 + 3
-        out.append(f"t{state}")
-    path.write_text(" ".join(out))
+def write_text(path, letters: int, seed: int) -> None:
+    """Letters (one token each for the tiny GGUF's tokenizer) from a noisy recurrence: text a model is more or less surprised by."""
+    rng, state, out = random.Random(seed), 0, []
+    for _ in range(letters):
+        state = (state * 7 + rng.randint(0, 3)) % 26
+        out.append(chr(ord("a") + state))
+    path.write_text("".join(out))
 
 
 @pytest.fixture(scope="module")
 def decoder_folder(tmp_path_factory):
+    """A tiny random Llama of 64 tokens with the tiny GGUF's byte-level BPE tokenizer (which ONNX Runtime GenAI's tokenizer
+    reads, so the registered model generates from text), and two texts."""
     folder = tmp_path_factory.mktemp("decoder")
-    tiny_decoder("llama").save_pretrained(folder / "model")
-    save_tokenizer(folder / "model")
-    write_text(folder / "valid.txt", 3000, seed=0)
-    write_text(folder / "test.txt", 1500, seed=1)
+    write_tiny_gguf(folder / "tiny.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="tiny.gguf")
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**SHAPE | {"vocab_size": len(tokenizer)}))
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    write_text(folder / "valid.txt", 1200, seed=0)
+    write_text(folder / "test.txt", 600, seed=1)
     return folder
 
 
@@ -66,7 +75,7 @@ def search_file(decoder_folder, tmp_path, monkeypatch):
     return write
 
 
-def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_front(search_file, tmp_path):
+def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_front(search_file, tmp_path, capsys):
     import onnxruntime_genai as og
 
     config = search_file()
@@ -104,12 +113,24 @@ def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_fron
     for _ in range(4):
         generator.generate_next_token()
     assert len(generator.get_sequence(0)) == 12
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    try:
+        registered = mlflow.pyfunc.load_model("models:/autocompress-lm@champion")  # the chosen folder, generating through MLflow
+        assert len(registered.predict(["abcab"], params={"max_new_tokens": 3})[0]) == 3
+    finally:
+        mlflow.set_tracking_uri(previous)
 
     client = mlflow.MlflowClient("sqlite:///mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("lm").experiment_id])
     children = {r.info.run_name: r for r in runs if r.info.run_name.startswith("trial-")}
     assert len(children) == 3 and all({"dev_perplexity", "decode_tokens_per_s", "size_mb"} <= set(r.data.metrics) for r in children.values())
     assert children[f"trial-{chosen['trial']}"].data.tags["pareto"] == "true"
+
+    assert main(["pareto", "--storage", "sqlite:///study.db", "--study-name", "lm"]) == 0
+    assert f"{chosen['dev_perplexity']:8.3f}" in capsys.readouterr().out
+    assert main(["pick", "--storage", "sqlite:///study.db", "--study-name", "lm"]) == 2  # not for decoders yet: said in one line
+    assert "is a causal-lm study, which pick does not handle yet" in capsys.readouterr().err
 
     references = sorted((tmp_path / "cache" / "work").glob("lm-*/references/*/model.onnx"))
     built = [path.stat().st_mtime for path in references]
