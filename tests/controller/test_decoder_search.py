@@ -64,8 +64,8 @@ def search_file(decoder_folder, tmp_path, monkeypatch):
                            "max_length": 64, "dev_subset": 4, "test_subset": 4},
                   "decoder": {"calibration_windows": 4, "prompt_tokens": 16, "new_tokens": 8},
                   "latency": {"rounds": 2},
-                  "search": {"n_trials": 3, "study_name": "lm", "storage": "sqlite:///study.db", "sampler": "tpe"},
-                  "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "lm"}}
+                  "search": {"n_trials": 3, "study_name": "lm", "storage": f"sqlite:///{tmp_path}/study.db", "sampler": "tpe"},
+                  "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "lm"}}  # absolute: MLflow caches stores by URI
         for name, values in sections.items():
             config[name] = {**config.get(name, {}), **values}
         path = tmp_path / "search.yaml"
@@ -78,9 +78,10 @@ def search_file(decoder_folder, tmp_path, monkeypatch):
 def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_front(search_file, tmp_path, capsys):
     import onnxruntime_genai as og
 
+    study_url, mlflow_url = f"sqlite:///{tmp_path}/study.db", f"sqlite:///{tmp_path}/mlflow.db"
     config = search_file()
     assert main(["search", str(config)]) == 0
-    study = optuna.load_study(study_name="lm", storage="sqlite:///study.db")
+    study = optuna.load_study(study_name="lm", storage=study_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     assert [d.name for d in study.directions] == [d.upper() for d in directions("perplexity")] == ["MINIMIZE", "MINIMIZE", "MINIMIZE"]
     teacher = study.user_attrs[BASELINE_ATTR]
@@ -114,29 +115,29 @@ def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_fron
         generator.generate_next_token()
     assert len(generator.get_sequence(0)) == 12
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    mlflow.set_tracking_uri(mlflow_url)
     try:
         registered = mlflow.pyfunc.load_model("models:/autocompress-lm@champion")  # the chosen folder, generating through MLflow
         assert len(registered.predict(["abcab"], params={"max_new_tokens": 3})[0]) == 3
     finally:
         mlflow.set_tracking_uri(previous)
 
-    client = mlflow.MlflowClient("sqlite:///mlflow.db")
+    client = mlflow.MlflowClient(mlflow_url)
     runs = client.search_runs([client.get_experiment_by_name("lm").experiment_id])
     children = {r.info.run_name: r for r in runs if r.info.run_name.startswith("trial-")}
     assert len(children) == 3 and all({"dev_perplexity", "decode_tokens_per_s", "size_mb"} <= set(r.data.metrics) for r in children.values())
     assert children[f"trial-{chosen['trial']}"].data.tags["pareto"] == "true"
 
-    assert main(["pareto", "--storage", "sqlite:///study.db", "--study-name", "lm"]) == 0
+    assert main(["pareto", "--storage", study_url, "--study-name", "lm"]) == 0
     assert f"{chosen['dev_perplexity']:8.3f}" in capsys.readouterr().out
-    assert main(["pick", "--storage", "sqlite:///study.db", "--study-name", "lm"]) == 2  # not for decoders yet: said in one line
+    assert main(["pick", "--storage", study_url, "--study-name", "lm"]) == 2  # not for decoders yet: said in one line
     assert "is a causal-lm study, which pick does not handle yet" in capsys.readouterr().err
 
     references = sorted((tmp_path / "cache" / "work").glob("lm-*/references/*/model.onnx"))
     built = [path.stat().st_mtime for path in references]
     assert len(built) == 2
     assert main(["search", str(config), "--n-trials", "1"]) == 0  # resume: one more trial, the references reused
-    assert sum(t.state == TrialState.COMPLETE for t in optuna.load_study(study_name="lm", storage="sqlite:///study.db").trials) == 4
+    assert sum(t.state == TrialState.COMPLETE for t in optuna.load_study(study_name="lm", storage=study_url).trials) == 4
     assert [path.stat().st_mtime for path in references] == built
 
 
