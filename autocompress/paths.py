@@ -23,6 +23,11 @@ def teachers_dir() -> Path:
     return cache_root() / "teachers"
 
 
+def locks_dir() -> Path:
+    """Lock files of work done once for every search on this cache (a teacher's fine-tuning), kept out of the folders they guard."""
+    return cache_root() / "locks"
+
+
 def teacher_logits_dir() -> Path:
     """The teacher's logits on distillation batches (safetensors)."""
     return cache_root() / "teacher_logits"

@@ -92,7 +92,7 @@ def assemble_schema() -> dict[str, Any]:
         "required": ["version"],
         "properties": {
             "version": {"const": POLICY_VERSION, "description": "policy format version; version 1 files are read and converted"},
-            "task": {"enum": sorted(TASKS), "default": DEFAULT_TASK, "description": "the task the policy was searched for"},
+            "task": {"enum": sorted(name for name, task in TASKS.items() if task.layer_policy), "default": DEFAULT_TASK, "description": "the task the policy was searched for"},
             "layers": LAYER_SCHEMA,
             "techniques": {"type": "object", "additionalProperties": False, "properties": sections,
                            "description": "one section per technique; a section or field left out keeps its default"},

@@ -37,6 +37,8 @@ class Task(ABC):
 
     name: ClassVar[str]
     """``task.type`` in a config and ``task`` in a policy."""
+    layer_policy: ClassVar[bool] = True
+    """Whether its searches write the per-layer ``Policy`` of ``autocompress.policy`` (a decoder's write a ``DecoderPolicy``)."""
 
     def __init__(self, config: SearchConfig) -> None:
         self.config = config

@@ -128,6 +128,7 @@ class CausalLanguageModeling(Task):
     """Plain text, scored by the decoder's perplexity; every candidate is compared with the decoder as it is."""
 
     name = "causal-lm"
+    layer_policy = False
 
     def load_split(self, split: str) -> Windows:
         task = self.config.task

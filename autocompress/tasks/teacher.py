@@ -21,7 +21,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, get_line
 from autocompress.config import SearchConfig
 from autocompress.cores import cores, exclusive_lock, rebalance
 from autocompress.models.loading import load_classifier, load_tokenizer, resolve_model_path
-from autocompress.paths import teachers_dir
+from autocompress.paths import locks_dir, teachers_dir
 from autocompress.tasks.data import Examples, TaskLabels, batches, load_split, task_labels
 
 
@@ -145,7 +145,7 @@ def get_teacher(config: SearchConfig) -> Teacher:
     where = locate_teacher(config)
     if where.ready:
         return Teacher(path=where.path, key=where.key, trained_now=False)
-    with exclusive_lock(where.path.with_name(f"{where.key}.lock")):
+    with exclusive_lock(locks_dir() / f"teacher-{where.key}.lock"):
         where = locate_teacher(config)
         if where.ready:
             return Teacher(path=where.path, key=where.key, trained_now=False)
