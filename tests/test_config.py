@@ -168,3 +168,10 @@ def test_the_cli_prints_a_renamed_field_as_one_line_before_refusing_the_rest(tmp
     err = done.stderr.strip().splitlines()
     assert err[0] == f"autocompress: warning: {path}: 'task.validation' is deprecated, read as 'task.test'; rename it"
     assert err[1].startswith(f"autocompress: error: {path}: unknown field 'task.max_lenght'") and len(err) == 2
+
+
+def test_gguf_is_a_decoder_export_and_decoders_take_only_their_formats():
+    with pytest.raises(ConfigError, match=r"tracking.export_formats \['gguf'\]: a task.type 'sequence-classification' search exports onnx, hf, "):
+        parse_config({"tracking": {"export_formats": ["onnx", "gguf"]}})
+    decoder = parse_config({"model": "smollm2", "task": {"type": "causal-lm"}, "tracking": {"export_formats": ["gguf", "hf"]}})
+    assert decoder.tracking.export_formats == ["gguf", "hf"]

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from autocompress.config._base import DATA_ROOT_ENV, RENAMED_FIELDS, STORAGE_ENV, ConfigError, Strict
 from autocompress.config._decoder import DecoderConfig
-from autocompress.config._search import ExecutionConfig, LatencyConfig, RecoveryConfig, SearchSettings, TrackingConfig
+from autocompress.config._search import (
+    DECODER_EXPORTS,
+    ExecutionConfig,
+    ExportFormat,
+    LatencyConfig,
+    RecoveryConfig,
+    SearchSettings,
+    TrackingConfig,
+)
 from autocompress.config._space import SpaceConfig
 from autocompress.config._task import TaskConfig, TeacherConfig
 from autocompress.deprecation import rename_deprecated
@@ -62,9 +70,14 @@ class SearchConfig(Strict):
 
     @model_validator(mode="after")
     def _decoders_run_here(self) -> "SearchConfig":
-        if self.task.type == "causal-lm" and (self.execution.workers > 1 or self.latency.backend != "onnxruntime"):
+        decoder = self.task.type == "causal-lm"
+        if decoder and (self.execution.workers > 1 or self.latency.backend != "onnxruntime"):
             raise ValueError("a causal-lm search runs its trials in its own process on ONNX Runtime GenAI: "
                              "execution.workers must be 1 and latency.backend onnxruntime")
+        allowed = DECODER_EXPORTS if decoder else tuple(f for f in get_args(ExportFormat) if f != "gguf")
+        wrong = [f for f in self.tracking.export_formats if f not in allowed]
+        if wrong:
+            raise ValueError(f"tracking.export_formats {wrong}: a task.type {self.task.type!r} search exports {', '.join(allowed)}")
         return self
 
     def data_path(self, relative: str) -> Path:

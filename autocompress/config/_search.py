@@ -259,6 +259,11 @@ class Registration(StrEnum):
     NONE = "none"
 
 
+ExportFormat = Literal["onnx", "hf", "ort-recipe", "torchao", "llm-compressor", "gguf"]
+DECODER_EXPORTS = ("onnx", "hf", "gguf")
+"""What a causal-lm search exports (``exporters.decoder_exports``); an encoder search exports the others and onnx, hf."""
+
+
 class TrackingConfig(Strict):
     """MLflow: a parent run per study, a nested child run per trial."""
 
@@ -280,8 +285,9 @@ class TrackingConfig(Strict):
         description="front: a finished trial's local files (ONNX, distilled weights) are deleted once it is off the Pareto front, "
         "which it never re-enters; the front's, the references and the outputs stay; all: keep every trial's files",
     )
-    export_formats: list[Literal["onnx", "hf", "ort-recipe", "torchao", "llm-compressor"]] = Field(
+    export_formats: list[ExportFormat] = Field(
         ["onnx", "hf"],
         description="formats the chosen trial is exported to when the search ends (OUTPUT/exports/FORMAT, and the exports/ "
-        "artifacts of its MLflow run); [] for none",
+        "artifacts of its MLflow run); [] for none. A causal-lm search exports onnx (its ONNX Runtime GenAI folder), hf "
+        "and gguf (4-bit groups of 32 as Q4_1, from a GGUF model), not logged to MLflow (the registered model holds the folder)",
     )

@@ -52,6 +52,7 @@ from autocompress.controller.study import (
     trials_done,
 )
 from autocompress.credentials import masked
+from autocompress.exporters.decoder_exports import export_decoder
 from autocompress.models.decoders import decoder_blocks
 from autocompress.models.loading import model_config
 from autocompress.paths import study_work_dir, write_json
@@ -297,9 +298,10 @@ def format_table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def finish(study: optuna.Study, config: SearchConfig, tracker: Tracker, tokenizer_folder: Path) -> tuple[list[dict[str, Any]], dict | None]:
-    """Write ``pareto.json``, and for the chosen trial ``best_policy.json`` and ``best_model/`` (its GenAI folder, which
-    ``onnxruntime_genai.Model`` loads); tag the front in MLflow."""
+def finish(study: optuna.Study, config: SearchConfig, tracker: Tracker, context: DecoderContext) -> tuple[list[dict[str, Any]], dict | None]:
+    """Write ``pareto.json``, and for the chosen trial ``best_policy.json``, ``best_model/`` (its GenAI folder, which
+    ``onnxruntime_genai.Model`` loads) and its exports (``tracking.export_formats``, each reloaded and checked); tag the
+    front in MLflow and register the chosen folder."""
     output = Path(config.output)
     rows = front_rows(study) if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) else []
     if config.tracking.keep_artifacts == "front" and UID_ATTR in study.user_attrs:
@@ -327,6 +329,11 @@ def finish(study: optuna.Study, config: SearchConfig, tracker: Tracker, tokenize
         name = config.tracking.registered_model or default_model_name(study.study_name)
         for registered in tracker.register_genai(numbers, folders, champion=chosen["trial"], name=name):
             print(f"registered {registered.uri} (version {registered.version})")
+        if config.tracking.export_formats and study.user_attrs.get(STATE_ATTR) != "interrupted":
+            for report in export_decoder(chosen, config.tracking.export_formats, output, teacher=context.teacher,
+                                         tokenizer_folder=context.tokenizer_folder, calibration=context.calibration,
+                                         dev=list(context.dev), model=config.model):
+                print(report.line())
     else:
         print(f"\nno trial met the constraints {config.search.constraints.model_dump(exclude_none=True)}: nothing chosen")
     print(tracker.where())
@@ -376,6 +383,6 @@ def run_decoder_search(config: SearchConfig, *, added: int | None = None, total:
     finally:
         study.set_user_attr(STATE_ATTR, state)
         tracker.sync()
-        result = finish(study, config, tracker, context.tokenizer_folder)
+        result = finish(study, config, tracker, context)
         tracker.finish()
     return result

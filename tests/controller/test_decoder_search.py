@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import mlflow
 import numpy as np
@@ -79,8 +80,12 @@ def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_fron
     import onnxruntime_genai as og
 
     study_url, mlflow_url = f"sqlite:///{tmp_path}/study.db", f"sqlite:///{tmp_path}/mlflow.db"
-    config = search_file()
+    config = search_file(tracking={"export_formats": ["onnx", "hf", "gguf"]})
     assert main(["search", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^onnx: .*exports/onnx \| dev perplexity [\d.]+ reloaded vs [\d.]+ recorded \(same as the trial\)$", printed, re.M)
+    assert re.search(r"^hf: .*exports/hf \| .*\(same as the trial\)$", printed, re.M)
+    assert "gguf: refused: model " in printed and "is not a GGUF file" in printed  # the other formats still exported
     study = optuna.load_study(study_name="lm", storage=study_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     assert [d.name for d in study.directions] == [d.upper() for d in directions("perplexity")] == ["MINIMIZE", "MINIMIZE", "MINIMIZE"]
@@ -153,6 +158,7 @@ def _config(path):
     ({"task": {"test": "missing.txt"}}, "field 'task.test': text file"),
     ({"model": "default"}, "field 'model': model_type 'bert' is not a supported decoder"),
     ({"execution": {"workers": 2}}, "execution.workers must be 1"),
+    ({"tracking": {"export_formats": ["torchao"]}}, "tracking.export_formats ['torchao']: a task.type 'causal-lm' search exports onnx, hf, gguf"),
 ])
 def test_a_bad_decoder_config_fails_in_one_line_before_any_weight_is_loaded(search_file, capsys, sections, message):
     config = search_file(**{k: v for k, v in sections.items() if k != "model"})

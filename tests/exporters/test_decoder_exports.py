@@ -1,0 +1,40 @@
+"""A decoder search's chosen policy exported as GGUF and as an HF folder, each reloaded in its tool and re-scored."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from decoder_families import write_tiny_gguf
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from autocompress.exporters.decoder_exports import export_decoder
+from autocompress.models.loading import resolve_model_path
+from autocompress.tasks.language_modeling import perplexity, text_windows, torch_logits
+from autocompress.techniques.decoder_bits import quantize_decoder
+from autocompress.techniques.decoder_policy import DecoderPolicy
+
+
+@pytest.mark.parametrize(("mlp_bits", "gguf_written"), [((4, 4), True), ((4, 8), False)])
+def test_the_chosen_policy_reloads_in_transformers_and_from_gguf_with_the_perplexity_the_trial_recorded(tmp_path, monkeypatch, mlp_bits,
+                                                                                                        gguf_written):
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    source = write_tiny_gguf(tmp_path / "tiny.gguf")
+    folder = resolve_model_path(str(source))
+    teacher = AutoModelForCausalLM.from_pretrained(folder).eval()
+    dev = text_windows(AutoTokenizer.from_pretrained(folder), "abcabdacbbadcab" * 20, context=32, stride=32, max_windows=4)
+    policy = DecoderPolicy("rtn", 32, head_bits=4, attention_bits=(4, 4), mlp_bits=mlp_bits)
+    simulated = copy.deepcopy(teacher)
+    quantize_decoder(simulated, policy.plan, method="rtn")
+    expected = perplexity(torch_logits(simulated), dev)
+    chosen = {"policy": policy.to_dict(), "simulated_dev_perplexity": expected, "dev_perplexity": expected, "folder": str(tmp_path)}
+
+    hf, gguf = export_decoder(chosen, ["hf", "gguf"], tmp_path / "out", teacher=teacher, tokenizer_folder=folder, calibration=[], dev=dev,
+                              model=str(source))
+    assert hf.ok and hf.perplexity == pytest.approx(expected, rel=1e-5) and (hf.folder / "policy.json").is_file()
+    assert perplexity(torch_logits(teacher), dev) != pytest.approx(expected, rel=1e-3)  # the export holds the policy, not the teacher
+    if gguf_written:
+        assert gguf.ok and (gguf.folder / "model.gguf").is_file() and gguf.perplexity != expected  # float16 scales: close, not equal
+    else:
+        assert gguf.refused.startswith("model.layers.1.mlp.gate_proj: 8-bit groups of 32 have no GGUF type") and not gguf.ok
+        assert "gguf: refused: model.layers.1.mlp.gate_proj" in gguf.line()
