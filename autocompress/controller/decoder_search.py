@@ -108,9 +108,11 @@ def prepare(config: SearchConfig, workdir: Path) -> tuple[DecoderContext, dict[s
     folders = {}
     for name, precision in zip(REFERENCES, ("fp32", "int4"), strict=True):
         folder = references_folder(workdir, name)
-        if not (folder / "genai_config.json").is_file():  # written last: a folder without it is a build that was cut short
-            shutil.rmtree(folder, ignore_errors=True)
-            run_builder(teacher.path, folder, precision)
+        if not folder.is_dir():  # built under another name, then renamed: a build cut short leaves only a .partial folder
+            partial = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            run_builder(teacher.path, partial, precision)
+            partial.rename(folder)
         folders[name] = folder
     prompt = task.latency_inputs(dev, None, count=1)[0]["input_ids"][0].numpy()
     context = DecoderContext(config, task, model, teacher.path, dev, test, calibration, reference, folders, prompt, workdir)
