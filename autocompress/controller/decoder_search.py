@@ -41,6 +41,7 @@ from autocompress.controller.study import (
     UID_ATTR,
     check_resumable,
     fail_orphans,
+    is_feasible,
     load_existing,
     open_study,
     planned_total,
@@ -96,8 +97,8 @@ def references_folder(workdir: Path, name: str) -> Path:
     return workdir / "references" / name.replace(" ", "-")
 
 
-def prepare(config: SearchConfig, workdir: Path) -> tuple[DecoderContext, dict[str, Any]]:
-    """Load the teacher and the splits, build the reference folders once per study, and measure the baseline."""
+def prepare(config: SearchConfig, workdir: Path) -> DecoderContext:
+    """Load the teacher and the splits and build the reference folders (once per study)."""
     task = task_for(config)
     assert isinstance(task, CausalLanguageModeling)
     teacher = task.teacher()
@@ -115,15 +116,17 @@ def prepare(config: SearchConfig, workdir: Path) -> tuple[DecoderContext, dict[s
             partial.rename(folder)
         folders[name] = folder
     prompt = task.latency_inputs(dev, None, count=1)[0]["input_ids"][0].numpy()
-    context = DecoderContext(config, task, model, teacher.path, dev, test, calibration, reference, folders, prompt, workdir)
-    teacher_dev = language_scores(torch_logits(model), reference, list(dev))
-    baseline = {"dev_perplexity": teacher_dev["perplexity"], "test_perplexity": perplexity(torch_logits(model), list(test)),
-                "size_bytes": model_bytes(folders["teacher fp32"]), "int4_size_bytes": model_bytes(folders["builder int4"]),
-                "int4_dev_perplexity": language_scores(genai_logits(folders["builder int4"]), reference, list(dev))["perplexity"],
-                "int4_test_perplexity": perplexity(genai_logits(folders["builder int4"]), list(test)),
-                "windows": {"context": config.task.max_length, "stride": config.task.max_length, "dev": len(dev), "test": len(test),
-                            "dev_tokens_scored": dev.tokens_scored, "test_tokens_scored": test.tokens_scored}}
-    return context, baseline
+    return DecoderContext(config, task, model, teacher.path, dev, test, calibration, reference, folders, prompt, workdir)
+
+
+def measure_baseline(context: DecoderContext) -> dict[str, Any]:
+    """The teacher's and the builder int4 folder's perplexities and bytes: measured when the study is new, then stored with it."""
+    dev, test, int4 = list(context.dev), list(context.test), genai_logits(context.references["builder int4"])
+    return {"dev_perplexity": perplexity(torch_logits(context.teacher), dev), "test_perplexity": perplexity(torch_logits(context.teacher), test),
+            "size_bytes": model_bytes(context.references["teacher fp32"]), "int4_size_bytes": model_bytes(context.references["builder int4"]),
+            "int4_dev_perplexity": perplexity(int4, dev), "int4_test_perplexity": perplexity(int4, test),
+            "windows": {"context": context.config.task.max_length, "stride": context.config.task.max_length, "dev": len(dev),
+                        "test": len(test), "dev_tokens_scored": context.dev.tokens_scored, "test_tokens_scored": context.test.tokens_scored}}
 
 
 def sample_policy(trial: optuna.Trial, config: SearchConfig, num_blocks: int) -> DecoderPolicy:
@@ -231,11 +234,13 @@ def run_trial(trial: optuna.Trial, context: DecoderContext, baseline: dict[str, 
     build_genai(student, context.tokenizer_folder, codes, folder)
     average_bits = policy.average_bits(student)
     del student
-    deployed = language_scores(genai_logits(folder), context.reference, dev)
+    lowered = genai_logits(folder)  # one ONNX Runtime session for dev and test
+    deployed = language_scores(lowered, context.reference, dev)
     drift = context.task.head().mismatch(simulated, deployed, 0.0, rounds_activations=True, max_drop=LOWERING_TOLERANCE)
     if drift:
         raise RuntimeError(f"trial {trial.number}: the GenAI folder's {drift} (the torch simulation); not deployed")
-    test = perplexity(genai_logits(folder), list(context.test))
+    test = perplexity(lowered, list(context.test))
+    del lowered
     from autocompress.measurement.generation import generation_speed  # onnxruntime_genai: imported by the trials that time
 
     speeds = generation_speed({"trial": folder, **context.references}, context.prompt, new_tokens=config.decoder.new_tokens,
@@ -269,8 +274,7 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """The front's trials as table rows: their metrics, policy and folder."""
     rows = []
     for trial in front_trials(study):
-        feasible = all(value <= 0 for value in trial.constraints.values())
-        rows.append({"trial": trial.number, "feasible": feasible, **trial.user_attrs[METRICS_ATTR], "policy": trial.user_attrs["policy"],
+        rows.append({"trial": trial.number, "feasible": is_feasible(trial), **trial.user_attrs[METRICS_ATTR], "policy": trial.user_attrs["policy"],
                      "folder": str(Path(trial.user_attrs["artifact"]).parent)})
     return sorted(rows, key=lambda r: -r["decode_speedup"])
 
@@ -355,9 +359,9 @@ def run_decoder_search(config: SearchConfig, *, added: int | None = None, total:
     workdir = study_work_dir(study_uid(study))
     record_study(workdir, study, config)
     log.info("preparing the teacher, its dev scores and the reference GenAI folders")
-    context, baseline = prepare(config, workdir)
+    context = prepare(config, workdir)
     if BASELINE_ATTR not in study.user_attrs:
-        study.set_user_attr(BASELINE_ATTR, baseline)
+        study.set_user_attr(BASELINE_ATTR, measure_baseline(context))
     baseline = study.user_attrs[BASELINE_ATTR]
     study.set_user_attr(TRACKING_ATTR, {"uri": config.tracking.uri, "experiment": config.tracking.experiment})
     study.set_user_attr(SEARCH_RUN_ATTR, {

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from transformers import AutoTokenizer
 
 from autocompress.cli import main
+from autocompress.controller import decoder_search
 from autocompress.controller.pareto import BASELINE_ATTR
 from autocompress.controller.study import directions
 from autocompress.runtime.genai import genai_logits
@@ -76,7 +77,7 @@ def search_file(decoder_folder, tmp_path, monkeypatch):
     return write
 
 
-def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_front(search_file, tmp_path, capsys):
+def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_front(search_file, tmp_path, capsys, monkeypatch):
     import onnxruntime_genai as og
 
     study_url, mlflow_url = f"sqlite:///{tmp_path}/study.db", f"sqlite:///{tmp_path}/mlflow.db"
@@ -141,7 +142,11 @@ def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_fron
     references = sorted((tmp_path / "cache" / "work").glob("lm-*/references/*/model.onnx"))
     built = [path.stat().st_mtime for path in references]
     assert len(built) == 2
-    assert main(["search", str(config), "--n-trials", "1"]) == 0  # resume: one more trial, the references reused
+    def measured_again(context):
+        raise AssertionError("the baseline is measured once per study")
+
+    monkeypatch.setattr(decoder_search, "measure_baseline", measured_again)
+    assert main(["search", str(config), "--n-trials", "1"]) == 0  # resume: one more trial, the references and baseline reused
     assert sum(t.state == TrialState.COMPLETE for t in optuna.load_study(study_name="lm", storage=study_url).trials) == 4
     assert [path.stat().st_mtime for path in references] == built
 
