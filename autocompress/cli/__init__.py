@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="at most this drop from the teacher in the study's dev metric (task.metric, accuracy by default; 0.01 = 1 point)")
     pick.add_argument("--max-latency-ms", type=float, help="at most this latency (the trial's median, batch 1)")
     pick.add_argument("--max-size-mb", type=float, help="at most this file size (MB)")
+    pick.add_argument("--max-perplexity-increase", type=float,
+                      help="causal-lm studies: at most this dev perplexity increase over the teacher's (0.05 = +5%%)")
+    pick.add_argument("--min-tokens-per-s", type=float, help="causal-lm studies: at least this many decoded tokens per second")
     pick.add_argument("--rule", choices=[s.value for s in Selection], default=Selection.FASTEST.value, help="which one of those within")
     pick.add_argument("--json", action="store_true", help="print the pick as JSON")
     _export_options(pick, required=False)
@@ -119,9 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    from autocompress.config import DECODER_EXPORTS
     from autocompress.exporters import FORMATS
 
-    parser.add_argument("--format", nargs="+", choices=list(FORMATS), required=required, help="one or more formats, each into OUTPUT/FORMAT")
+    choices = list(dict.fromkeys([*FORMATS, *DECODER_EXPORTS]))
+    parser.add_argument("--format", nargs="+", choices=choices, required=required,
+                        help=f"one or more formats, each into OUTPUT/FORMAT (causal-lm models: {', '.join(DECODER_EXPORTS)})")
     parser.add_argument("--output", "-o", required=required, help="folder to export into")
 
 

@@ -11,28 +11,30 @@ from autocompress.cli._common import load_study
 from autocompress.config import ConfigError, Selection, load_config
 
 
-def front_of(study):
-    """The front's rows of an encoder or a decoder study, and the function that prints them as a table."""
+def table_of(study):
+    """The function that prints rows of an encoder or a decoder study as a table, beside its teacher."""
     from autocompress.controller.pareto import BASELINE_ATTR
     from autocompress.controller.study import study_metric, study_task
 
     baseline = study.user_attrs.get(BASELINE_ATTR)
     if study_task(study) == "causal-lm":
-        from autocompress.controller.decoder_search import format_table, front_rows
+        from autocompress.controller.decoder_search import format_table
 
-        return front_rows(study), lambda rows: format_table(rows, baseline)
-    from autocompress.controller.pareto import format_table, front_rows
+        return lambda rows: format_table(rows, baseline)
+    from autocompress.controller.pareto import format_table
 
-    return front_rows(study), lambda rows: format_table(rows, baseline, study_metric(study))
+    return lambda rows: format_table(rows, baseline, study_metric(study))
 
 
-def refuse_decoders(study, command: str) -> None:
-    """``pick``, ``export`` and ``register`` rebuild encoder trials only, for now: a decoder study is refused in one line."""
+def front_of(study):
+    """The front's rows of an encoder or a decoder study, and the function that prints them as a table."""
     from autocompress.controller.study import study_task
 
     if study_task(study) == "causal-lm":
-        raise ConfigError(f"{command}: study {study.study_name!r} is a causal-lm study, which {command} does not handle yet; its chosen "
-                          "trial's ONNX Runtime GenAI folder is the search's best_model/ (pareto lists the front)")
+        from autocompress.controller.decoder_search import front_rows
+    else:
+        from autocompress.controller.pareto import front_rows
+    return front_rows(study), table_of(study)
 
 
 def sync(args: argparse.Namespace) -> int:
@@ -90,19 +92,35 @@ def export(args: argparse.Namespace) -> int:
     elif args.run:
         origin = rebuild.from_run(args.run, tracking_uri=args.tracking_uri)
     else:
+        from autocompress.controller.decoder_picking import chosen_decoder_trial
         from autocompress.controller.picking import chosen_trial
+        from autocompress.controller.study import study_task
 
         if not args.storage:
             raise ConfigError("export: --study-name needs --storage")
         study = load_study(args.storage, args.study_name)
-        refuse_decoders(study, "export")
-        origin = rebuild.from_trial(study, chosen_trial(study) if args.trial is None else args.trial)
+        if args.trial is None:
+            args.trial = chosen_decoder_trial(study) if study_task(study) == "causal-lm" else chosen_trial(study)
+        origin = rebuild.from_trial(study, args.trial)
     return write_exports(origin, args.format, Path(args.output))
 
 
 def write_exports(origin, formats: list[str], output: Path) -> int:
+    from autocompress.exporters import FORMATS
+    from autocompress.exporters.decoder_exports import DecoderOrigin, export_origin
     from autocompress.exporters.workflow import export
 
+    if isinstance(origin, DecoderOrigin):
+        reports = export_origin(origin, formats, output)
+        for report in reports:
+            print(report.line())
+        wrong = [report for report in reports if not report.ok]
+        for report in wrong:
+            print(f"autocompress: error: {origin.label}: {report.line()}", file=sys.stderr)
+        return 1 if wrong else 0
+    unknown = [name for name in formats if name not in FORMATS]
+    if unknown:
+        raise ConfigError(f"{origin.label}: --format {' '.join(unknown)}: a {origin.config.task.type} model exports as {', '.join(FORMATS)}")
     exported = export(origin, formats, output)
     for report in exported.reports:
         print(report.line())
@@ -111,21 +129,37 @@ def write_exports(origin, formats: list[str], output: Path) -> int:
     return 1 if exported.mismatched else 0
 
 
+ENCODER_LIMITS = ("max_accuracy_drop", "max_latency_ms")
+DECODER_LIMITS = ("max_perplexity_increase", "min_tokens_per_s")
+
+
 def pick(args: argparse.Namespace) -> int:
-    from autocompress.controller.pareto import BASELINE_ATTR, format_table
-    from autocompress.controller.picking import pick
-    from autocompress.controller.study import study_metric
+    from autocompress.controller.study import study_task
 
     if bool(args.format) != bool(args.output):
         raise ConfigError("pick: --format and --output go together")
     study = load_study(args.storage, args.study_name)
-    refuse_decoders(study, "pick")
-    row, within = pick(study, max_accuracy_drop=args.max_accuracy_drop, max_latency_ms=args.max_latency_ms,
-                       max_size_mb=args.max_size_mb, rule=Selection(args.rule))
+    decoder = study_task(study) == "causal-lm"
+    wrong, right = (ENCODER_LIMITS, DECODER_LIMITS) if decoder else (DECODER_LIMITS, ENCODER_LIMITS)
+    given = [name for name in wrong if getattr(args, name) is not None]
+    if given:
+        flags = lambda names: ", ".join("--" + name.replace("_", "-") for name in names)  # noqa: E731
+        raise ConfigError(f"pick: study {study.study_name!r} is a {study_task(study)} study: {flags(given)} do not apply; "
+                          f"limit it with {flags(right)} and --max-size-mb")
+    if decoder:
+        from autocompress.controller.decoder_picking import pick_decoder
+
+        row, within = pick_decoder(study, max_perplexity_increase=args.max_perplexity_increase, min_tokens_per_s=args.min_tokens_per_s,
+                                   max_size_mb=args.max_size_mb, rule=Selection(args.rule))
+    else:
+        from autocompress.controller.picking import pick
+
+        row, within = pick(study, max_accuracy_drop=args.max_accuracy_drop, max_latency_ms=args.max_latency_ms,
+                           max_size_mb=args.max_size_mb, rule=Selection(args.rule))
     if row is None:
         print(f"autocompress: no completed trial of study {study.study_name!r} is within those limits", file=sys.stderr)
         return 3
-    print(json.dumps(row, indent=2) if args.json else format_table([row], study.user_attrs.get(BASELINE_ATTR), study_metric(study)))
+    print(json.dumps(row, indent=2) if args.json else table_of(study)([row]))
     if not args.json:
         print(f"\npicked trial {row['trial']} ({args.rule}) of {within} within the limits")
     if not args.format:

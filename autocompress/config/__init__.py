@@ -32,6 +32,7 @@ from autocompress.config._base import (
 from autocompress.config._decoder import DecoderConfig
 from autocompress.config._load import TOP_LEVEL, SearchConfig, load_config, parse_config
 from autocompress.config._search import (
+    DECODER_EXPORTS,
     ConstraintsConfig,
     ExecutionConfig,
     FinalTrainingConfig,
@@ -49,6 +50,7 @@ from autocompress.config._task import PairsConfig, RetrievalConfig, TaskConfig, 
 
 __all__ = [
     "DATA_ROOT_ENV",
+    "DECODER_EXPORTS",
     "DEPLOYABLE_BITS",
     "RENAMED_FIELDS",
     "STORAGE_ENV",

@@ -57,7 +57,7 @@ from autocompress.exporters.decoder_exports import export_decoder
 from autocompress.models.decoders import decoder_blocks
 from autocompress.models.loading import model_config
 from autocompress.paths import study_work_dir, write_json
-from autocompress.runtime.genai import build_genai, genai_logits, model_bytes, run_builder
+from autocompress.runtime.genai import LOWERING_TOLERANCE, build_genai, genai_logits, model_bytes, run_builder
 from autocompress.tasks.causal_lm import CausalLanguageModeling, Windows
 from autocompress.tasks.language_modeling import language_scores, perplexity, reference_log_probs, torch_logits
 from autocompress.tasks.registry import task_for
@@ -69,9 +69,6 @@ from autocompress.tracking.runs import METRICS_ATTR, PARAMS_ATTR, SEARCH_RUN_ATT
 log = logging.getLogger("autocompress")
 
 MB = 1e6
-LOWERING_TOLERANCE = 0.02
-"""Largest relative difference between a GenAI folder's dev perplexity and its torch simulation's. MatMulNBits at
-accuracy level 4 rounds activations to int8 (the simulation does not): measured on SmolLM2, 0.2-0.6 % apart."""
 REFERENCES = ("teacher fp32", "builder int4")
 """The folders every trial is timed beside: the teacher as the builder writes it in float, and the one-liner users pick."""
 
@@ -104,7 +101,7 @@ def prepare(config: SearchConfig, workdir: Path) -> DecoderContext:
     teacher = task.teacher()
     model = teacher.load()
     dev, test = task.load_split("dev"), task.load_split("test")
-    calibration = [w.input_ids for w in task.load_split("train")] if "gptq" in config.decoder.methods else []
+    calibration = task.calibration_ids()
     reference = reference_log_probs(torch_logits(model), list(dev))
     folders = {}
     for name, precision in zip(REFERENCES, ("fp32", "int4"), strict=True):
@@ -270,13 +267,15 @@ def run_trial(trial: optuna.Trial, context: DecoderContext, baseline: dict[str, 
     return metrics[f"dev_{config.task.metric}"], 1 / metrics["decode_speedup"], metrics["size_mb"]
 
 
+def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A completed trial as a table row: its metrics, policy and GenAI folder."""
+    return {"trial": trial.number, "feasible": is_feasible(trial), **trial.user_attrs[METRICS_ATTR], "policy": trial.user_attrs["policy"],
+            "folder": str(Path(trial.user_attrs["artifact"]).parent)}
+
+
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """The front's trials as table rows: their metrics, policy and folder."""
-    rows = []
-    for trial in front_trials(study):
-        rows.append({"trial": trial.number, "feasible": is_feasible(trial), **trial.user_attrs[METRICS_ATTR], "policy": trial.user_attrs["policy"],
-                     "folder": str(Path(trial.user_attrs["artifact"]).parent)})
-    return sorted(rows, key=lambda r: -r["decode_speedup"])
+    """The front's trials as table rows, the fastest decode first."""
+    return sorted((trial_row(trial) for trial in front_trials(study)), key=lambda r: -r["decode_speedup"])
 
 
 def select(rows: list[dict[str, Any]], rule: Selection, metric: str) -> dict[str, Any] | None:
@@ -336,9 +335,10 @@ def finish(study: optuna.Study, config: SearchConfig, tracker: Tracker, context:
         for registered in tracker.register_genai(numbers, folders, champion=chosen["trial"], name=name):
             print(f"registered {registered.uri} (version {registered.version})")
         if config.tracking.export_formats and study.user_attrs.get(STATE_ATTR) != "interrupted":
-            for report in export_decoder(chosen, config.tracking.export_formats, output, teacher=context.teacher,
+            for report in export_decoder(policy, config.tracking.export_formats, output / "exports", teacher=context.teacher,
                                          tokenizer_folder=context.tokenizer_folder, calibration=context.calibration,
-                                         dev=list(context.dev), model=config.model):
+                                         dev=list(context.dev), model=config.model, recorded=chosen, folder=Path(chosen["folder"]),
+                                         label=f"trial {chosen['trial']}"):
                 print(report.line())
     else:
         print(f"\nno trial met the constraints {config.search.constraints.model_dump(exclude_none=True)}: nothing chosen")

@@ -21,9 +21,12 @@ from autocompress.config import ConfigError, SearchConfig, load_config, parse_co
 from autocompress.controller.study import FINAL_OF_ATTR
 from autocompress.exporters import Source
 from autocompress.exporters._base import MAX_ACCURACY_DROP
+from autocompress.exporters.decoder_exports import DecoderOrigin
 from autocompress.models.shrunk import load_shrunk
 from autocompress.policy import Policy
-from autocompress.tracking.runs import SEARCH_RUN_ATTR, TRIAL_TAG
+from autocompress.techniques.decoder_policy import FORMAT as DECODER_POLICY
+from autocompress.techniques.decoder_policy import DecoderPolicy
+from autocompress.tracking.runs import ARTIFACT_TAG, METRICS_ATTR, SEARCH_RUN_ATTR, TRIAL_TAG
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,18 @@ RECORDED = ("dev_accuracy", "test_accuracy", "simulated_dev_score", "latency_ms"
 """What an origin keeps of its trial's numbers, besides the task's own metrics."""
 
 
-def from_trial(study: Any, number: int) -> Origin:
+def _decoder(config: SearchConfig, policy: dict[str, Any], label: str, recorded: dict[str, Any], artifact: str | None,
+             source: dict[str, Any]) -> DecoderOrigin:
+    """A causal-lm trial's origin: its decoder policy, the perplexities it recorded and its GenAI folder (``artifact``'s)."""
+    try:
+        decoder_policy = DecoderPolicy.from_dict(policy)
+    except (ValueError, KeyError) as error:
+        raise ConfigError(f"{label}: {error}") from None
+    kept = {k: float(recorded[k]) for k in ("dev_perplexity", "simulated_dev_perplexity") if k in recorded}
+    return DecoderOrigin(config, decoder_policy, label, kept, Path(artifact).parent if artifact else None, source)
+
+
+def from_trial(study: Any, number: int) -> Origin | DecoderOrigin:
     """Trial ``number`` of a study made by ``autocompress search``."""
     search = study.user_attrs.get(SEARCH_RUN_ATTR)
     if search is None:
@@ -63,13 +77,17 @@ def from_trial(study: Any, number: int) -> Origin:
         raise ConfigError(f"study {study.study_name!r}: trial {number} is not a completed trial; completed: {done}")
     attrs = trials[number].user_attrs
     config = parse_config(search["config"], source=f"study {study.study_name!r}")
+    source = {"study": study.study_name, "trial": number}
+    if config.task.type == "causal-lm":
+        return _decoder(config, attrs["policy"], f"trial {number} of study {study.study_name!r}", attrs.get(METRICS_ATTR, {}),
+                        attrs.get("artifact"), source)
     recorded = {k: attrs[k] for k in RECORDED if k in attrs} | dict(attrs.get("scores") or {})
     trained = Path(attrs["trained_model"]) if attrs.get("trained_model") else None
     return Origin(config, Policy.from_dict(attrs["policy"], source=f"trial {number}"), int(attrs["seed"]), f"trial {number} of study {study.study_name!r}",
-                  recorded, trained, FINAL_OF_ATTR in attrs, {"study": study.study_name, "trial": number})
+                  recorded, trained, FINAL_OF_ATTR in attrs, source)
 
 
-def from_run(run_id: str, *, tracking_uri: str | None = None) -> Origin:
+def from_run(run_id: str, *, tracking_uri: str | None = None) -> Origin | DecoderOrigin:
     """The trial behind an MLflow child run of a search (its policy, seed and its parent's config)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -79,22 +97,36 @@ def from_run(run_id: str, *, tracking_uri: str | None = None) -> Origin:
         run = client.get_run(run_id)
         parent = client.get_run(run.data.tags["mlflow.parentRunId"])
         with tempfile.TemporaryDirectory() as folder:
-            policy = Policy.load(client.download_artifacts(run_id, "policy.json", folder))
+            policy_file = Path(client.download_artifacts(run_id, "policy.json", folder))
+            policy_data = json.loads(policy_file.read_text())
             config = json.loads(Path(client.download_artifacts(parent.info.run_id, "config.json", folder)).read_text())
+            policy = None if policy_data.get("format") == DECODER_POLICY else Policy.load(policy_file)
     except (MlflowException, KeyError, OSError) as error:
         raise ConfigError(f"run {run_id}: not a trial run of an autocompress search at {client.tracking_uri} ({error})") from None
     config = parse_config(config, source=f"run {parent.info.run_id} config.json")
+    label = f"run {run_id} (trial {run.data.tags.get(TRIAL_TAG)})"
+    if policy is None:
+        return _decoder(config, policy_data, label, run.data.metrics, run.data.tags.get(ARTIFACT_TAG), {"run_id": run_id})
     metric = config.task.metric
     recorded = {k: run.data.metrics[k] for k in (*RECORDED, f"dev_{metric}", f"test_{metric}") if k in run.data.metrics}
-    label = f"run {run_id} (trial {run.data.tags.get(TRIAL_TAG)})"
     trained = Path(run.data.tags["trained_model"]) if "trained_model" in run.data.tags else None
     return Origin(config, policy, int(run.data.params.get("seed", 0)), label, recorded,
                   trained, FINAL_OF_ATTR in run.data.tags, {"run_id": run_id})
 
 
-def from_policy(path: str | Path, *, config: str | Path, seed: int = 0) -> Origin:
+def from_policy(path: str | Path, *, config: str | Path, seed: int = 0) -> Origin | DecoderOrigin:
     """A policy file, applied under a search config (its model, task and teacher)."""
-    return Origin(load_config(config), Policy.load(path), seed, f"policy {path}", source={"policy_file": str(path)})
+    source, label = {"policy_file": str(path)}, f"policy {path}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        data = {}  # Policy.load says what is wrong with it
+    if isinstance(data, dict) and data.get("format") == DECODER_POLICY:
+        search = load_config(config)
+        if search.task.type != "causal-lm":
+            raise ConfigError(f"{label}: a decoder policy applies under a task.type 'causal-lm' config; {config} is {search.task.type!r}")
+        return _decoder(search, data, label, {}, None, source)
+    return Origin(load_config(config), Policy.load(path), seed, label, source=source)
 
 
 def rebuild(origin: Origin) -> Source:

@@ -143,6 +143,10 @@ class CausalLanguageModeling(Task):
             return Windows(tuple(windows[dev_count:]) if dev_count is not None else ())
         raise ValueError(f"split must be train, dev or test, got {split!r}")
 
+    def calibration_ids(self) -> list[torch.Tensor]:
+        """GPTQ's calibration windows (the ``train`` split) when the search may use GPTQ, else none."""
+        return [w.input_ids for w in self.load_split("train")] if "gptq" in self.config.decoder.methods else []
+
     def _windows(self, file: str, count: int | None) -> list[Window]:
         path = self.config.data_path(file)
         if not path.is_file():

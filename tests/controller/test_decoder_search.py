@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -136,8 +138,35 @@ def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_fron
 
     assert main(["pareto", "--storage", study_url, "--study-name", "lm"]) == 0
     assert f"{chosen['dev_perplexity']:8.3f}" in capsys.readouterr().out
-    assert main(["pick", "--storage", study_url, "--study-name", "lm"]) == 2  # not for decoders yet: said in one line
-    assert "is a causal-lm study, which pick does not handle yet" in capsys.readouterr().err
+    picked = tmp_path / "picked"
+    assert main(["pick", "--storage", study_url, "--study-name", "lm", "--max-perplexity-increase", "0.05", "--rule",
+                 "smallest_within_budget", "--format", "onnx", "hf", "--output", str(picked)]) == 0
+    printed = capsys.readouterr().out
+    number = int(re.search(r"^picked trial (\d+) \(smallest_within_budget\) of \d+ within the limits$", printed, re.M).group(1))
+    within = [t for t in study.trials if t.user_attrs["metrics"]["perplexity_increase"] <= 0.05]
+    assert study.trials[number].user_attrs["metrics"]["size_mb"] == min(t.user_attrs["metrics"]["size_mb"] for t in within)
+    assert re.search(r"^onnx: .*picked/onnx \| dev perplexity [\d.]+ reloaded vs [\d.]+ recorded \(same as the trial\)$", printed, re.M)
+    assert json.loads((picked / "hf" / "policy.json").read_text()) == study.trials[number].user_attrs["policy"]
+    assert main(["pick", "--storage", study_url, "--study-name", "lm", "--max-latency-ms", "5"]) == 2
+    assert ("study 'lm' is a causal-lm study: --max-latency-ms do not apply; limit it with --max-perplexity-increase, "
+            "--min-tokens-per-s and --max-size-mb") in capsys.readouterr().err
+    assert main(["pick", "--storage", study_url, "--study-name", "lm", "--min-tokens-per-s", "1e9"]) == 3
+
+    released = next(t for t in study.trials if t.number != chosen["trial"])  # as retention deletes a dominated trial's folder
+    shutil.rmtree(Path(released.user_attrs["artifact"]).parent, ignore_errors=True)
+    assert main(["export", "--storage", study_url, "--study-name", "lm", "--trial", str(released.number), "--format", "onnx",
+                 "--output", str(tmp_path / "again")]) == 0  # lowered again from the policy, checked as its trial was
+    assert re.search(r"^onnx: .* reloaded vs [\d.]+ simulated \(same as the trial\)$", capsys.readouterr().out, re.M)
+    assert perplexity(genai_logits(tmp_path / "again" / "onnx"), dev) == pytest.approx(released.user_attrs["metrics"]["dev_perplexity"], rel=1e-3)
+    assert main(["export", "--storage", study_url, "--study-name", "lm", "--format", "gguf", "--output", str(tmp_path / "g")]) == 2
+    assert "--format gguf: model " in capsys.readouterr().err and not (tmp_path / "g").exists()  # refused before any weight is loaded
+    run_id = children[f"trial-{chosen['trial']}"].info.run_id
+    assert main(["export", "--run", run_id, "--tracking-uri", mlflow_url, "--format", "hf", "--output", str(tmp_path / "run")]) == 0
+    assert main(["export", str(tmp_path / "out" / "best_policy.json"), "--config", str(config), "--format", "hf", "--output",
+                 str(tmp_path / "file")]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^hf: .*run/hf \| .* recorded \(same as the trial\)$", printed, re.M)
+    assert re.search(r"^hf: .*file/hf \| .* simulated \(same as the trial\)$", printed, re.M)  # a bare policy file has no record
 
     references = sorted((tmp_path / "cache" / "work").glob("lm-*/references/*/model.onnx"))
     built = [path.stat().st_mtime for path in references]
