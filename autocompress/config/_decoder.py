@@ -30,6 +30,11 @@ class DecoderConfig(Strict):
                                                   description="rounding, one per trial: rtn (round to nearest) or gptq (reads "
                                                   "calibration windows, block by block)")
     per_block: bool = Field(True, description="a width per block; false: one attention and one MLP width for all blocks")
+    average_bits: list[float] | None = Field(None, min_length=1, description="targets, one per trial: the trial's widths per block "
+                                             "and for lm_head are allocated from the offered ones by each group's KL to the teacher "
+                                             "when it alone is quantized (measured once per study), at most this many code bits per "
+                                             "weight on average; null: widths sampled freely")
+    sensitivity_windows: int = Field(4, ge=1, description="dev windows the per-group KL is measured on (with average_bits)")
     calibration_windows: int = Field(8, ge=1, description="GPTQ's windows of task.max_length tokens, from the dev file after "
                                      "the dev windows (never scored)")
     prompt_tokens: int = Field(128, ge=1, description="prompt length of the generation-speed probe (prefill ms)")

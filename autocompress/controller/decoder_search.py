@@ -63,12 +63,23 @@ from autocompress.tasks.language_modeling import language_scores, perplexity, re
 from autocompress.tasks.registry import task_for
 from autocompress.techniques.decoder_bits import quantize_decoder
 from autocompress.techniques.decoder_policy import DecoderPolicy
+from autocompress.techniques.decoder_sensitivity import (
+    HEAD,
+    Sensitivity,
+    allocate,
+    allocated_policy,
+    average_bits_range,
+    group_weights,
+    measure_sensitivity,
+)
 from autocompress.tracking.registry import MODEL_NAME_TAG, TOKENIZER_TAG, default_model_name
 from autocompress.tracking.runs import METRICS_ATTR, PARAMS_ATTR, SEARCH_RUN_ATTR, TRACKING_ATTR, Tracker
 
 log = logging.getLogger("autocompress")
 
 MB = 1e6
+SENSITIVITY_ATTR = "sensitivity"
+"""Study attribute: per group size, each group's KL to the teacher at each width (``decoder.average_bits``), measured once."""
 REFERENCES = ("teacher fp32", "builder int4")
 """The folders every trial is timed beside: the teacher as the builder writes it in float, and the one-liner users pick."""
 
@@ -126,11 +137,42 @@ def measure_baseline(context: DecoderContext) -> dict[str, Any]:
                         "test": len(test), "dev_tokens_scored": context.dev.tokens_scored, "test_tokens_scored": context.test.tokens_scored}}
 
 
-def sample_policy(trial: optuna.Trial, config: SearchConfig, num_blocks: int) -> DecoderPolicy:
-    """The trial's policy: per block (or once, ``decoder.per_block: false``) an attention and an MLP width."""
+def offered_widths(config: SearchConfig) -> dict[str, list[int]]:
+    """The widths the space offers per group kind."""
+    space = config.decoder
+    return {"attn": list(space.attention_bits), "mlp": list(space.mlp_bits), HEAD: list(space.head_bits)}
+
+
+def measure_sensitivities(context: DecoderContext) -> dict[str, Sensitivity]:
+    """Per offered group size, every group's KL to the teacher at each offered width, on the first
+    ``decoder.sensitivity_windows`` dev windows (JSON-ready: the study stores it)."""
+    space = context.config.decoder
+    count = min(space.sensitivity_windows, len(context.dev))
+    windows, reference = list(context.dev)[:count], context.reference[:count]
+    measured = {}
+    for group_size in space.group_sizes:
+        log.info("measuring each group's KL to the teacher at widths %s, groups of %d, on %d dev windows", offered_widths(context.config),
+                 group_size, count)
+        sensitivity = measure_sensitivity(context.teacher, windows, reference, offered_widths(context.config), group_size,
+                                          progress=lambda line: log.debug("sensitivity: %s", line))
+        measured[str(group_size)] = {group: {str(bits): kl for bits, kl in widths.items()} for group, widths in sensitivity.items()}
+    return measured
+
+
+def stored_sensitivity(study: optuna.Study, group_size: int) -> Sensitivity:
+    return {group: {int(bits): kl for bits, kl in widths.items()} for group, widths in study.user_attrs[SENSITIVITY_ATTR][str(group_size)].items()}
+
+
+def sample_policy(trial: optuna.Trial, config: SearchConfig, num_blocks: int,
+                  sensitivity: dict[int, Sensitivity] | None = None, weights: dict[str, int] | None = None) -> DecoderPolicy:
+    """The trial's policy: per block (or once, ``decoder.per_block: false``) an attention and an MLP width; with
+    ``decoder.average_bits``, one target whose widths ``allocate`` chooses from the measured ``sensitivity``."""
     space = config.decoder
     method = trial.suggest_categorical("method", space.methods)
     group = trial.suggest_categorical("group_size", space.group_sizes)
+    if space.average_bits:
+        target = trial.suggest_categorical("average_bits", space.average_bits)
+        return allocated_policy(allocate(sensitivity[group], weights, target), method=method, group_size=group, blocks=num_blocks)
     head = trial.suggest_categorical("head_bits", space.head_bits)
     if space.per_block:
         attention = tuple(trial.suggest_categorical(f"block{i}.attention_bits", space.attention_bits) for i in range(num_blocks))
@@ -142,16 +184,22 @@ def sample_policy(trial: optuna.Trial, config: SearchConfig, num_blocks: int) ->
 
 
 def enqueue_uniform_starts(study: optuna.Study, config: SearchConfig, num_blocks: int) -> None:
-    """A new study's first trials (``search.start_uniform``): every layer at one width, for each quantized width both
-    projection families offer, with the first method and group size: what a one-width tool would ship."""
+    """A new study's first trials (``search.start_uniform``), with the first method and group size: every layer at one width,
+    for each quantized width both projection families offer (what a one-width tool would ship); with
+    ``decoder.average_bits``, each target once."""
     space = config.decoder
     if not config.search.start_uniform or study.trials:
+        return
+    first = {"method": space.methods[0], "group_size": space.group_sizes[0]}
+    if space.average_bits:
+        for target in space.average_bits:
+            study.enqueue_trial({**first, "average_bits": target})
         return
     for bits in sorted(set(space.attention_bits) & set(space.mlp_bits) - {32}):
         widths = ({f"block{i}.{kind}_bits": bits for i in range(num_blocks) for kind in ("attention", "mlp")} if space.per_block
                   else {"attention_bits": bits, "mlp_bits": bits})
         head = bits if bits in space.head_bits else space.head_bits[0]
-        study.enqueue_trial({"method": space.methods[0], "group_size": space.group_sizes[0], "head_bits": head, **widths})
+        study.enqueue_trial({**first, "head_bits": head, **widths})
 
 
 def input_widths(model: Any) -> list[int]:
@@ -177,6 +225,9 @@ class DecoderPreflight:
         study = f"{config.search.study_name!r} in {masked(config.search.storage)}: " + (
             "new" if self.study is None else f"{len(self.study.get_trials(deepcopy=False))} trials")
         blocks = "per block" if space.per_block else "one for all blocks"
+        if space.average_bits:
+            blocks = (f"per block, allocated by measured KL under average bits {space.average_bits} (one per trial; the KL of each "
+                      f"group quantized alone measured once per study on {space.sensitivity_windows} dev windows)")
         return "\n".join([
             f"config: {config.source} (valid)",
             self.task_line,
@@ -202,6 +253,16 @@ def decoder_preflight(config: SearchConfig) -> DecoderPreflight:
     if bad:
         raise ConfigError(f"{config.source}: field 'decoder.group_sizes': {bad} do not divide the layers' input widths {widths}; "
                           f"allowed: {[g for g in (32, 64, 128) if all(w % g == 0 for w in widths)]}")
+    space = config.decoder
+    if space.average_bits:
+        if not space.per_block:
+            raise ConfigError(f"{config.source}: field 'decoder.average_bits': allocates a width per block; set decoder.per_block: true "
+                              "or leave decoder.average_bits null")
+        low, high = average_bits_range(group_weights(shape), offered_widths(config))
+        outside = [bits for bits in space.average_bits if not low - 1e-9 <= bits <= high + 1e-9]
+        if outside:
+            raise ConfigError(f"{config.source}: field 'decoder.average_bits': {outside} cannot be reached with the widths offered; "
+                              f"allowed: {low:.3f} to {high:.3f} on this model")
     windows = {split: len(task.load_split(split)) for split in ("dev", "train", "test")}
     wanted = {"dev": config.task.dev_subset, "train": config.decoder.calibration_windows if "gptq" in config.decoder.methods else 0}
     for split, count in wanted.items():
@@ -216,10 +277,11 @@ def decoder_preflight(config: SearchConfig) -> DecoderPreflight:
     return DecoderPreflight(config, task_line, expected, study, windows)
 
 
-def run_trial(trial: optuna.Trial, context: DecoderContext, baseline: dict[str, Any]) -> tuple[float, float, float]:
+def run_trial(trial: optuna.Trial, context: DecoderContext, baseline: dict[str, Any],
+              sensitivity: dict[int, Sensitivity] | None = None) -> tuple[float, float, float]:
     trial.set_user_attr(OWNER_ATTR, trial_owner())  # first: a process killed while sampling leaves a trial resume can fail
     config = context.config
-    policy = sample_policy(trial, config, len(decoder_blocks(context.teacher)))
+    policy = sample_policy(trial, config, len(decoder_blocks(context.teacher)), sensitivity, group_weights(context.teacher.config))
     trial.set_user_attr("policy", policy.to_dict())
     trial.set_user_attr(PARAMS_ATTR, policy.params())
     student = copy.deepcopy(context.teacher)
@@ -363,6 +425,11 @@ def run_decoder_search(config: SearchConfig, *, added: int | None = None, total:
     if BASELINE_ATTR not in study.user_attrs:
         study.set_user_attr(BASELINE_ATTR, measure_baseline(context))
     baseline = study.user_attrs[BASELINE_ATTR]
+    sensitivity = None
+    if config.decoder.average_bits:
+        if SENSITIVITY_ATTR not in study.user_attrs:
+            study.set_user_attr(SENSITIVITY_ATTR, measure_sensitivities(context))
+        sensitivity = {size: stored_sensitivity(study, size) for size in config.decoder.group_sizes}
     study.set_user_attr(TRACKING_ATTR, {"uri": config.tracking.uri, "experiment": config.tracking.experiment})
     study.set_user_attr(SEARCH_RUN_ATTR, {
         "params": {"model": config.model, "task": "causal-lm", "teacher_key": context.task.locate_teacher().key,
@@ -380,7 +447,7 @@ def run_decoder_search(config: SearchConfig, *, added: int | None = None, total:
     try:
         if remaining != 0:
             retention = [retention_callback(workdir)] if config.tracking.keep_artifacts == "front" else []
-            study.optimize(lambda trial: run_trial(trial, context, baseline), n_trials=remaining, timeout=config.search.timeout,
+            study.optimize(lambda trial: run_trial(trial, context, baseline, sensitivity), n_trials=remaining, timeout=config.search.timeout,
                            gc_after_trial=True, catch=(Exception,), callbacks=[tracker.callback, *retention])
         state = "finished"
     except KeyboardInterrupt:

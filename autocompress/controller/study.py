@@ -33,9 +33,18 @@ import optuna
 import psutil
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.config import MINIMIZED_METRICS, ConfigError, LatencyConfig, SamplerName, SearchConfig, SpaceConfig, TaskConfig
+from autocompress.config import (
+    MINIMIZED_METRICS,
+    ConfigError,
+    DecoderConfig,
+    LatencyConfig,
+    SamplerName,
+    SearchConfig,
+    SpaceConfig,
+    TaskConfig,
+)
 from autocompress.credentials import absolute_reference, masked, resolve
-from autocompress.stores import schema_lock
+from autocompress.stores import schema_lock, sqlite_file
 
 OBJECTIVES = ("dev_accuracy", "relative_latency", "size_mb")
 """Accuracy on the dev split; latency over the teacher's, timed in the same probe; shipped file size in MB.
@@ -151,7 +160,10 @@ def make_storage(config: SearchConfig) -> str | optuna.storages.BaseStorage:
 
 
 def load_existing(config: SearchConfig) -> optuna.Study | None:
-    """The configured study if its storage already holds it, else None; creates nothing."""
+    """The configured study if its storage already holds it, else None; creates nothing (not even a SQLite file)."""
+    path = sqlite_file(storage_url(config))
+    if path is not None and not path.exists():
+        return None
     try:
         study = optuna.load_study(study_name=config.search.study_name, storage=make_storage(config), sampler=make_sampler(config))
     except KeyError:
@@ -162,9 +174,9 @@ def load_existing(config: SearchConfig) -> optuna.Study | None:
 
 def with_later_defaults(stored: Mapping[str, Any]) -> dict[str, Any]:
     """A stored signature with the fields later releases added at their defaults: an older study ran with what they default to
-    (``task.metric``: accuracy; ``task.test_size``; ``latency.batch_size``: 1)."""
+    (``task.metric``: accuracy; ``task.test_size``; ``latency.batch_size``: 1; ``decoder.average_bits``: null)."""
     sections = {"task": TaskConfig().model_dump(mode="json", exclude={"data_root"}), "space": SpaceConfig().model_dump(mode="json"),
-                "latency": LatencyConfig().model_dump(mode="json", include=SIGNED_LATENCY)}
+                "latency": LatencyConfig().model_dump(mode="json", include=SIGNED_LATENCY), "decoder": DecoderConfig().model_dump(mode="json")}
     filled = dict(stored)
     for name, defaults in sections.items():
         if isinstance(stored.get(name), Mapping):

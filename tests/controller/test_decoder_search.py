@@ -30,6 +30,7 @@ from autocompress.runtime.genai import genai_logits
 from autocompress.tasks.causal_lm import CausalLanguageModeling
 from autocompress.tasks.language_modeling import perplexity
 from autocompress.techniques.decoder_policy import DecoderPolicy
+from autocompress.techniques.decoder_sensitivity import allocate, allocated_policy, group_weights
 
 
 def write_text(path, letters: int, seed: int) -> None:
@@ -180,6 +181,31 @@ def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_fron
     assert [path.stat().st_mtime for path in references] == built
 
 
+def test_average_bits_targets_get_widths_allocated_from_the_kl_measured_once_per_study(search_file, tmp_path, monkeypatch):
+    config = search_file(decoder={"average_bits": [3.0, 5.5], "attention_bits": [2, 4, 8], "mlp_bits": [2, 4, 8], "head_bits": [4, 8],
+                                  "group_sizes": [32], "methods": ["rtn"]}, search={"n_trials": 2},
+                         latency={"rounds": 1}, tracking={"registry": "none", "export_formats": []})
+    assert main(["search", str(config)]) == 0
+    study = optuna.load_study(study_name="lm", storage=f"sqlite:///{tmp_path}/study.db")
+    sensitivity = decoder_search.stored_sensitivity(study, 32)
+    assert set(sensitivity) == {"0.attn", "0.mlp", "1.attn", "1.mlp", "lm_head"} and set(sensitivity["0.mlp"]) == {2, 4, 8}
+    assert sensitivity["0.mlp"][2] > sensitivity["0.mlp"][8]
+    teacher = transformers.AutoConfig.from_pretrained(_config(config).model)
+    assert [t.params["average_bits"] for t in study.trials] == [3.0, 5.5]  # search.start_uniform: each target once first
+    for trial in study.trials:
+        target = trial.params["average_bits"]
+        policy = DecoderPolicy.from_dict(trial.user_attrs["policy"])
+        expected = allocated_policy(allocate(sensitivity, group_weights(teacher), target), method="rtn", group_size=32, blocks=2)
+        assert policy == expected and trial.user_attrs["metrics"]["average_bits"] <= target + 1e-9
+
+    def measured_again(context):
+        raise AssertionError("the sensitivity is measured once per study")
+
+    monkeypatch.setattr(decoder_search, "measure_sensitivities", measured_again)
+    assert main(["search", str(config), "--n-trials", "1"]) == 0
+    assert len(optuna.load_study(study_name="lm", storage=f"sqlite:///{tmp_path}/study.db").trials) == 3
+
+
 def _config(path):
     from autocompress.config import load_config
 
@@ -193,6 +219,9 @@ def _config(path):
     ({"model": "default"}, "field 'model': model_type 'bert' is not a supported decoder"),
     ({"execution": {"workers": 2}}, "execution.workers must be 1"),
     ({"tracking": {"export_formats": ["torchao"]}}, "tracking.export_formats ['torchao']: a task.type 'causal-lm' search exports onnx, hf, gguf"),
+    ({"decoder": {"average_bits": [3.0, 5.0]}}, "field 'decoder.average_bits': [3.0] cannot be reached with the widths offered; "
+                                                "allowed: 4.000 to 8.000 on this model"),
+    ({"decoder": {"average_bits": [5.0], "per_block": False}}, "field 'decoder.average_bits': allocates a width per block"),
 ])
 def test_a_bad_decoder_config_fails_in_one_line_before_any_weight_is_loaded(search_file, capsys, sections, message):
     config = search_file(**{k: v for k, v in sections.items() if k != "model"})

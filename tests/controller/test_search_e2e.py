@@ -201,6 +201,7 @@ def test_a_changed_space_or_a_bad_one_fails_before_training(tiny_config, tmp_pat
     plan = capsys.readouterr().out
     assert "not cached: fine-tunes 6 steps" in plan and "new" in plan and "96 dev rows" in plan
     assert not (tmp_path / "cache" / "teachers").exists()
+    assert not list(tmp_path.glob("study.db*"))  # a dry run creates no study file (nor its lock)
 
     storage = f"sqlite:///{tmp_path}/study.db"
     optuna.create_study(study_name="tiny", storage=storage, directions=["maximize", "minimize", "minimize"]).set_user_attr(
