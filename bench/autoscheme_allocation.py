@@ -5,8 +5,8 @@ asymmetric integer weights in groups of 32 at 2 and 4 bits (our grid), scale and
 ``average_bits``), ``lm_head`` left to the caller (AutoRound leaves it unquantized by default), and one scheme per block
 for q/k/v/o and one for gate/up/down (``shared_layers``: what a ``DecoderPolicy`` and the GenAI builder's fused
 ``qkv_proj`` can hold). Calibration: the texts given (the bench passes the windows our GPTQ calibrates on). Writes
-one ``{"average_bits": target, "attention_bits": [...], "mlp_bits": [...]}`` per target (AutoScheme scores the layers once
-for all of them) and the seconds it took.
+one ``{"average_bits": target, "attention_bits": [...], "mlp_bits": [...]}`` per target (AutoScheme caches its layer
+scores under ``~/.cache/auto_round``, so the targets after the first cost little) and the seconds it took.
 
 Usage: python bench/autoscheme_allocation.py --average-bits 2.75 3.0 --texts calibration.json --out allocation.json
 """
@@ -37,23 +37,21 @@ def main() -> None:
 
     folder = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     texts = json.loads(args.texts.read_text())
     options = [QuantizationScheme.from_dict({"bits": bits, "sym": False, "group_size": 32, "data_type": "int", "act_bits": 16})
                for bits in (2, 4)]
-    scheme = AutoScheme(avg_bits=list(args.average_bits), options=options, ignore_scale_zp_bits=True, nsamples=len(texts), seqlen=args.seqlen,
-                        dataset=str(args.texts), shared_layers=[["q_proj", "k_proj", "v_proj", "o_proj"], ["gate_proj", "up_proj", "down_proj"]],
-                        low_gpu_mem_usage=False, enable_torch_compile=False)
-    started = time.time()
-    rounder = AutoRound(model, tokenizer, scheme=scheme, iters=0, nsamples=len(texts), seqlen=args.seqlen, dataset=str(args.texts),
-                        device_map="cpu", enable_torch_compile=False)
-    rounder.configure_layer_config()  # AutoScheme's selection, without quantizing (our GPTQ quantizes every allocation alike)
-    configs = rounder.layer_config if len(args.average_bits) > 1 else {args.average_bits[0]: rounder.layer_config}
-    blocks = model.config.num_hidden_layers
-    allocations = []
-    for target, layer_config in configs.items():
-        bits = lambda name, layer_config=layer_config: int(layer_config[name]["bits"])  # noqa: E731
-        allocations.append({"average_bits": float(target), "attention_bits": [bits(f"model.layers.{i}.self_attn.q_proj") for i in range(blocks)],
+    started, allocations = time.time(), []
+    for target in args.average_bits:  # one AutoRound per target; AutoScheme caches its layer scores on disk, so only the first scores
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        scheme = AutoScheme(avg_bits=target, options=options, ignore_scale_zp_bits=True, nsamples=len(texts), seqlen=args.seqlen,
+                            dataset=str(args.texts), shared_layers=[["q_proj", "k_proj", "v_proj", "o_proj"], ["gate_proj", "up_proj", "down_proj"]],
+                            low_gpu_mem_usage=False, enable_torch_compile=False)
+        rounder = AutoRound(model, tokenizer, scheme=scheme, iters=0, nsamples=len(texts), seqlen=args.seqlen, dataset=str(args.texts),
+                            device_map="cpu", enable_torch_compile=False)
+        rounder.configure_layer_config()  # AutoScheme's selection, without quantizing (our GPTQ quantizes every allocation alike)
+        bits = lambda name, config=rounder.layer_config: int(config[name]["bits"])  # noqa: E731
+        blocks = model.config.num_hidden_layers
+        allocations.append({"average_bits": target, "attention_bits": [bits(f"model.layers.{i}.self_attn.q_proj") for i in range(blocks)],
                             "mlp_bits": [bits(f"model.layers.{i}.mlp.gate_proj") for i in range(blocks)]})
     args.out.write_text(json.dumps({"seconds": time.time() - started, "allocations": allocations}, indent=1))
 
