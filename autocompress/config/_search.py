@@ -260,8 +260,8 @@ class Registration(StrEnum):
 
 
 ExportFormat = Literal["onnx", "hf", "ort-recipe", "torchao", "llm-compressor", "gguf"]
-DECODER_EXPORTS = ("onnx", "hf", "gguf")
-"""What a causal-lm search exports (``exporters.decoder_exports``); an encoder search exports the others and onnx, hf."""
+DECODER_EXPORTS = ("onnx", "hf", "gguf", "llm-compressor")
+"""What a causal-lm search exports (``exporters.decoder_exports``); an encoder search exports all but gguf."""
 
 
 class TrackingConfig(Strict):

@@ -8,7 +8,8 @@ reloaded with ``onnxruntime_genai``'s model), ``hf`` (a transformers folder of
 the simulated weights with the tokenizer and ``policy.json``) and ``gguf``
 (llama.cpp's format, written from the policy's own codes where its types hold
 them exactly: ``exporters.decoder_gguf``; a GGUF source model is needed for
-its metadata and tokenizer). The policy is applied to the teacher again (RTN
+its metadata and tokenizer) and ``llm-compressor`` (its recipe, and the model
+as a compressed-tensors checkpoint: ``exporters.decoder_compressed_tensors``). The policy is applied to the teacher again (RTN
 and GPTQ are deterministic on the same calibration windows); the rebuilt
 simulation must score the dev perplexity its trial recorded, and every
 export's dev perplexity is measured from the reloaded files and compared.
@@ -27,6 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from autocompress.config import DECODER_EXPORTS, ConfigError, SearchConfig
+from autocompress.exporters.decoder_compressed_tensors import write_compressed_tensors
 from autocompress.exporters.decoder_gguf import GgufRefusal, write_gguf
 from autocompress.models.gguf import PACKAGED, packaged_gguf
 from autocompress.models.loading import copy_tokenizer
@@ -117,6 +119,10 @@ def export_decoder(policy: DecoderPolicy, formats: list[str], root: Path, *, tea
             copy_tokenizer(tokenizer_folder, out)
             policy.save(out / "policy.json")
             reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+            reports.append(DecoderExport(name, out, perplexity(torch_logits(reloaded), dev), simulated, SAME_WEIGHTS, against))
+        elif name == "llm-compressor":
+            reloaded = AutoModelForCausalLM.from_pretrained(write_compressed_tensors(student, codes, policy, tokenizer_folder, out),
+                                                            dtype=torch.float32).eval()
             reports.append(DecoderExport(name, out, perplexity(torch_logits(reloaded), dev), simulated, SAME_WEIGHTS, against))
         else:
             reports.append(_gguf(student, codes, policy, out, model, dev, simulated, against))

@@ -84,11 +84,12 @@ def test_a_decoder_search_deploys_every_trial_to_genai_and_chooses_from_its_fron
     import onnxruntime_genai as og
 
     study_url, mlflow_url = f"sqlite:///{tmp_path}/study.db", f"sqlite:///{tmp_path}/mlflow.db"
-    config = search_file(tracking={"export_formats": ["onnx", "hf", "gguf"]})
+    config = search_file(tracking={"export_formats": ["onnx", "hf", "gguf", "llm-compressor"]})
     assert main(["search", str(config)]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^onnx: .*exports/onnx \| dev perplexity [\d.]+ reloaded vs [\d.]+ recorded \(same as the trial\)$", printed, re.M)
     assert re.search(r"^hf: .*exports/hf \| .*\(same as the trial\)$", printed, re.M)
+    assert re.search(r"^llm-compressor: .*exports/llm-compressor \| .*\(same as the trial\)$", printed, re.M)
     assert "gguf: refused: model " in printed and "is not a GGUF file" in printed  # the other formats still exported
     study = optuna.load_study(study_name="lm", storage=study_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
@@ -218,7 +219,7 @@ def _config(path):
     ({"task": {"test": "missing.txt"}}, "field 'task.test': text file"),
     ({"model": "default"}, "field 'model': model_type 'bert' is not a supported decoder"),
     ({"execution": {"workers": 2}}, "execution.workers must be 1"),
-    ({"tracking": {"export_formats": ["torchao"]}}, "tracking.export_formats ['torchao']: a task.type 'causal-lm' search exports onnx, hf, gguf"),
+    ({"tracking": {"export_formats": ["torchao"]}}, "tracking.export_formats ['torchao']: a task.type 'causal-lm' search exports onnx, hf, gguf, llm-compressor"),
     ({"decoder": {"average_bits": [3.0, 5.0]}}, "field 'decoder.average_bits': [3.0] cannot be reached with the widths offered; "
                                                 "allowed: 4.000 to 8.000 on this model"),
     ({"decoder": {"average_bits": [5.0], "per_block": False}}, "field 'decoder.average_bits': allocates a width per block"),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
+import yaml
 from decoder_families import write_tiny_gguf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -30,9 +32,16 @@ def test_the_chosen_policy_reloads_in_transformers_and_from_gguf_with_the_perple
     expected = perplexity(torch_logits(simulated), dev)
     recorded = {"simulated_dev_perplexity": expected}
 
-    hf, gguf = export_decoder(policy, ["hf", "gguf"], tmp_path / "out", teacher=teacher, tokenizer_folder=folder, calibration=[], dev=dev,
-                              model=str(source), recorded=recorded)
+    hf, gguf, compressed = export_decoder(policy, ["hf", "gguf", "llm-compressor"], tmp_path / "out", teacher=teacher, tokenizer_folder=folder,
+                                          calibration=[], dev=dev, model=str(source), recorded=recorded)
     assert hf.ok and hf.perplexity == pytest.approx(expected, rel=1e-5) and (hf.folder / "policy.json").is_file()
+    assert compressed.ok and compressed.perplexity == pytest.approx(expected, rel=1e-5)  # the policy's own codes, reloaded by transformers
+    stored = json.loads((compressed.folder / "model" / "config.json").read_text())["quantization_config"]
+    assert stored["format"] == "int-quantized" and stored["quant_method"] == "compressed-tensors"
+    groups = yaml.safe_load((compressed.folder / "recipe.yaml").read_text())["quant_stage"]["quant_modifiers"]["QuantizationModifier"]
+    widths = {(g["weights"]["num_bits"], g["weights"]["group_size"], g["weights"]["symmetric"]): len(g["targets"])
+              for g in groups["config_groups"].values()}
+    assert widths == ({(4, 32, False): 15} if mlp_bits == (4, 4) else {(4, 32, False): 12, (8, 32, False): 3}) and groups["ignore"] == []
     assert perplexity(torch_logits(teacher), dev) != pytest.approx(expected, rel=1e-3)  # the export holds the policy, not the teacher
     if gguf_written:
         assert gguf.ok and (gguf.folder / "model.gguf").is_file() and gguf.perplexity != expected  # float16 scales: close, not equal
@@ -60,7 +69,7 @@ def test_a_rebuilt_policy_that_no_longer_scores_what_its_trial_recorded_is_refus
     (DecoderPolicy("rtn", 32, 32, (2, 4), (4, 4)), "gguf", "smollm2", "[2, 4]-bit groups of 32 have no GGUF type"),
     (DecoderPolicy("rtn", 32, 4, (4, 4), (4, 4)), "gguf", "some/folder", "model 'some/folder' is not a GGUF file"),
     (DecoderPolicy("rtn", 32, 4, (3, 4), (4, 4)), "onnx", "smollm2", "[3]-bit layers have no ONNX Runtime CPU kernel"),
-    (DecoderPolicy("rtn", 32, 4, (4, 4), (4, 4)), "torchao", "smollm2", "a causal-lm model exports as onnx, hf, gguf"),
+    (DecoderPolicy("rtn", 32, 4, (4, 4), (4, 4)), "torchao", "smollm2", "a causal-lm model exports as onnx, hf, gguf, llm-compressor"),
 ])
 def test_a_format_that_cannot_hold_the_policy_is_named_from_the_policy_alone(policy, name, model, reason):
     assert refusal(policy, name, model).startswith(reason)
