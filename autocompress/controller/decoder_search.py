@@ -57,7 +57,7 @@ from autocompress.exporters.decoder_exports import export_decoder
 from autocompress.models.decoders import decoder_blocks
 from autocompress.models.loading import model_config
 from autocompress.paths import study_work_dir, write_json
-from autocompress.runtime.genai import LOWERING_TOLERANCE, build_genai, genai_logits, model_bytes, run_builder
+from autocompress.runtime.genai import LOWERING_TOLERANCE, build_genai, check_float_build, genai_logits, model_bytes, run_builder
 from autocompress.tasks.causal_lm import CausalLanguageModeling, Windows
 from autocompress.tasks.language_modeling import language_scores, perplexity, reference_log_probs, torch_logits
 from autocompress.tasks.registry import task_for
@@ -123,6 +123,7 @@ def prepare(config: SearchConfig, workdir: Path) -> DecoderContext:
             run_builder(teacher.path, partial, precision)
             partial.rename(folder)
         folders[name] = folder
+    check_float_build(folders["teacher fp32"], model)  # every trial is lowered into this float graph (build_genai's float_build)
     prompt = task.latency_inputs(dev, None, count=1)[0]["input_ids"][0].numpy()
     return DecoderContext(config, task, model, teacher.path, dev, test, calibration, reference, folders, prompt, workdir)
 
@@ -290,7 +291,7 @@ def run_trial(trial: optuna.Trial, context: DecoderContext, baseline: dict[str, 
     simulated = language_scores(torch_logits(student), context.reference, dev)
     folder = context.workdir / trial_name(trial.number)
     shutil.rmtree(folder, ignore_errors=True)
-    build_genai(student, context.tokenizer_folder, codes, folder)
+    build_genai(student, context.tokenizer_folder, codes, folder, float_build=context.references["teacher fp32"])
     average_bits = policy.average_bits(student)
     del student
     lowered = genai_logits(folder)  # one ONNX Runtime session for dev and test

@@ -121,21 +121,29 @@ def check_float_build(folder: Path, model: PreTrainedModel, *, tokens: int = 16)
                             f"by {difference:.3g} (largest logit {np.abs(expected).max():.3g}); not deployed")
 
 
-def build_genai(model: PreTrainedModel, tokenizer_folder: str | Path, quantized: Mapping[str, AffineWeight], out: Path) -> GenaiBuild:
+def build_genai(model: PreTrainedModel, tokenizer_folder: str | Path, quantized: Mapping[str, AffineWeight], out: Path, *,
+                float_build: Path | None = None) -> GenaiBuild:
     """Write ``model`` (its simulated float weights) as a GenAI folder at ``out``, lowering every module in ``quantized``;
-    the tokenizer files (and chat template) of ``tokenizer_folder`` ship in it, as the builder requires."""
+    the tokenizer files (and chat template) of ``tokenizer_folder`` ship in it, as the builder requires.
+
+    ``float_build``: the builder's float folder of a model whose every weight outside ``quantized`` is ``model``'s (the
+    teacher's, when ``model`` is a quantized copy of it, checked once against it), lowered into instead of saving
+    ``model`` and running the builder again (on SmolLM2-135M a 540 MB write and a float build per trial). Its float
+    weights of the lowered MatMuls are not ``model``'s, so each one's codes are checked against ``model``'s own weight."""
     refuse_widths(quantized)
     with tempfile.TemporaryDirectory(prefix="genai-build-") as work:
-        hf = Path(work) / "hf"
-        with redirect_stderr(io.StringIO()):  # transformers' "Writing model shards" bar
-            model.save_pretrained(hf)
-        copy_tokenizer(tokenizer_folder, hf)
-        if (Path(tokenizer_folder) / "chat_template.jinja").is_file():
-            shutil.copy2(Path(tokenizer_folder) / "chat_template.jinja", hf)
-        float_folder = run_builder(hf, Path(work) / "float", "fp32")
-        check_float_build(float_folder, model)
+        float_folder = float_build
+        if float_folder is None:
+            hf = Path(work) / "hf"
+            with redirect_stderr(io.StringIO()):  # transformers' "Writing model shards" bar
+                model.save_pretrained(hf)
+            copy_tokenizer(tokenizer_folder, hf)
+            if (Path(tokenizer_folder) / "chat_template.jinja").is_file():
+                shutil.copy2(Path(tokenizer_folder) / "chat_template.jinja", hf)
+            float_folder = run_builder(hf, Path(work) / "float", "fp32")
+            check_float_build(float_folder, model)
         graph = onnx.load(str(float_folder / "model.onnx"))
-        nodes = lower_genai(graph, model, quantized)
+        nodes = lower_genai(graph, model, quantized, weights_from_model=float_build is not None)
         out.mkdir(parents=True, exist_ok=True)
         for path in float_folder.iterdir():
             if path.name not in MODEL_FILES:
@@ -152,12 +160,16 @@ def refuse_widths(quantized: Mapping[str, AffineWeight]) -> None:
             raise GenaiRefusal(f"{name}: {weight.bits}-bit weights have no ONNX Runtime CPU kernel; allowed bits: {', '.join(map(str, GENAI_BITS))}")
 
 
-def _slice(weight: AffineWeight, part: str) -> AffineWeight:
-    """Rows ``i/n`` (the i-th of n equal slices of the outputs) of ``weight``; all of it for ``""``."""
+def _rows(outputs: int, part: str) -> slice:
+    """Rows ``i/n`` (the i-th of n equal slices of ``outputs`` rows); all of them for ``""``."""
     if not part:
-        return weight
+        return slice(None)
     index, count = map(int, part.split("/"))
-    rows = slice(index * len(weight.codes) // count, (index + 1) * len(weight.codes) // count)
+    return slice(index * outputs // count, (index + 1) * outputs // count)
+
+
+def _slice(weight: AffineWeight, part: str) -> AffineWeight:
+    rows = _rows(len(weight.codes), part)
     return AffineWeight(weight.codes[rows], weight.scales[rows], weight.zeros[rows], weight.bits, weight.group_size)
 
 
@@ -169,7 +181,7 @@ def _concat(weights: list[AffineWeight]) -> AffineWeight:
 
 
 def _check(weight: AffineWeight, expected: np.ndarray, node: str) -> None:
-    """``expected`` is the builder's [K, N] float weight of the simulated model."""
+    """``expected`` is the [K, N] float weight of the simulated model, as the builder lays it out."""
     values = weight.dequantize().numpy().T
     if values.shape != expected.shape or not np.allclose(values, expected, rtol=1e-4, atol=1e-5 * float(np.abs(expected).max())):
         raise GenaiMismatch(f"{node}: the policy's codes do not de-quantize to the builder's weight {expected.shape}")
@@ -188,8 +200,11 @@ def _matmul_nbits(graph: _Graph, node: onnx.NodeProto, weight: AffineWeight, pre
     return lowered, packed, scales
 
 
-def lower_genai(graph: onnx.ModelProto, model: PreTrainedModel, quantized: Mapping[str, AffineWeight]) -> dict[str, str]:
-    """Rewrite the builder's float ``graph`` of ``model`` in place; what each MatMul became."""
+def lower_genai(graph: onnx.ModelProto, model: PreTrainedModel, quantized: Mapping[str, AffineWeight], *,
+                weights_from_model: bool = False) -> dict[str, str]:
+    """Rewrite the builder's float ``graph`` of ``model`` in place; what each MatMul became. ``weights_from_model``: the
+    graph is another model's (``build_genai``'s ``float_build``), so codes are checked against ``model``'s weights, laid out
+    as the builder lays the graph's out (same shape)."""
     family = decoder_family(model.config)
     wrapped = _Graph(graph)
     nodes, lowered_nodes, head_codes = {}, [], None
@@ -206,7 +221,14 @@ def lower_genai(graph: onnx.ModelProto, model: PreTrainedModel, quantized: Mappi
             lowered_nodes.append(node)
             continue
         weight = _concat([_slice(quantized[name], part) for name, (_, _, part) in zip(modules, parts)])
-        _check(weight, wrapped.array(node.input[1]), node.name)
+        expected = wrapped.array(node.input[1])
+        if weights_from_model:
+            weights = [model.get_submodule(name).weight.detach().float().numpy() for name in modules]
+            mine = np.concatenate([w[_rows(len(w), part)] for w, (_, _, part) in zip(weights, parts)]).T
+            if mine.shape != expected.shape:
+                raise GenaiMismatch(f"{node.name}: the float build's weight is {expected.shape}, {', '.join(modules)} give {mine.shape}")
+            expected = mine
+        _check(weight, expected, node.name)
         new, packed, scales = _matmul_nbits(wrapped, node, weight, node.name.strip("/").replace("/", "."))
         if node.name == "/lm_head/MatMul":
             head_codes = (packed, scales, weight)

@@ -13,7 +13,7 @@ from decoder_families import DECODERS, SHAPE, save_tokenizer, tiny_decoder, toke
 
 from autocompress.measurement.generation import generation_speed
 from autocompress.models.decoders import quantizable_linears
-from autocompress.runtime.genai import GenaiMismatch, GenaiRefusal, build_genai, genai_logits, lower_genai
+from autocompress.runtime.genai import GenaiMismatch, GenaiRefusal, build_genai, genai_logits, lower_genai, run_builder
 from autocompress.tasks.language_modeling import Window, language_scores, reference_log_probs, torch_logits
 from autocompress.techniques.weight_only import rtn
 
@@ -53,6 +53,14 @@ def test_a_mixed_policy_runs_in_genai_as_the_torch_simulation_does(family, tmp_p
 
     speed = generation_speed({"lowered": build.folder}, token_ids(16)[0].numpy(), new_tokens=8, rounds=1)["lowered"]
     assert speed.prefill_ms > 0 and speed.decode_tokens_per_s > 0
+
+    teacher.save_pretrained(tmp_path / "teacher")  # lowered into the teacher's own float build, as a search's trials are
+    save_tokenizer(tmp_path / "teacher")
+    reused = build_genai(student, tmp_path / "tokenizer", codes, tmp_path / "reused",
+                         float_build=run_builder(tmp_path / "teacher", tmp_path / "teacher-fp32", "fp32"))
+    assert reused.nodes == build.nodes
+    ids = token_ids(24, seed=7)
+    assert np.array_equal(genai_logits(reused.folder)(ids), genai_logits(build.folder)(ids))
 
 
 def test_an_untied_head_is_lowered_alone_and_the_embedding_table_stays_float(tmp_path):
