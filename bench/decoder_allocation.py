@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+from decoder_search import config_in  # bench/decoder_search.py, beside this script
 
-from autocompress.config import load_config, parse_config
 from autocompress.controller.pareto import BASELINE_ATTR
 from autocompress.controller.run import run_search
 from autocompress.models.decoders import decoder_blocks, decoder_family
@@ -156,13 +156,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "smollm2_allocation.json")
     args = parser.parse_args()
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    data = load_config(args.config).model_dump(mode="json", exclude={"source"})
-    data["task"]["data_root"] = str(load_config(args.config).data_path("."))
-    data["search"]["storage"] = f"sqlite:///{args.work.resolve()}/study.db"
-    data["tracking"]["uri"] = f"sqlite:///{args.work.resolve()}/mlflow.db"
-    data["output"] = str(args.work / "out")
-    config = parse_config(data, source=str(args.config))
+    config = config_in(args.config, args.work)
     (head_bits,) = config.decoder.head_bits
 
     started = time.time()

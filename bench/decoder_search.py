@@ -25,7 +25,7 @@ from pathlib import Path
 
 import optuna
 
-from autocompress.config import load_config, parse_config
+from autocompress.config import SearchConfig, load_config, parse_config
 from autocompress.controller.decoder_search import references_folder
 from autocompress.controller.pareto import BASELINE_ATTR
 from autocompress.controller.run import run_search
@@ -40,6 +40,17 @@ from autocompress.tracking.runs import METRICS_ATTR
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def config_in(path: Path, work: Path) -> SearchConfig:
+    """The search config at ``path`` with its study, MLflow store and output under ``work`` (its data where it was)."""
+    work.mkdir(parents=True, exist_ok=True)
+    data = load_config(path).model_dump(mode="json", exclude={"source"})
+    data["task"]["data_root"] = str(load_config(path).data_path("."))
+    data["search"]["storage"] = f"sqlite:///{work.resolve()}/study.db"
+    data["tracking"]["uri"] = f"sqlite:///{work.resolve()}/mlflow.db"
+    data["output"] = str(work / "out")
+    return parse_config(data, source=str(path))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "search_spaces" / "smollm2.yaml")
@@ -48,13 +59,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "smollm2_search.json")
     args = parser.parse_args()
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    data = load_config(args.config).model_dump(mode="json", exclude={"source"})
-    data["task"]["data_root"] = str(load_config(args.config).data_path("."))
-    data["search"]["storage"] = f"sqlite:///{args.work.resolve()}/study.db"
-    data["tracking"]["uri"] = f"sqlite:///{args.work.resolve()}/mlflow.db"
-    data["output"] = str(args.work / "out")
-    config = parse_config(data, source=str(args.config))
+    config = config_in(args.config, args.work)
 
     started = time.time()
     result = run_search(config)

@@ -99,9 +99,10 @@ def export(args: argparse.Namespace) -> int:
         if not args.storage:
             raise ConfigError("export: --study-name needs --storage")
         study = load_study(args.storage, args.study_name)
-        if args.trial is None:
-            args.trial = chosen_decoder_trial(study) if study_task(study) == "causal-lm" else chosen_trial(study)
-        origin = rebuild.from_trial(study, args.trial)
+        number = args.trial
+        if number is None:
+            number = chosen_decoder_trial(study) if study_task(study) == "causal-lm" else chosen_trial(study)
+        origin = rebuild.from_trial(study, number)
     return write_exports(origin, args.format, Path(args.output))
 
 

@@ -31,6 +31,14 @@ import numpy as np
 import optuna
 
 from autocompress.config import ConfigError, Registration, SearchConfig, Selection
+from autocompress.controller.decoder_space import (
+    SENSITIVITY_ATTR,
+    check_space,
+    enqueue_uniform_starts,
+    measure_sensitivities,
+    sample_policy,
+    stored_sensitivity,
+)
 from autocompress.controller.pareto import BASELINE_ATTR, front_trials
 from autocompress.controller.retention import record_study, release_dominated, retention_callback
 from autocompress.controller.study import (
@@ -63,23 +71,13 @@ from autocompress.tasks.language_modeling import language_scores, perplexity, re
 from autocompress.tasks.registry import task_for
 from autocompress.techniques.decoder_bits import quantize_decoder
 from autocompress.techniques.decoder_policy import DecoderPolicy
-from autocompress.techniques.decoder_sensitivity import (
-    HEAD,
-    Sensitivity,
-    allocate,
-    allocated_policy,
-    average_bits_range,
-    group_weights,
-    measure_sensitivity,
-)
+from autocompress.techniques.decoder_sensitivity import Sensitivity, group_weights
 from autocompress.tracking.registry import MODEL_NAME_TAG, TOKENIZER_TAG, default_model_name
 from autocompress.tracking.runs import METRICS_ATTR, PARAMS_ATTR, SEARCH_RUN_ATTR, TRACKING_ATTR, Tracker
 
 log = logging.getLogger("autocompress")
 
 MB = 1e6
-SENSITIVITY_ATTR = "sensitivity"
-"""Study attribute: per group size, each group's KL to the teacher at each width (``decoder.average_bits``), measured once."""
 REFERENCES = ("teacher fp32", "builder int4")
 """The folders every trial is timed beside: the teacher as the builder writes it in float, and the one-liner users pick."""
 
@@ -138,79 +136,6 @@ def measure_baseline(context: DecoderContext) -> dict[str, Any]:
                         "test": len(test), "dev_tokens_scored": context.dev.tokens_scored, "test_tokens_scored": context.test.tokens_scored}}
 
 
-def offered_widths(config: SearchConfig) -> dict[str, list[int]]:
-    """The widths the space offers per group kind."""
-    space = config.decoder
-    return {"attn": list(space.attention_bits), "mlp": list(space.mlp_bits), HEAD: list(space.head_bits)}
-
-
-def measure_sensitivities(context: DecoderContext) -> dict[str, Sensitivity]:
-    """Per offered group size, every group's KL to the teacher at each offered width, on the first
-    ``decoder.sensitivity_windows`` dev windows (JSON-ready: the study stores it)."""
-    space = context.config.decoder
-    count = min(space.sensitivity_windows, len(context.dev))
-    windows, reference = list(context.dev)[:count], context.reference[:count]
-    measured = {}
-    for group_size in space.group_sizes:
-        log.info("measuring each group's KL to the teacher at widths %s, groups of %d, on %d dev windows", offered_widths(context.config),
-                 group_size, count)
-        sensitivity = measure_sensitivity(context.teacher, windows, reference, offered_widths(context.config), group_size,
-                                          progress=lambda line: log.debug("sensitivity: %s", line))
-        measured[str(group_size)] = {group: {str(bits): kl for bits, kl in widths.items()} for group, widths in sensitivity.items()}
-    return measured
-
-
-def stored_sensitivity(study: optuna.Study, group_size: int) -> Sensitivity:
-    return {group: {int(bits): kl for bits, kl in widths.items()} for group, widths in study.user_attrs[SENSITIVITY_ATTR][str(group_size)].items()}
-
-
-def sample_policy(trial: optuna.Trial, config: SearchConfig, num_blocks: int,
-                  sensitivity: dict[int, Sensitivity] | None = None, weights: dict[str, int] | None = None) -> DecoderPolicy:
-    """The trial's policy: per block (or once, ``decoder.per_block: false``) an attention and an MLP width; with
-    ``decoder.average_bits``, one target whose widths ``allocate`` chooses from the measured ``sensitivity``."""
-    space = config.decoder
-    method = trial.suggest_categorical("method", space.methods)
-    group = trial.suggest_categorical("group_size", space.group_sizes)
-    if space.average_bits:
-        target = trial.suggest_categorical("average_bits", space.average_bits)
-        return allocated_policy(allocate(sensitivity[group], weights, target), method=method, group_size=group, blocks=num_blocks)
-    head = trial.suggest_categorical("head_bits", space.head_bits)
-    if space.per_block:
-        attention = tuple(trial.suggest_categorical(f"block{i}.attention_bits", space.attention_bits) for i in range(num_blocks))
-        mlp = tuple(trial.suggest_categorical(f"block{i}.mlp_bits", space.mlp_bits) for i in range(num_blocks))
-    else:
-        attention = (trial.suggest_categorical("attention_bits", space.attention_bits),) * num_blocks
-        mlp = (trial.suggest_categorical("mlp_bits", space.mlp_bits),) * num_blocks
-    return DecoderPolicy(method, group, head, attention, mlp)
-
-
-def enqueue_uniform_starts(study: optuna.Study, config: SearchConfig, num_blocks: int) -> None:
-    """A new study's first trials (``search.start_uniform``), with the first method and group size: every layer at one width,
-    for each quantized width both projection families offer (what a one-width tool would ship); with
-    ``decoder.average_bits``, each target once."""
-    space = config.decoder
-    if not config.search.start_uniform or study.trials:
-        return
-    first = {"method": space.methods[0], "group_size": space.group_sizes[0]}
-    if space.average_bits:
-        for target in space.average_bits:
-            study.enqueue_trial({**first, "average_bits": target})
-        return
-    for bits in sorted(set(space.attention_bits) & set(space.mlp_bits) - {32}):
-        widths = ({f"block{i}.{kind}_bits": bits for i in range(num_blocks) for kind in ("attention", "mlp")} if space.per_block
-                  else {"attention_bits": bits, "mlp_bits": bits})
-        head = bits if bits in space.head_bits else space.head_bits[0]
-        study.enqueue_trial({**first, "head_bits": head, **widths})
-
-
-def input_widths(model: Any) -> list[int]:
-    """The input widths of every Linear a policy quantizes, from the model's config: q/k/v, gate/up and lm_head read the
-    hidden size, o_proj the attention width, down_proj the MLP width."""
-    heads = model.num_attention_heads
-    head_dim = getattr(model, "head_dim", None) or model.hidden_size // heads
-    return sorted({model.hidden_size, heads * head_dim, model.intermediate_size})
-
-
 @dataclass(frozen=True)
 class DecoderPreflight:
     """What a causal-lm search checked before loading any weights; ``describe`` is ``--dry-run``'s report."""
@@ -249,21 +174,7 @@ def decoder_preflight(config: SearchConfig) -> DecoderPreflight:
     task = task_for(config)
     shape = model_config(config)
     task_line = task.check(shape)
-    widths = input_widths(shape)
-    bad = [g for g in config.decoder.group_sizes if any(w % g for w in widths)]
-    if bad:
-        raise ConfigError(f"{config.source}: field 'decoder.group_sizes': {bad} do not divide the layers' input widths {widths}; "
-                          f"allowed: {[g for g in (32, 64, 128) if all(w % g == 0 for w in widths)]}")
-    space = config.decoder
-    if space.average_bits:
-        if not space.per_block:
-            raise ConfigError(f"{config.source}: field 'decoder.average_bits': allocates a width per block; set decoder.per_block: true "
-                              "or leave decoder.average_bits null")
-        low, high = average_bits_range(group_weights(shape), offered_widths(config))
-        outside = [bits for bits in space.average_bits if not low - 1e-9 <= bits <= high + 1e-9]
-        if outside:
-            raise ConfigError(f"{config.source}: field 'decoder.average_bits': {outside} cannot be reached with the widths offered; "
-                              f"allowed: {low:.3f} to {high:.3f} on this model")
+    check_space(config, shape)
     windows = {split: len(task.load_split(split)) for split in ("dev", "train", "test")}
     wanted = {"dev": config.task.dev_subset, "train": config.decoder.calibration_windows if "gptq" in config.decoder.methods else 0}
     for split, count in wanted.items():
@@ -429,7 +340,7 @@ def run_decoder_search(config: SearchConfig, *, added: int | None = None, total:
     sensitivity = None
     if config.decoder.average_bits:
         if SENSITIVITY_ATTR not in study.user_attrs:
-            study.set_user_attr(SENSITIVITY_ATTR, measure_sensitivities(context))
+            study.set_user_attr(SENSITIVITY_ATTR, measure_sensitivities(config, context.teacher, context.dev, context.reference))
         sensitivity = {size: stored_sensitivity(study, size) for size in config.decoder.group_sizes}
     study.set_user_attr(TRACKING_ATTR, {"uri": config.tracking.uri, "experiment": config.tracking.experiment})
     study.set_user_attr(SEARCH_RUN_ATTR, {

@@ -81,7 +81,7 @@ def _probe(linears: list[torch.nn.Linear], bits: int, group_size: int, run: Call
     try:
         for linear in linears:
             linear.weight.data.copy_(rtn(linear.weight.data, bits, group_size).dequantize().to(linear.weight.dtype))
-        arrays = iter(run())
+        arrays = iter(run())  # the windows' logits, computed already, handed to language_scores in the order it asks for them
         return language_scores(lambda _ids: next(arrays), reference, windows)["kl_to_teacher"]
     finally:
         for linear, original in zip(linears, originals, strict=True):

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from transformers import AutoTokenizer
 
 from autocompress.cli import main
-from autocompress.controller import decoder_search
+from autocompress.controller import decoder_search, decoder_space
 from autocompress.controller.pareto import BASELINE_ATTR
 from autocompress.controller.study import directions
 from autocompress.runtime.genai import genai_logits
@@ -188,7 +188,7 @@ def test_average_bits_targets_get_widths_allocated_from_the_kl_measured_once_per
                          latency={"rounds": 1}, tracking={"registry": "none", "export_formats": []})
     assert main(["search", str(config)]) == 0
     study = optuna.load_study(study_name="lm", storage=f"sqlite:///{tmp_path}/study.db")
-    sensitivity = decoder_search.stored_sensitivity(study, 32)
+    sensitivity = decoder_space.stored_sensitivity(study, 32)
     assert set(sensitivity) == {"0.attn", "0.mlp", "1.attn", "1.mlp", "lm_head"} and set(sensitivity["0.mlp"]) == {2, 4, 8}
     assert sensitivity["0.mlp"][2] > sensitivity["0.mlp"][8]
     teacher = transformers.AutoConfig.from_pretrained(_config(config).model)
